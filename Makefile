@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make test` and `make demo` (both set up .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PY) -m i2preg.cli demo --out outputs/demo
+
+bench: setup
+	$(PY) benchmarks/synth_speed.py
+	$(PY) benchmarks/model_speed.py
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,68 @@
+"""YAML configs: one file per dataset and size, merged over the defaults of each module."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def deep_update(base: dict, update: dict) -> dict:
+    """Return a copy of ``base`` with ``update`` merged in recursively (update wins)."""
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to a YAML file, or the name of a bundled config (``kitti``, ``synthetic-small``...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / f"{Path(name_or_path).stem}.yaml"
+    if bundled.is_file():
+        return bundled
+    raise InputError(f"no such config (bundled ones: {', '.join(available_configs())})", path)
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: dict | None = None) -> dict[str, Any]:
+    """Load a YAML config (following an optional ``base:`` key naming another config) and apply overrides."""
+    path = resolve_config_path(name_or_path)
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"not valid YAML ({str(err).splitlines()[0]})", path) from None
+    if not isinstance(cfg, dict):
+        raise InputError("a config must be a mapping of sections", path)
+    base = cfg.pop("base", None)
+    if base is not None:
+        cfg = deep_update(load_config(base), cfg)
+    return deep_update(cfg, overrides or {})
+
+
+def parse_override(text: str) -> dict:
+    """``"train.lr=1e-3"`` -> ``{"train": {"lr": 0.001}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise InputError(f"override {text!r} must look like section.key=value")
+    key, value = text.split("=", 1)
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(value)
+    return out

@@ -1,0 +1,196 @@
+"""Rigid transforms, pinhole projection, the benchmark perturbation and the pose parameterisations.
+
+Conventions used everywhere in i2preg:
+- A pose ``T`` is a (..., 4, 4) matrix that maps points of the cloud frame into the camera frame:
+  ``p_cam = R p + t``. Camera frame: x right, y down, z forward (OpenCV / KITTI).
+- Pixels ``uv`` are (u, v) = (column, row) with the centre of the top-left pixel at (0, 0).
+- Functions written with ``@`` / ``swapaxes`` accept NumPy arrays and torch tensors alike; the pose
+  parameterisations used by the network are torch-only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+Array = np.ndarray | torch.Tensor
+
+# ---------------------------------------------------------------------------------------------
+# SE(3) on NumPy arrays and torch tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def make_transform(R: Array, t: Array) -> Array:
+    """Stack rotation (..., 3, 3) and translation (..., 3) into a (..., 4, 4) transform."""
+    if isinstance(R, torch.Tensor):
+        T = torch.zeros(*R.shape[:-2], 4, 4, dtype=R.dtype, device=R.device)
+    else:
+        T = np.zeros((*R.shape[:-2], 4, 4), dtype=np.result_type(R, t))
+    T[..., :3, :3] = R
+    T[..., :3, 3] = t
+    T[..., 3, 3] = 1
+    return T
+
+
+def invert_transform(T: Array) -> Array:
+    """Inverse of rigid transforms (..., 4, 4), using R^T rather than a general inverse."""
+    R = T[..., :3, :3]
+    t = T[..., :3, 3]
+    Rt = R.swapaxes(-1, -2)
+    return make_transform(Rt, -(Rt @ t[..., None])[..., 0])
+
+
+def transform_points(T: Array, points: Array) -> Array:
+    """Apply T (..., 4, 4) to points (..., N, 3): returns R p + t, shape (..., N, 3)."""
+    return points @ T[..., :3, :3].swapaxes(-1, -2) + T[..., None, :3, 3]
+
+
+def project_points(points_cam: Array, K: Array) -> tuple[Array, Array]:
+    """Pinhole projection of camera-frame points (..., N, 3) with intrinsics K (..., 3, 3).
+
+    Returns pixels uv (..., N, 2) and depth z (..., N). Points with z <= 0 get finite but
+    meaningless pixels (depth is clamped for the division); mask them with ``in_image``.
+    """
+    z = points_cam[..., 2]
+    if isinstance(points_cam, torch.Tensor):
+        safe_z = torch.where(z.abs() < 1e-6, torch.full_like(z, 1e-6), z)
+    else:
+        safe_z = np.where(np.abs(z) < 1e-6, 1e-6, z)
+    xy1 = points_cam / safe_z[..., None]
+    uv = xy1 @ K[..., :2, :].swapaxes(-1, -2)
+    return uv, z
+
+
+def in_image(uv: Array, depth: Array, height: int, width: int) -> Array:
+    """True where a projected point lies in front of the camera (z > 0) and inside H x W.
+
+    The image covers pixel coordinates [-0.5, W - 0.5) x [-0.5, H - 0.5): every point that falls
+    on a pixel of the image counts, as with the rounding used to draw it.
+    """
+    u, v = uv[..., 0], uv[..., 1]
+    return (depth > 0) & (u >= -0.5) & (u < width - 0.5) & (v >= -0.5) & (v < height - 0.5)
+
+
+def project_pose(points: Array, T: Array, K: Array, height: int, width: int) -> tuple[Array, Array, Array]:
+    """Project cloud-frame points (..., N, 3) through pose T and K: (uv, depth, in-image mask)."""
+    uv, z = project_points(transform_points(T, points), K)
+    return uv, z, in_image(uv, z, height, width)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotations (NumPy)
+# ---------------------------------------------------------------------------------------------
+
+
+def rot_x(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=np.float64)
+
+
+def rot_y(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=np.float64)
+
+
+def rot_z(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=np.float64)
+
+
+def euler_to_matrix(rx: float, ry: float, rz: float) -> np.ndarray:
+    """The protocol's rotation R = Rz(rz) Ry(ry) Rx(rx) (angles in radians)."""
+    return rot_z(rz) @ rot_y(ry) @ rot_x(rx)
+
+
+def rotation_angle(R: Array) -> Array:
+    """Geodesic angle (radians) of rotations (..., 3, 3)."""
+    trace = R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2]
+    if isinstance(R, torch.Tensor):
+        return torch.arccos(torch.clamp((trace - 1) / 2, -1.0, 1.0))
+    return np.arccos(np.clip((trace - 1) / 2, -1.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark perturbation
+# ---------------------------------------------------------------------------------------------
+
+STANDARD_AMPLITUDES = (10.0, 0.0, 10.0, 0.0, 2 * math.pi, 0.0)
+"""(tx, ty, tz, rx, ry, rz): metres and radians of the KITTI protocol (METHOD section 3)."""
+
+
+def sample_perturbation(rng: np.random.Generator, amplitudes: Sequence[float] = STANDARD_AMPLITUDES) -> np.ndarray:
+    """Draw the protocol perturbation P = [R | t] (4, 4), float64.
+
+    Each of tx, ty, tz, rx, ry, rz is uniform in [-a, a] for its amplitude a; R = Rz Ry Rx.
+    The perturbed cloud is P applied to camera-frame points; the ground-truth pose is P^-1.
+    """
+    tx, ty, tz, rx, ry, rz = (rng.uniform(-a, a) if a > 0 else 0.0 for a in amplitudes)
+    return make_transform(euler_to_matrix(rx, ry, rz), np.array([tx, ty, tz], dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pose parameterisations used by the network (torch)
+# ---------------------------------------------------------------------------------------------
+
+
+def pose_to_frustum_params(T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """3-DoF parameters of poses (B, 4, 4): camera centre c = (c_x, c_z) in the cloud frame and
+    d = (R[2, 0], R[0, 0]) = (-sin yaw, cos yaw). Exact for yaw-only poses with zero height offset."""
+    R, t = T[..., :3, :3], T[..., :3, 3]
+    centre = -(R.swapaxes(-1, -2) @ t[..., None])[..., 0]
+    c = centre[..., [0, 2]]
+    d = torch.stack([R[..., 2, 0], R[..., 0, 0]], dim=-1)
+    return c, d
+
+
+def frustum_params_to_pose(c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``pose_to_frustum_params``: c (..., 2), d (..., 2) -> T (..., 4, 4).
+
+    d is normalised to unit length first, so any non-zero network output gives a rotation:
+    R = [[d1, 0, -d0], [0, 1, 0], [d0, 0, d1]], t = -R (c_x, 0, c_z).
+    """
+    d = torch.nn.functional.normalize(d, dim=-1)
+    d0, d1 = d[..., 0], d[..., 1]
+    zero, one = torch.zeros_like(d0), torch.ones_like(d0)
+    R = torch.stack(
+        [torch.stack([d1, zero, -d0], -1), torch.stack([zero, one, zero], -1), torch.stack([d0, zero, d1], -1)],
+        dim=-2,
+    )
+    centre = torch.stack([c[..., 0], zero, c[..., 1]], dim=-1)
+    t = -(R @ centre[..., None])[..., 0]
+    return make_transform(R, t)
+
+
+def rotation_6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
+    """Continuous 6D rotation representation (..., 6) -> rotation (..., 3, 3).
+
+    The 6 numbers are the first two columns before Gram-Schmidt (Zhou et al., CVPR 2019).
+    """
+    a1, a2 = x[..., :3], x[..., 3:]
+    b1 = torch.nn.functional.normalize(a1, dim=-1)
+    b2 = torch.nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+def matrix_to_rotation_6d(R: torch.Tensor) -> torch.Tensor:
+    """Rotation (..., 3, 3) -> its 6D representation (..., 6): the first two columns."""
+    return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
+
+
+def yaw_vector_to_matrix(d: torch.Tensor) -> torch.Tensor:
+    """Unit 2-vector d = (-sin yaw, cos yaw) (..., 2) -> rotation about the camera y axis (..., 3, 3)."""
+    return frustum_params_to_pose(torch.zeros_like(d), d)[..., :3, :3]
+
+
+def rotation_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
+    """Rotation vectors (..., 3) of rotations (..., 3, 3); the angle comes from atan2, so the
+    gradient stays finite near angle 0 (where arccos's does not)."""
+    v = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
+    sin = 0.5 * torch.sqrt((v * v).sum(-1) + 1e-12)
+    cos = 0.5 * (R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2] - 1)
+    angle = torch.atan2(sin, cos)
+    return v * (angle / (2 * sin))[..., None]

@@ -1,0 +1,91 @@
+"""SE(3), projection, the protocol perturbation and the pose parameterisations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from i2preg import geometry as g
+
+
+def test_inverse_and_transform_numpy_and_torch_agree():
+    rng = np.random.default_rng(1)
+    T = g.make_transform(Rotation.random(4, random_state=2).as_matrix(), rng.normal(size=(4, 3)))
+    np.testing.assert_allclose(g.invert_transform(T) @ T, np.broadcast_to(np.eye(4), (4, 4, 4)), atol=1e-12)
+    points = rng.normal(size=(4, 10, 3))
+    expected = np.einsum("bij,bnj->bni", T[:, :3, :3], points) + T[:, None, :3, 3]
+    np.testing.assert_allclose(g.transform_points(T, points), expected, atol=1e-12)
+    torch_out = g.transform_points(torch.from_numpy(T), torch.from_numpy(points)).numpy()
+    np.testing.assert_allclose(torch_out, expected, atol=1e-12)
+
+
+def test_projection_and_in_image_mask():
+    K = np.array([[100.0, 0, 50], [0, 100, 20], [0, 0, 1]])
+    points = np.array([[0, 0, 10], [1, 0, 2], [0, 0, -5], [10, 0, 1], [0, -0.205, 1]])
+    uv, z = g.project_points(points, K)
+    np.testing.assert_allclose(uv[:2], [[50, 20], [100, 20]])
+    np.testing.assert_allclose(z, points[:, 2])
+    mask = g.in_image(uv, z, height=40, width=100)
+    # centre: in; u = 100 is past the last pixel column (99); behind the camera: out; far right: out;
+    # v = -0.5 is the top edge of the first row: in.
+    assert mask.tolist() == [True, False, False, False, True]
+
+
+def test_euler_order_is_rz_ry_rx():
+    rx, ry, rz = 0.1, -0.7, 0.3
+    expected = Rotation.from_euler("ZYX", [rz, ry, rx]).as_matrix()
+    np.testing.assert_allclose(g.euler_to_matrix(rx, ry, rz), expected, atol=1e-12)
+
+
+def test_standard_perturbation_is_planar_and_within_amplitudes():
+    rng = np.random.default_rng(7351)
+    for _ in range(200):
+        P = g.sample_perturbation(rng)
+        assert P[1, 3] == 0 and abs(P[0, 3]) <= 10 and abs(P[2, 3]) <= 10
+        np.testing.assert_allclose(P[1, :3], [0, 1, 0], atol=1e-12)  # rotation about the camera y axis only
+    six_dof = g.sample_perturbation(np.random.default_rng(0), (1, 1, 1, 0.2, 0.2, 0.2))
+    assert abs(six_dof[1, 3]) > 0 and abs(six_dof[1, 0]) > 0
+
+
+def test_same_seed_same_perturbation():
+    a = g.sample_perturbation(np.random.default_rng(5))
+    b = g.sample_perturbation(np.random.default_rng(5))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_frustum_parameters_round_trip_and_meaning():
+    rng = np.random.default_rng(3)
+    P = torch.from_numpy(np.stack([g.sample_perturbation(rng) for _ in range(16)]))
+    T = g.invert_transform(P)
+    c, d = g.pose_to_frustum_params(T)
+    np.testing.assert_allclose(g.frustum_params_to_pose(c, d).numpy(), T.numpy(), atol=1e-12)
+    # c is the camera centre in the cloud frame: it maps to the camera origin.
+    centre = torch.stack([c[:, 0], torch.zeros(16, dtype=c.dtype), c[:, 1]], -1)
+    np.testing.assert_allclose(g.transform_points(T, centre[:, None])[:, 0].numpy(), 0, atol=1e-9)
+    yaw = 0.4
+    R = torch.from_numpy(g.rot_y(yaw))
+    d_yaw = torch.tensor([-math.sin(yaw), math.cos(yaw)], dtype=torch.float64)
+    np.testing.assert_allclose(g.yaw_vector_to_matrix(d_yaw).numpy(), R.numpy(), atol=1e-12)
+
+
+def test_six_d_round_trip_and_orthonormal_output():
+    R = torch.from_numpy(Rotation.random(32, random_state=4).as_matrix())
+    np.testing.assert_allclose(g.rotation_6d_to_matrix(g.matrix_to_rotation_6d(R)).numpy(), R.numpy(), atol=1e-12)
+    out = g.rotation_6d_to_matrix(torch.randn(32, 6, dtype=torch.float64))
+    np.testing.assert_allclose((out.transpose(-1, -2) @ out).numpy(), np.broadcast_to(np.eye(3), (32, 3, 3)), atol=1e-12)
+    np.testing.assert_allclose(torch.linalg.det(out).numpy(), 1, atol=1e-12)
+
+
+def test_axis_angle_matches_scipy_and_has_finite_gradient_at_identity():
+    R = Rotation.random(32, random_state=5)
+    rv = g.rotation_to_axis_angle(torch.from_numpy(R.as_matrix()))
+    np.testing.assert_allclose(rv.numpy(), R.as_rotvec(), atol=1e-9)
+    x = torch.zeros(6, dtype=torch.float64)
+    x[0] = x[4] = 1.0
+    x.requires_grad_(True)
+    angle = g.rotation_to_axis_angle(g.rotation_6d_to_matrix(x)).norm()
+    angle.backward()
+    assert torch.isfinite(x.grad).all()
+    assert angle.item() == pytest.approx(0.0, abs=1e-5)
