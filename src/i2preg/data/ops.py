@@ -1,0 +1,32 @@
+"""Point-cloud operations of the benchmark protocol: voxel downsampling and fixed-size sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def voxel_downsample(points: np.ndarray, voxel: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Keep one point per occupied voxel of side ``voxel`` (metres).
+
+    points: (N, 3). Returns the sorted indices (M,) of the kept points: the first point of each voxel
+    in input order when ``rng`` is None (deterministic), a uniformly random one otherwise.
+    """
+    order = np.arange(len(points)) if rng is None else rng.permutation(len(points))
+    cells = np.floor(points[order] / voxel).astype(np.int64)
+    cells -= cells.min(axis=0)
+    extent = cells.max(axis=0) + 1
+    keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
+    _, first = np.unique(keys, return_index=True)
+    return np.sort(order[first])
+
+
+def sample_indices(num_available: int, num_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Exactly ``num_samples`` random indices into ``num_available`` points, in random order.
+
+    Without replacement when there are enough points; otherwise every point once plus random repeats.
+    Returns (indices (num_samples,), resampled) where ``resampled`` says that repeats were needed.
+    """
+    if num_available >= num_samples:
+        return rng.choice(num_available, num_samples, replace=False), False
+    repeats = rng.choice(num_available, num_samples - num_available, replace=True)
+    return rng.permutation(np.concatenate([np.arange(num_available), repeats])), True
