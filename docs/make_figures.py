@@ -6,7 +6,6 @@ whose input is unavailable is skipped with a message (None).
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -37,18 +36,13 @@ def figure_kitti_real(out_dir: Path) -> Path | None:
     return overlay(KittiObject(KITTI_SAMPLE), 2, 2, out_dir / "overlay_kitti_real.png")
 
 
-def figure_synthetic(out_dir: Path) -> Path | None:
+def figure_synthetic(out_dir: Path) -> Path:
     """docs/overlay_synthetic.png: a generated frame (KITTI odometry layout), ground-truth projection."""
-    if importlib.util.find_spec("i2preg.data.synthetic") is None:
-        return None
-    from i2preg.data import synthetic
     from i2preg.data.kitti import KittiOdometry
+    from i2preg.data.synthetic import generate_dataset
 
-    if not hasattr(synthetic, "generate_dataset"):
-        print("skip overlay_synthetic.png: i2preg.data.synthetic.generate_dataset is not there yet")
-        return None
     with tempfile.TemporaryDirectory() as root:
-        synthetic.generate_dataset(root, sequences=["00"], frames=1, seed=0)
+        generate_dataset(root, sequences=[0], frames=1, seed=0, progress=False)
         return overlay(KittiOdometry(root, ["00"]), 0, 2, out_dir / "overlay_synthetic.png")
 
 

@@ -1,0 +1,87 @@
+"""Speed of the synthetic street generator on ONE CPU core, for both sensor presets.
+
+Usage: python benchmarks/synth_speed.py [--frames 8] [--seed 0]
+
+Pins the process to one core before Embree starts, generates a few frames per preset exactly as
+``i2preg synth`` does (both camera images, the LiDAR scan, PNG/bin writing) and prints a Markdown
+table. World building (route, mesh, Embree BVH) is timed separately, also for a long sequence, whose
+per-frame share is what it adds to a real dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before any thread pool starts
+
+import numpy as np  # noqa: E402
+
+from i2preg.data.synthetic import SyntheticSequence  # noqa: E402
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def points_in_view(seq: SyntheticSequence, points: np.ndarray) -> int:
+    rig = seq.rig
+    h = np.c_[points[:, :3], np.ones(len(points))] @ (rig.P[2] @ rig.Tr).T
+    z = h[:, 2]
+    uv = h[:, :2] / np.where(z > 0, z, 1)[:, None]
+    inside = (z > 0) & (uv[:, 0] >= -0.5) & (uv[:, 0] < rig.width - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] < rig.height - 0.5)
+    return int(inside.sum())
+
+
+def build(seed: int, frames: int, sensor: str) -> tuple[SyntheticSequence, float]:
+    start = time.perf_counter()
+    seq = SyntheticSequence(seed, 0, frames, sensor)
+    seq.caster  # noqa: B018 - builds the world and its BVH
+    return seq, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--long", type=int, default=1000, help="frames of the long sequence whose world build is timed")
+    args = parser.parse_args()
+
+    print(f"CPU: {cpu_model()}; {os.cpu_count()} cores, running on {len(os.sched_getaffinity(0))}; "
+          f"Python {platform.python_version()}, NumPy {np.__version__}\n")
+    print("| sensor | image | world build (s) | s / frame | rays / s | points / scan | points in view |")
+    print("|---|---|---|---|---|---|---|")
+    for sensor in ("kitti", "nuscenes"):
+        seq, build_s = build(args.seed, args.frames, sensor)
+        seq.camera  # noqa: B018 - per-rig ray table, built once per process
+        times, sizes, in_view = [], [], []
+        with tempfile.TemporaryDirectory() as out:
+            folder = Path(out)
+            for sub in ("image_2", "image_3", "velodyne"):
+                (folder / sub).mkdir()
+            for frame in range(args.frames):
+                start = time.perf_counter()
+                points = seq.write_frame(folder, frame)
+                times.append(time.perf_counter() - start)
+                sizes.append(len(points))
+                in_view.append(points_in_view(seq, points))
+        rig = seq.rig
+        rays = 2 * rig.width * rig.height + len(rig.elevations) * rig.azimuth_steps
+        per_frame = float(np.mean(times))
+        print(f"| {sensor} | {rig.width} x {rig.height} | {build_s:.2f} ({args.frames} frames) | {per_frame:.3f} "
+              f"| {rays / per_frame / 1e6:.2f} M | {np.mean(sizes):,.0f} | {np.mean(in_view):,.0f} |")
+
+    _, long_s = build(args.seed, args.long, "kitti")
+    print(f"\nWorld build for a {args.long}-frame sequence: {long_s:.1f} s ({1000 * long_s / args.long:.1f} ms per frame "
+          "amortised). Rays / s counts both images and the LiDAR scan per frame, end to end.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The synthetic street generator: KITTI layout and formats, determinism, LiDAR-camera geometric
+consistency, the route, and the nuScenes preset."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from i2preg.data.synthetic import SyntheticSequence, generate_dataset
+from i2preg.errors import InputError
+
+SEED, FRAMES = 7, 2
+
+
+def read_calib(path: Path) -> dict[str, np.ndarray]:
+    rows = (line.split(":", 1) for line in path.read_text().splitlines() if line.strip())
+    return {key: np.array(values.split(), dtype=np.float64).reshape(3, 4) for key, values in rows}
+
+
+def sequence_files(root: Path, sequence: str = "00") -> dict[str, bytes]:
+    files = [*(root / "sequences" / sequence).rglob("*"), root / "poses" / f"{sequence}.txt"]
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(files) if f.is_file()}
+
+
+def camera_pixels(points: np.ndarray, calib: dict[str, np.ndarray], height: int, width: int):
+    """Pixels (M, 2) int, cam2 depth (M,) of the scan points that land in image 2."""
+    h = np.c_[points[:, :3], np.ones(len(points))] @ (calib["P2"] @ np.r_[calib["Tr"], [[0, 0, 0, 1]]]).T
+    z = h[:, 2]
+    uv = np.round(h[:, :2] / z[:, None]).astype(int)
+    inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+    return uv[inside], z[inside]
+
+
+@pytest.fixture(scope="module")
+def kitti_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    assert generate_dataset(root, [0], FRAMES, SEED, progress=False) == root
+    return root
+
+
+def test_kitti_layout_and_formats(kitti_root):
+    folder = kitti_root / "sequences" / "00"
+    for frame in range(FRAMES):
+        for camera in (2, 3):
+            image = cv2.imread(str(folder / f"image_{camera}" / f"{frame:06d}.png"), cv2.IMREAD_UNCHANGED)
+            assert image.shape == (376, 1241, 3) and image.dtype == np.uint8
+            assert image.std() > 20  # a scene, not a blank frame
+        raw = (folder / "velodyne" / f"{frame:06d}.bin").read_bytes()
+        assert len(raw) % 16 == 0
+        points = np.frombuffer(raw, "<f4").reshape(-1, 4)
+        assert 80_000 < len(points) < 133_312  # 64 x 2083 firings, minus sky, dropout and max range
+        assert np.isfinite(points).all() and points[:, 3].min() >= 0 and points[:, 3].max() <= 1
+        assert np.linalg.norm(points[:, :3], axis=1).max() < 100.0
+
+    calib = read_calib(folder / "calib.txt")
+    assert list(calib) == ["P0", "P1", "P2", "P3", "Tr"]
+    np.testing.assert_allclose(calib["P2"][:, 3], [45.38225, -0.1130887, 0.003779761])
+    np.testing.assert_allclose(calib["P0"][:, :3], [[718.856, 0, 607.1928], [0, 718.856, 185.2157], [0, 0, 1]])
+
+    poses = np.loadtxt(kitti_root / "poses" / "00.txt", ndmin=2)
+    assert poses.shape == (FRAMES, 12)
+    np.testing.assert_allclose(poses[0].reshape(3, 4), np.eye(4)[:3], atol=1e-9)
+    times = np.loadtxt(folder / "times.txt", ndmin=1)
+    assert times.shape == (FRAMES,) and times[0] == 0 and np.all(np.diff(times) > 0)
+    assert not [f for f in kitti_root.rglob("*") if f.name.endswith(".tmp")]
+
+
+def test_same_seed_same_bytes_whatever_else_is_generated(kitti_root, tmp_path):
+    generate_dataset(tmp_path, [3, 0], FRAMES, SEED, workers=2, progress=False)
+    assert sequence_files(tmp_path) == sequence_files(kitti_root)
+    assert sequence_files(tmp_path, "03")["poses/03.txt"] != sequence_files(tmp_path)["poses/00.txt"]
+
+
+def test_different_seed_different_world(kitti_root):
+    other = SyntheticSequence(SEED + 1, 0, FRAMES)
+    written = np.fromfile(kitti_root / "sequences" / "00" / "velodyne" / "000000.bin", "<f4").reshape(-1, 4)
+    assert not np.array_equal(other.scan(0), written)
+    assert other.poses_text() != (kitti_root / "poses" / "00.txt").read_text()
+
+
+def test_lidar_agrees_with_camera_depth(kitti_root):
+    """The written scan, projected with P2 @ Tr, lands on the image where the camera sees a surface at
+    the same depth (the LiDAR sits 0.27 m behind the camera, so occlusions differ a little)."""
+    seq = SyntheticSequence(SEED, 0, FRAMES)
+    folder = kitti_root / "sequences" / "00"
+    calib = read_calib(folder / "calib.txt")
+    assert seq.poses_text() == (kitti_root / "poses" / "00.txt").read_text()
+    for frame in range(FRAMES):
+        points = np.fromfile(folder / "velodyne" / f"{frame:06d}.bin", "<f4").reshape(-1, 4)
+        uv, z = camera_pixels(points, calib, 376, 1241)
+        assert len(z) > 12_000  # measured 15,000 - 16,600 over seeds and frames
+        rgb, depth = seq.render(frame, 2)
+        written = cv2.cvtColor(cv2.imread(str(folder / "image_2" / f"{frame:06d}.png")), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(rgb, written)
+        error = np.abs(depth[uv[:, 1], uv[:, 0]] - z)
+        assert np.median(error) < 0.1  # range noise is 2 cm
+        assert np.mean(error < 0.3) > 0.85
+
+
+def test_route_moves_forward_along_the_road():
+    seq = SyntheticSequence(SEED, 1, 200)  # planning only; the world is not built
+    poses = seq.poses
+    yaw = np.unwrap(np.arctan2(poses[:, 0, 2], poses[:, 2, 2]))
+    assert np.ptp(yaw) > np.radians(80)  # it turns at crossings
+    steps = np.diff(poses[:, :3, 3], axis=0)
+    np.testing.assert_array_less(np.linalg.norm(steps, axis=1), 5.0)
+    assert np.all(np.linalg.norm(steps, axis=1) > 2.0)
+    forward = poses[:-1, :3, 2]  # cam0's z axis in the frame of cam0 at frame 0
+    cosine = np.sum(forward * steps, axis=1) / np.linalg.norm(steps, axis=1)
+    assert np.all(cosine > np.cos(np.radians(30)))  # heading follows the road, also through turns
+    np.testing.assert_allclose(poses[:, 1, 3], 0, atol=1e-9)  # level road: constant camera height
+    grid = seq.grid
+    x, y = seq.T_world_cam0[:, 0, 3], seq.T_world_cam0[:, 1, 3]
+    i, j = grid.nearest(x, y)
+    assert np.all((np.abs(x - grid.xs[i]) < grid.hx[i]) | (np.abs(y - grid.ys[j]) < grid.hy[j]))  # on a road
+
+
+def test_nuscenes_preset(tmp_path):
+    generate_dataset(tmp_path, 1, 1, SEED, sensor="nuscenes", progress=False)
+    folder = tmp_path / "sequences" / "00"
+    for camera in (2, 3):
+        assert cv2.imread(str(folder / f"image_{camera}" / "000000.png")).shape == (900, 1600, 3)
+    points = np.fromfile(folder / "velodyne" / "000000.bin", "<f4").reshape(-1, 4)
+    elevation = np.degrees(np.arctan2(points[:, 2], np.linalg.norm(points[:, :2], axis=1)))
+    beams = np.unique(np.round(elevation, 1))
+    assert 24 <= len(beams) <= 32 and elevation.max() < 10.1 and elevation.min() > -30.1
+    uv, _ = camera_pixels(points, read_calib(folder / "calib.txt"), 900, 1600)
+    assert len(uv) > 2_000  # measured about 3,250
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(sensor="lidar-only"), dict(sequences=[100]), dict(sequences=[1, 1]), dict(frames=0)]
+)
+def test_bad_arguments(tmp_path, kwargs):
+    args = dict(out_dir=tmp_path, sequences=1, frames=1, seed=0) | kwargs
+    with pytest.raises(InputError):
+        generate_dataset(**args)
