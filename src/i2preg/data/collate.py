@@ -1,0 +1,84 @@
+"""Batching: stack the samples and add the point encoder's pyramid, computed on the data side (NumPy / SciPy).
+
+Every tensor is batch-major with a fixed size per level, L = len(model.point_encoder.widths), k = num_neighbors:
+- ``image`` (B, 3, H, W), ``K`` (B, 3, 3), ``points`` (B, N, 3), ``intensity`` (B, N), ``T_gt`` (B, 4, 4),
+  ``resampled`` (B,) bool, ``meta``: list of B dicts.
+- ``pyramid_xyz``: L tensors (B, M_l, 3), cloud frame. Level 0 is ``points`` (M_0 = N); level l >= 1 takes
+  the centroids of a voxel grid of size ``voxel_size * 2**l`` over level l-1 and resamples them to exactly
+  M_l = ``subsample_sizes[l-1]`` (evenly spaced in voxel order; repeated when there are fewer voxels).
+- ``pyramid_neighbors``: L int64 tensors (B, M_l, k), the k nearest level-l points of each level-l point
+  (itself included), nearest first.
+- ``pyramid_pools``: L-1 int64 tensors (B, M_l, k) for l = 1..L-1, the k nearest level-(l-1) points.
+- ``pyramid_upsamples``: L-1 int64 tensors (B, M_{l-1}) for l = 1..L-1, the nearest level-l point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from ..config import deep_update
+from ..model.icl import ICL
+
+
+def voxel_subsample(xyz: np.ndarray, voxel_size: float, size: int) -> np.ndarray:
+    """Centroids of the occupied cells of a voxel grid over xyz (N, 3), resampled to exactly (size, 3)."""
+    cells = np.floor(xyz / voxel_size).astype(np.int64)
+    cells -= cells.min(axis=0)
+    extent = cells.max(axis=0) + 1
+    keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    centroids = np.stack([np.bincount(inverse, weights=xyz[:, i]) for i in range(3)], axis=1) / counts[:, None]
+    keep = np.linspace(0, len(centroids) - 1, size).round().astype(np.int64)
+    return centroids[keep].astype(np.float32)
+
+
+def build_pyramid(points: np.ndarray, voxel_size: float, subsample_sizes: list[int], num_neighbors: int) -> dict:
+    """Pyramid of one cloud (N, 3): the keys of the module docstring without the batch dimension."""
+    xyz = [np.asarray(points, dtype=np.float32)]
+    for level, size in enumerate(subsample_sizes, start=1):
+        xyz.append(voxel_subsample(xyz[-1], voxel_size * 2**level, size))
+    trees = [cKDTree(x) for x in xyz]
+    pyramid = {"pyramid_xyz": xyz, "pyramid_neighbors": [], "pyramid_pools": [], "pyramid_upsamples": []}
+    for level, tree in enumerate(trees):
+        pyramid["pyramid_neighbors"].append(tree.query(xyz[level], num_neighbors)[1])
+        if level > 0:
+            pyramid["pyramid_pools"].append(trees[level - 1].query(xyz[level], num_neighbors)[1])
+            pyramid["pyramid_upsamples"].append(tree.query(xyz[level - 1], 1)[1])
+    return pyramid
+
+
+class Collate:
+    """``DataLoader(collate_fn=Collate(model_conf))``: samples (dicts of the dataset) -> one batch dict."""
+
+    def __init__(self, model_conf: dict | None = None):
+        conf = deep_update(ICL.default_conf, model_conf or {})
+        encoder = conf["point_encoder"]
+        self.image_size = tuple(conf["image_size"])
+        self.num_points = conf["num_points"]
+        self.voxel_size = encoder["voxel_size"]
+        self.subsample_sizes = list(encoder["subsample_sizes"])
+        self.num_neighbors = encoder["num_neighbors"]
+        if len(self.subsample_sizes) != len(encoder["widths"]) - 1:
+            raise ValueError("point_encoder.subsample_sizes needs one entry per level after the first")
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in ("image", "K", "points", "intensity", "T_gt")}
+        batch["resampled"] = torch.tensor([bool(s["resampled"]) for s in samples])
+        batch["meta"] = [s["meta"] for s in samples]
+        if tuple(batch["image"].shape[-2:]) != self.image_size or batch["points"].shape[1] != self.num_points:
+            raise ValueError(
+                f"batch has images {tuple(batch['image'].shape[-2:])} and {batch['points'].shape[1]} points, the model"
+                f" config expects {self.image_size} and {self.num_points} (model.image_size, model.num_points)"
+            )
+        pyramids = [
+            build_pyramid(s["points"], self.voxel_size, self.subsample_sizes, self.num_neighbors) for s in samples
+        ]
+        for key in pyramids[0]:
+            batch[key] = [
+                torch.from_numpy(np.stack([p[key][level] for p in pyramids])) for level in range(len(pyramids[0][key]))
+            ]
+        for key in ("pyramid_neighbors", "pyramid_pools", "pyramid_upsamples"):
+            batch[key] = [index.long() for index in batch[key]]
+        return batch

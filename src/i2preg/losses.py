@@ -1,0 +1,100 @@
+"""Training losses of ICL (METHOD section 2, "Losses").
+
+``compute_losses`` returns each term unweighted (pixels, metres, radians, as named) and ``total``, their
+weighted sum: stage 1 (GPDM) L_cls + L_fru; stage 2 all terms (with GPDM frozen, L_cls and L_fru are constants).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import project_points, project_pose, rotation_6d_to_matrix, rotation_to_axis_angle, transform_points
+from .model.gpdm import params_from_pose
+
+DEFAULT_WEIGHTS = {
+    "cls": 1.0,
+    "fru": 1.0,
+    "fru_centre": 0.1,  # inside L_fru: MSE(rotation) + fru_centre * MSE(centre in metres)
+    "corr": 0.1,
+    "div_2d": 1.0,
+    "div_3d": 1.0,
+    "div_margin_px": 16.0,  # L_div hinge: keypoints closer than this many pixels are pushed apart
+    "cam": 1.0,
+}
+
+MIN_DEPTH = 0.1
+"""L_corr skips 3D keypoints closer to the GT camera plane than this (metres): their projections are meaningless."""
+
+
+def in_frustum_targets(coarse_xyz: torch.Tensor, T_gt: torch.Tensor, K: torch.Tensor, image_size) -> torch.Tensor:
+    """GT of the classifier: coarse_xyz (B, M, 3) cloud frame seen by the GT camera (z > 0, inside H x W)."""
+    return project_pose(coarse_xyz, T_gt, K, *image_size)[2]
+
+
+def frustum_loss(centre: torch.Tensor, rotation: torch.Tensor, T_gt: torch.Tensor, centre_weight: float) -> torch.Tensor:
+    """MSE(rotation) + centre_weight * MSE(centre). 3 DoF: unit d vs GT d, c (metres); 6 DoF: the Gram-Schmidt
+    columns of the 6D output vs the GT rotation's first two columns, 3D centre (metres)."""
+    centre_gt, rotation_gt = params_from_pose(T_gt, dof=3 if rotation.shape[-1] == 2 else 6)
+    if rotation.shape[-1] == 2:
+        rotation = F.normalize(rotation, dim=-1)
+    else:
+        rotation = rotation_6d_to_matrix(rotation)[..., :2].transpose(-1, -2).flatten(-2)
+    return F.mse_loss(rotation, rotation_gt) + centre_weight * F.mse_loss(centre, centre_gt)
+
+
+def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
+    """(B, Q, D) -> (B, Q, Q) Euclidean distances, with a finite gradient at coincident points."""
+    return ((x[:, :, None] - x[:, None]).square().sum(-1) + 1e-8).sqrt()
+
+
+def diversity_loss(keypoints: torch.Tensor, margin: float) -> torch.Tensor:
+    """Mean over pairs q != q' of ReLU(margin - |k_q - k_q'|) for keypoints (B, Q, 2) in pixels."""
+    Q = keypoints.shape[1]
+    off_diagonal = ~torch.eye(Q, dtype=torch.bool, device=keypoints.device)
+    return F.relu(margin - pairwise_distance(keypoints))[:, off_diagonal].mean()
+
+
+def residual_target(frustum_pose: torch.Tensor, T_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GT residual of a frustum pose: dR = R_gt R_f^T (B, 3, 3), dt = t_gt - dR t_f (B, 3)."""
+    dR = T_gt[..., :3, :3] @ frustum_pose[..., :3, :3].transpose(-1, -2)
+    return dR, T_gt[..., :3, 3] - (dR @ frustum_pose[..., :3, 3, None])[..., 0]
+
+
+def camera_loss(dR: torch.Tensor, dt: torch.Tensor, frustum_pose: torch.Tensor, T_gt: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of |rotation vector of dR^T dR_gt| (radians) + |dt - dt_gt| (metres)."""
+    dR_gt, dt_gt = residual_target(frustum_pose.detach(), T_gt)
+    rotation_error = rotation_to_axis_angle(dR.transpose(-1, -2) @ dR_gt)
+    translation_error = dt - dt_gt
+    return ((rotation_error.square().sum(-1) + 1e-12).sqrt() + (translation_error.square().sum(-1) + 1e-12).sqrt()).mean()
+
+
+def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stage: int = 2) -> dict[str, torch.Tensor]:
+    """Loss terms of the ICL ``outputs`` (``ICL.forward``; ``ICL.forward_gpdm`` suffices in stage 1) for ``batch``.
+
+    Returns cls (BCE), fru, and in stage 2 also corr (mean pixel distance over the 3D keypoints in front of the
+    GT camera), div_2d, div_3d (pixels), cam,
+    plus total = the weighted sum of the stage's terms with ``weights`` over ``DEFAULT_WEIGHTS``.
+    """
+    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    T_gt, K = batch["T_gt"], batch["K"]
+    image_size = tuple(batch["image"].shape[-2:])
+    targets = in_frustum_targets(outputs["coarse_xyz"], T_gt, K, image_size)
+    losses = {
+        "cls": F.binary_cross_entropy_with_logits(outputs["cls_logits"], targets.float()),
+        "fru": frustum_loss(outputs["frustum_centre"], outputs["frustum_rotation"], T_gt, w["fru_centre"]),
+    }
+    if stage == 2:
+        kp_3d_pixels, kp_3d_depth = project_points(transform_points(T_gt, outputs["kp_3d"]), K)
+        distance = ((outputs["kp_2d"] - kp_3d_pixels).square().sum(-1) + 1e-8).sqrt()
+        in_front = kp_3d_depth > MIN_DEPTH
+        losses["corr"] = (distance * in_front).sum() / in_front.sum().clamp_min(1)
+        losses["div_2d"] = diversity_loss(outputs["kp_2d"], w["div_margin_px"])
+        losses["div_3d"] = diversity_loss(kp_3d_pixels, w["div_margin_px"])
+        losses["cam"] = camera_loss(
+            outputs["residual_rotation"], outputs["residual_translation"], outputs["frustum_pose"], T_gt
+        )
+    elif stage != 1:
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    losses["total"] = sum(w[name] * value for name, value in losses.items())
+    return losses

@@ -1,0 +1,124 @@
+"""The ICL model: GPDM -> ICLM -> PRM (METHOD section 2), configured LightGlue-style from ``ICL.default_conf``.
+
+Training stages: stage 1 trains the GPDM set (``gpdm_parameters``: image encoder, point encoder, GPDM heads)
+with L_cls + L_fru; stage 2 freezes it (``freeze_gpdm``) and trains the rest (image decoder to the pixel
+tokens, ICLM, PRM).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..config import deep_update
+from ..geometry import transform_points
+from .gpdm import GPDM
+from .iclm import ICLM
+from .image_encoder import ImageDecoder, ImageEncoder, token_centres
+from .point_encoder import KPConvEncoder
+from .prm import PRM
+
+
+class ICL(nn.Module):
+    default_conf = {
+        "dof": 3,  # 3: yaw + planar translation (the benchmark protocol); 6: general pose
+        "image_size": (160, 512),  # (H, W) of the input images, checked by the collate
+        "num_points": 40960,  # points per input cloud, checked by the collate
+        "detach_prm_inputs": True,  # the reference code: no PRM gradient into ICLM
+        "image_encoder": {
+            "widths": (128, 256, 512),  # strides 2, 4, 8
+            "token_stride": 4,  # pixel tokens from the decoder at this stride (2, 4 or 8)
+            "token_dim": 128,
+        },
+        "point_encoder": {
+            "widths": (64, 128, 256, 512),  # one entry per pyramid level
+            "voxel_size": 0.15,  # level l voxel: voxel_size * 2**l; levels >= 1 are voxel-grid subsampled
+            "subsample_sizes": (10240, 2560, 640),  # fixed point counts of levels 1.. (level 0: the input)
+            "num_neighbors": 16,  # k of the kNN neighbourhoods
+            "coarse_level": 2,  # the decoder stops here: these are the coarse points / point tokens
+            "num_kernel_points": 15,
+            "kernel_radius": 2.5,  # in voxels
+            "kernel_sigma": 1.2,  # kernel point influence extent, in voxels
+            "use_intensity": False,  # input feature: constant 1 (+ intensity)
+        },
+        "gpdm": {"hidden_dim": 128, "fallback_topk": 16},
+        "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4},
+        "prm": {"dim": 128},
+    }
+
+    def __init__(self, conf: dict | None = None):
+        super().__init__()
+        self.conf = conf = deep_update(self.default_conf, conf or {})
+        image_widths = list(conf["image_encoder"]["widths"])
+        self.token_stride = conf["image_encoder"]["token_stride"]
+        self.image_encoder = ImageEncoder(image_widths)
+        self.point_encoder = KPConvEncoder(conf["point_encoder"])
+        self.gpdm = GPDM(image_widths[-1], self.point_encoder.out_dim, conf["gpdm"], conf["dof"])
+        token_dim = conf["image_encoder"]["token_dim"]
+        self.image_decoder = ImageDecoder(image_widths, token_dim, self.token_stride)
+        self.iclm = ICLM(token_dim, self.point_encoder.out_dim, conf["iclm"])
+        self.prm = PRM(conf["iclm"]["dim"], conf["prm"], conf["dof"])
+
+    def gpdm_modules(self) -> list[nn.Module]:
+        """The stage-1 modules: image encoder, point encoder, GPDM heads."""
+        return [self.image_encoder, self.point_encoder, self.gpdm]
+
+    def gpdm_parameters(self) -> Iterator[nn.Parameter]:
+        for module in self.gpdm_modules():
+            yield from module.parameters()
+
+    def freeze_gpdm(self, frozen: bool = True) -> None:
+        """Stage 2: stop gradients into the GPDM set (requires_grad False)."""
+        for parameter in self.gpdm_parameters():
+            parameter.requires_grad_(not frozen)
+
+    def forward_gpdm(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Stage-1 forward: encoders and GPDM only (the keys of ``forward`` up to ``mask``)."""
+        return self._encode_and_detect(batch)[0]
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """batch: a ``data.collate.Collate`` batch (image (B, 3, H, W), K (B, 3, 3), the point pyramid...).
+
+        Returns, with M coarse points, Nq queries and T pixel tokens:
+        - GPDM: coarse_xyz (B, M, 3) cloud frame; cls_logits (B, M); frustum_centre, frustum_rotation (raw
+          parameters: (B, 2) c and (B, 2) d for 3 DoF, (B, 3) centre and (B, 6) 6D for 6 DoF);
+          frustum_pose (B, 4, 4); mask (B, M) bool, the points ICLM may attend to.
+        - ICLM: kp_2d (B, Nq, 2) input-image pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T);
+          heatmap_3d (B, Nq, M); desc_2d, desc_3d (B, Nq, d).
+        - PRM: residual_rotation (B, 3, 3); residual_translation (B, 3); residual_rotation_params,
+          residual_translation_params (raw head outputs); pose (B, 4, 4) cloud -> camera, the final estimate.
+        """
+        out, (image_features, coarse_feats) = self._encode_and_detect(batch)
+        image_size = tuple(batch["image"].shape[-2:])
+        token_map = self.image_decoder(image_features)
+        pixel_uv = token_centres(*token_map.shape[-2:], self.token_stride, device=token_map.device)
+        frustum_pose = out["frustum_pose"].detach()
+        out.update(
+            self.iclm(
+                token_map.flatten(2).transpose(1, 2),
+                pixel_uv,
+                image_size,
+                coarse_feats,
+                out["coarse_xyz"],
+                transform_points(frustum_pose, out["coarse_xyz"]),
+                out["mask"],
+            )
+        )
+        prm_inputs = [out["kp_2d"], out["kp_3d"], out["desc_2d"], out["desc_3d"]]
+        if self.conf["detach_prm_inputs"]:
+            prm_inputs = [x.detach() for x in prm_inputs]
+        out.update(self.prm(*prm_inputs, batch["K"], frustum_pose))
+        return out
+
+    def _encode_and_detect(self, batch: dict):
+        image = batch["image"]
+        if image.shape[-1] % 8 or image.shape[-2] % 8:
+            raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
+        image_features = self.image_encoder(image)
+        coarse_xyz, coarse_feats = self.point_encoder(batch)
+        global_feat = image_features[-1].mean(dim=(2, 3))
+        out = self.gpdm(global_feat, coarse_feats, coarse_xyz, batch["K"], tuple(image.shape[-2:]))
+        out["coarse_xyz"] = coarse_xyz
+        return out, (image_features, coarse_feats)

@@ -1,0 +1,68 @@
+"""Small building blocks shared by the ICL modules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def mlp(dims: list[int], final_activation: bool = False) -> nn.Sequential:
+    """Per-element MLP on (..., dims[0]) -> (..., dims[-1]): Linear layers with ReLU in between."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(dims) - 2 or final_activation:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def num_groups(channels: int) -> int:
+    """GroupNorm groups: about 4 channels per group, at most 32 groups."""
+    return math.gcd(channels, min(32, max(1, channels // 4)))
+
+
+def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Batched row lookup: x (B, S, C), index (B, ...) into S -> (B, ..., C)."""
+    B, S, C = x.shape
+    offsets = (torch.arange(B, device=x.device) * S).view(-1, *([1] * (index.dim() - 1)))
+    return x.reshape(B * S, C).index_select(0, (index + offsets).flatten()).view(*index.shape, C)
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over the last dim where mask (broadcastable, bool) is False gets exactly zero weight.
+
+    Masked logits are replaced by the dtype's most negative finite number (not -inf), so exp underflows
+    to exactly 0 whenever a row has one valid entry, and a fully masked row stays finite (uniform).
+    """
+    if mask is not None:
+        logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+    return logits.softmax(dim=-1)
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head scaled dot-product attention + FFN (d -> 2d -> d), each with residual and post-LayerNorm."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_query, self.to_key, self.to_value = (nn.Linear(dim, dim) for _ in range(3))
+        self.merge = nn.Linear(dim, dim)
+        self.norm_attention = nn.LayerNorm(dim)
+        self.ffn = mlp([dim, 2 * dim, dim])
+        self.norm_ffn = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, Q, d) attends to source: (B, S, d); source_mask: (B, S) bool, False = never attended."""
+        B, Q, d = x.shape
+        q, k, v = self._heads(self.to_query(x)), self._heads(self.to_key(source)), self._heads(self.to_value(source))
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, heads, Q, S)
+        weights = masked_softmax(logits, None if source_mask is None else source_mask[:, None, None])
+        message = (weights @ v).transpose(1, 2).reshape(B, Q, d)
+        x = self.norm_attention(x + self.merge(message))
+        return self.norm_ffn(x + self.ffn(x))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, S, d) -> (B, heads, S, d / heads)."""
+        return t.view(t.shape[0], t.shape[1], self.num_heads, -1).transpose(1, 2)

@@ -1,0 +1,155 @@
+"""Point side: a rigid-KPConv encoder-decoder on the point pyramid precomputed by ``data.collate``.
+
+Pyramid (batch keys, built on the data side; see ``i2preg.data.collate``), with L = len(widths):
+- ``pyramid_xyz[l]``: (B, M_l, 3) cloud-frame points of level l; level 0 is the input cloud itself.
+- ``pyramid_neighbors[l]``: (B, M_l, k) indices of the k nearest level-l points of each level-l point.
+- ``pyramid_pools[l - 1]``: (B, M_l, k) indices of the k nearest level-(l-1) points of each level-l point.
+- ``pyramid_upsamples[l - 1]``: (B, M_{l-1}) index of the nearest level-l point of each level-(l-1) point.
+Level l works at the voxel size ``voxel_size * 2**l``. The encoder runs all L levels; the decoder goes back
+up to ``coarse_level``, whose points are the coarse points (point tokens) of GPDM and ICLM.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import gather, num_groups
+
+
+def kernel_point_layout(num_points: int) -> torch.Tensor:
+    """Fixed kernel disposition in the unit ball: (num_points, 3).
+
+    One point at the centre, the others quasi-uniformly on a sphere of radius 0.66 (a Fibonacci lattice),
+    the shell radius KPConv's own kernel generator aims for.
+    """
+    n = num_points - 1
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    polar = torch.arccos(1 - 2 * i / n)
+    azimuth = math.pi * (1 + math.sqrt(5)) * i
+    shell = torch.stack(
+        [torch.sin(polar) * torch.cos(azimuth), torch.sin(polar) * torch.sin(azimuth), torch.cos(polar)], dim=-1
+    )
+    return torch.cat([torch.zeros(1, 3, dtype=torch.float64), 0.66 * shell]).float()
+
+
+@torch.no_grad()
+def kernel_influence(offsets: torch.Tensor, kernel_points: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Linear influence max(0, 1 - |r - x_k| / sigma) of kernel points x_k (K, 3) on neighbour offsets r
+    (B, M, k, 3) from their query point -> (B, M, k, K). Distances come from one matmul of augmented vectors;
+    geometry only, so no gradient flows to the point coordinates."""
+    offsets, kernel_points = offsets / sigma, kernel_points / sigma
+    ones = torch.ones_like(offsets[..., :1])
+    lhs = torch.cat([offsets, offsets.square().sum(-1, keepdim=True), ones], dim=-1)
+    rhs = torch.cat([-2 * kernel_points, ones.new_ones(len(kernel_points), 1), kernel_points.square().sum(-1, keepdim=True)], -1)
+    distance = (lhs @ rhs.T).clamp_min_(0).sqrt_()
+    return distance.neg_().add_(1).relu_()
+
+
+class KPConv(nn.Module):
+    """Rigid kernel point convolution. The kernel influences come precomputed (``KPConvEncoder.influence``),
+    so convolutions over the same neighbourhoods share them."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_kernel_points: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_kernel_points * in_dim, out_dim))
+        bound = 1 / math.sqrt(self.weight.shape[0])  # as nn.Linear with fan-in K * in_dim
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, support_feats: torch.Tensor, neighbors: torch.Tensor, influence: torch.Tensor) -> torch.Tensor:
+        """support_feats: (B, S, C), neighbors: (B, M, k) into S, influence: (B, M, k, K) -> (B, M, out_dim)."""
+        weighted = influence.transpose(-1, -2) @ gather(support_feats, neighbors)  # (B, M, K, C)
+        return weighted.flatten(2) @ self.weight
+
+
+class PointNorm(nn.GroupNorm):
+    """GroupNorm over the channels of per-point features (B, M, C), statistics per sample."""
+
+    def __init__(self, channels: int):
+        super().__init__(num_groups(channels), channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class Unary(nn.Sequential):
+    """Linear + norm (+ LeakyReLU) on per-point features (B, M, C)."""
+
+    def __init__(self, in_dim: int, out_dim: int, activation: bool = True):
+        super().__init__(nn.Linear(in_dim, out_dim, bias=False), PointNorm(out_dim))
+        if activation:
+            self.append(nn.LeakyReLU(0.1))
+
+
+class ResnetBlock(nn.Module):
+    """KPConv bottleneck block. Strided when its queries are another level than its supports
+    (the shortcut then max-pools over the neighbours)."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_kernel_points: int):
+        super().__init__()
+        mid = out_dim // 2
+        self.reduce = Unary(in_dim, mid)
+        self.conv = KPConv(mid, mid, num_kernel_points)
+        self.conv_norm = nn.Sequential(PointNorm(mid), nn.LeakyReLU(0.1))
+        self.expand = Unary(mid, out_dim, activation=False)
+        self.shortcut = nn.Identity() if in_dim == out_dim else Unary(in_dim, out_dim, activation=False)
+
+    def forward(self, support_feats, neighbors, influence, strided: bool = False):
+        """support_feats: (B, S, C); neighbors: (B, M, k) into S; influence: (B, M, k, K) -> (B, M, out_dim)."""
+        x = self.conv_norm(self.conv(self.reduce(support_feats), neighbors, influence))
+        skip = gather(support_feats, neighbors).amax(dim=2) if strided else support_feats
+        return F.leaky_relu(self.expand(x) + self.shortcut(skip), 0.1)
+
+
+class KPConvEncoder(nn.Module):
+    """KPConv encoder over all pyramid levels and a nearest-upsampling decoder up to ``coarse_level``.
+
+    The convolutions at level l use kernel points of radius ``kernel_radius`` voxels of level l; the strided
+    blocks that pool level l-1 into level l use the voxel of level l-1, as in KPConv.
+    """
+
+    def __init__(self, conf: dict):
+        super().__init__()
+        widths, K = conf["widths"], conf["num_kernel_points"]
+        self.voxel_size, self.sigma = conf["voxel_size"], conf["kernel_sigma"]
+        self.register_buffer("kernel_points", kernel_point_layout(K) * conf["kernel_radius"], persistent=False)
+        self.in_dim = 2 if conf["use_intensity"] else 1
+        self.coarse_level = conf["coarse_level"]
+        self.stem = KPConv(self.in_dim, widths[0], K)
+        self.stem_norm = nn.Sequential(PointNorm(widths[0]), nn.LeakyReLU(0.1))
+        self.downs = nn.ModuleList(ResnetBlock(w_in, w_out, K) for w_in, w_out in zip(widths[:-1], widths[1:]))
+        self.blocks = nn.ModuleList(ResnetBlock(w, w, K) for w in widths)
+        self.ups = nn.ModuleList(
+            Unary(widths[level] + widths[level - 1], widths[level - 1])
+            for level in range(len(widths) - 1, self.coarse_level, -1)
+        )  # coarsest first
+        self.out_dim = widths[self.coarse_level]
+
+    def influence(self, query_xyz, support_xyz, neighbors, level: int) -> torch.Tensor:
+        """Kernel influences (B, M, k, K) of a convolution at the voxel size of ``level``."""
+        voxel = self.voxel_size * 2**level
+        offsets = gather(support_xyz, neighbors) - query_xyz[:, :, None]
+        return kernel_influence(offsets / voxel, self.kernel_points, self.sigma)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> coarse_xyz (B, M, 3) cloud frame, coarse_feats (B, M, out_dim) with M = M_coarse_level."""
+        xyz, neighbors, pools = batch["pyramid_xyz"], batch["pyramid_neighbors"], batch["pyramid_pools"]
+        feats = torch.ones_like(xyz[0][..., :1])
+        if self.in_dim == 2:
+            feats = torch.cat([feats, batch["intensity"][..., None]], dim=-1)
+        influence = self.influence(xyz[0], xyz[0], neighbors[0], level=0)
+        x = self.stem_norm(self.stem(feats, neighbors[0], influence))
+        skips = []
+        for level, block in enumerate(self.blocks):
+            if level > 0:
+                pool_influence = self.influence(xyz[level], xyz[level - 1], pools[level - 1], level=level - 1)
+                x = self.downs[level - 1](x, pools[level - 1], pool_influence, strided=True)
+                influence = self.influence(xyz[level], xyz[level], neighbors[level], level=level)
+            x = block(x, neighbors[level], influence)
+            skips.append(x)
+        for up, level in zip(self.ups, range(len(self.blocks) - 1, self.coarse_level, -1)):
+            x = up(torch.cat([gather(x, batch["pyramid_upsamples"][level - 1]), skips[level - 1]], dim=-1))
+        return xyz[self.coarse_level], x

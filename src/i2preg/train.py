@@ -1,0 +1,265 @@
+"""Two-stage training with Lightning: stage 1 trains GPDM (L_cls + L_fru), stage 2 the rest with GPDM frozen.
+
+A run lives in ``runs/NAME/``::
+
+    config.yaml                 the resolved config
+    stage1/ stage2/             Lightning checkpoints (last.ckpt, per-epoch), TensorBoard and CSV logs
+    stage1.safetensors          stage-1 weights, written when stage 1 ends (stage 2 starts from them)
+    model.safetensors           the final weights (end of stage 2) with their config in the header
+
+``--resume`` continues where a killed run stopped, in the stage it was in. Every random choice of a
+training sample is a function of (seed, epoch, index), so a run resumed from an epoch-boundary
+checkpoint ends with exactly the weights of an uninterrupted run (CPU, deterministic algorithms).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Sampler
+
+from .config import deep_update
+from .data.collate import Collate
+from .data.pairs import PAIR_DEFAULTS, build_dataset
+from .losses import DEFAULT_WEIGHTS, compute_losses
+from .metrics import ACC_RRE_DEG, ACC_RTE_M, registration_errors, summarize
+from .model.icl import ICL
+
+STAGES = (1, 2)
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "lr": 1e-4,  # Adam
+    "weight_decay": 1e-6,
+    "lr_decay": 0.95,  # StepLR gamma, per epoch
+    "batch_size": 2,
+    "stage1_epochs": 20,
+    "stage2_epochs": 20,
+    "stage1_max_steps": -1,  # -1: no limit besides the epochs
+    "stage2_max_steps": -1,
+    "limit_train_batches": None,  # batches per epoch (None: all)
+    "limit_val_batches": None,
+    "val_pairs": None,  # validate on the first N pairs of the val split (None: all)
+    "val_every_n_epochs": 1,
+    "checkpoint_every_n_steps": 500,
+    "log_every_n_steps": 10,
+    "gradient_clip_val": None,
+    "num_workers": 2,
+    "accelerator": "auto",
+    "devices": "auto",
+    "num_nodes": 1,
+    "strategy": "auto",
+    "precision": "32-true",
+    "deterministic": False,
+    "progress_bar": True,
+}
+"""The ``train`` config section."""
+
+
+def full_config(cfg: dict) -> dict[str, Any]:
+    """A config with every section's defaults filled in: data, model, loss, train, eval."""
+    defaults = {
+        "data": PAIR_DEFAULTS,
+        "model": ICL.default_conf,
+        "loss": DEFAULT_WEIGHTS,
+        "train": TRAIN_DEFAULTS,
+        "eval": {"thresholds": {"rte_thresh": ACC_RTE_M, "rre_thresh": ACC_RRE_DEG}},
+    }
+    return deep_update(defaults, cfg)
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys: the order and each sample's random draws depend only on
+    (seed, epoch, index), never on a global RNG, so resumption is exact. Splits the indices
+    between DDP ranks itself (pad by wrapping so every rank gets the same count). ``skip`` drops
+    the first keys of the next pass once: a run resumed mid-epoch sets it to what was done."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch, self.skip = size, seed, 0, 0
+
+    def _rank(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self._rank()[1])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world = self._rank()
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.size)
+        order = np.resize(order, len(self) * world)  # wrap so that every rank has len(self) samples
+        keys = [(self.epoch, int(i)) for i in order[rank::world]][self.skip :]
+        self.skip = 0
+        return iter(keys)
+
+
+class ICLModule(L.LightningModule):
+    """The ICL model, its losses for one stage, and validation with the protocol metric."""
+
+    def __init__(self, cfg: dict[str, Any], stage: int):
+        super().__init__()
+        self.cfg, self.stage = cfg, stage
+        self.model = ICL(cfg["model"])
+        self._val_errors: list[dict[str, np.ndarray]] = []
+        gpdm = {id(p) for p in self.model.gpdm_parameters()}
+        for parameter in self.model.parameters():  # stage 1: GPDM alone; stage 2: all but GPDM
+            parameter.requires_grad_((id(parameter) in gpdm) == (stage == 1))
+
+    def forward(self, batch: dict) -> dict:
+        return self.model(batch) if self.stage == 2 else self.model.forward_gpdm(batch)
+
+    def on_train_start(self) -> None:
+        """Resumed mid-epoch: skip the batches of this epoch that the checkpoint already trained on."""
+        loop = self.trainer.fit_loop
+        if loop.restarted_mid_epoch:
+            done = loop.epoch_loop.batch_progress.current.processed
+            self.trainer.train_dataloader.sampler.skip = done * int(self.cfg["train"]["batch_size"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = compute_losses(self(batch), batch, self.cfg["loss"], self.stage)
+        bs = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs, sync_dist=False)
+        self.log("train/loss", losses["total"].detach(), prog_bar=True, batch_size=bs, logger=False)
+        return losses["total"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self(batch)
+        losses = compute_losses(out, batch, self.cfg["loss"], self.stage)
+        bs = batch["image"].shape[0]
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=bs, sync_dist=True)
+        pose = out["pose"] if self.stage == 2 else out["frustum_pose"]
+        self._val_errors.append(registration_errors(pose.detach().double().cpu().numpy(), batch["T_gt"].double().cpu().numpy()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_errors:
+            return
+        errors = {k: np.concatenate([e[k] for e in self._val_errors]) for k in self._val_errors[0]}
+        self._val_errors.clear()
+        s = summarize(errors, **self.cfg["eval"]["thresholds"])
+        metrics = {"val/rte": s["rte_mean"], "val/rre": s["rre_mean"], "val/rte_median": s["rte_median"],
+                   "val/rre_median": s["rre_median"], "val/acc": s["acc"]}
+        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()}, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        opt_cfg = self.cfg["train"]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=opt_cfg["lr_decay"])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def make_loader(cfg: dict, split: str, limit: int | None = None) -> DataLoader:
+    """A DataLoader over the protocol pairs of ``split`` with the model's collate.
+
+    Training draws ``(epoch, index)`` keys from an ``EpochSampler``; other splits are read in order
+    with each pair's fixed seed (every rank reads all of them).
+    """
+    dataset = build_dataset(cfg, split)
+    if limit is not None and limit < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(limit))
+    train = cfg["train"]
+    sampler = EpochSampler(len(dataset), seed=int(train["seed"])) if split == "train" else None
+    return DataLoader(
+        dataset,
+        batch_size=int(train["batch_size"]),
+        sampler=sampler,
+        collate_fn=Collate(cfg["model"]),
+        num_workers=int(train["num_workers"]),
+    )
+
+
+def save_weights(model: torch.nn.Module, path: Path, cfg: dict, extra: dict | None = None) -> None:
+    """Weights as safetensors with the config (YAML) and ``extra`` (JSON) in the header; atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"config": yaml.safe_dump(cfg, sort_keys=False), "extra": json.dumps(extra or {})}
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    model.load_state_dict(load_file(str(path)))
+
+
+def _trainer(cfg: dict, run_dir: Path, stage: int) -> L.Trainer:
+    train = cfg["train"]
+    stage_dir = run_dir / f"stage{stage}"
+    # Both write last.ckpt (the newest of a step and an epoch-end checkpoint), which --resume reads.
+    common = {"dirpath": stage_dir, "save_last": True, "auto_insert_metric_name": False, "enable_version_counter": False}
+    callbacks = [
+        ModelCheckpoint(filename="step{step:07d}", every_n_train_steps=int(train["checkpoint_every_n_steps"]),
+                        save_top_k=1, **common),
+        ModelCheckpoint(filename="epoch{epoch:03d}", save_on_train_epoch_end=True, save_top_k=-1, **common),
+    ]
+    loggers = [TensorBoardLogger(run_dir, name=f"stage{stage}", version="logs"), CSVLogger(run_dir, name=f"stage{stage}", version="logs")]
+    return L.Trainer(
+        default_root_dir=stage_dir,
+        max_epochs=int(train[f"stage{stage}_epochs"]),
+        max_steps=int(train[f"stage{stage}_max_steps"]),
+        accelerator=train["accelerator"],
+        devices=train["devices"],
+        num_nodes=int(train["num_nodes"]),
+        strategy=train["strategy"],
+        precision=train["precision"],
+        deterministic=bool(train["deterministic"]),
+        gradient_clip_val=train["gradient_clip_val"],
+        limit_train_batches=train["limit_train_batches"],
+        limit_val_batches=train["limit_val_batches"],
+        check_val_every_n_epoch=int(train["val_every_n_epochs"]),
+        log_every_n_steps=int(train["log_every_n_steps"]),
+        enable_progress_bar=bool(train["progress_bar"]),
+        use_distributed_sampler=False,  # EpochSampler splits between ranks itself
+        callbacks=callbacks,
+        logger=loggers,
+    )
+
+
+def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
+    """Run stage 1 then stage 2 (or continue a killed run); returns the final weights' path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.yaml"
+    if resume and cfg_path.exists():
+        cfg = yaml.safe_load(cfg_path.read_text())
+    else:
+        cfg = full_config(cfg)
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    torch.set_float32_matmul_precision("high")
+    for stage in STAGES:
+        done = run_dir / ("stage1.safetensors" if stage == 1 else "model.safetensors")
+        if resume and done.exists():
+            continue
+        L.seed_everything(int(cfg["train"]["seed"]) + stage, workers=True)
+        module = ICLModule(cfg, stage)
+        if stage == 2:
+            load_weights(module.model, run_dir / "stage1.safetensors")
+        last = run_dir / f"stage{stage}" / "last.ckpt"
+        trainer = _trainer(cfg, run_dir, stage)
+        trainer.fit(
+            module,
+            make_loader(cfg, "train"),
+            make_loader(cfg, "val", limit=cfg["train"]["val_pairs"]),
+            ckpt_path=str(last) if resume and last.exists() else None,
+        )
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        if trainer.is_global_zero:
+            save_weights(module.model, done, cfg, {"stage": stage, "global_step": trainer.global_step})
+        trainer.strategy.barrier()
+    return run_dir / "model.safetensors"

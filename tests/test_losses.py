@@ -1,0 +1,119 @@
+"""ICL losses: each term is zero at the ground truth, has the documented value elsewhere, and stays finite."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from i2preg.geometry import make_transform, project_points, rotation_6d_to_matrix, sample_perturbation, transform_points
+from i2preg.losses import (
+    DEFAULT_WEIGHTS,
+    camera_loss,
+    compute_losses,
+    diversity_loss,
+    frustum_loss,
+    in_frustum_targets,
+    residual_target,
+)
+from i2preg.model.gpdm import params_from_pose
+
+K = torch.tensor([[[32.0, 0, 31.5], [0, 32, 15.5], [0, 0, 1]]])
+IMAGE_SIZE = (32, 64)
+
+
+def yaw_poses(n: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.tensor(np.stack([sample_perturbation(rng) for _ in range(n)]), dtype=torch.float32)
+
+
+def test_in_frustum_targets():
+    points_cam = torch.tensor([[[0.0, 0, 5], [0, 0, -5], [100, 0, 5], [0, 10, 5]]])
+    T_gt = yaw_poses(1)
+    points = transform_points(torch.linalg.inv(T_gt), points_cam)
+    assert in_frustum_targets(points, T_gt, K, IMAGE_SIZE).tolist() == [[True, False, False, False]]
+
+
+@pytest.mark.parametrize("dof", [3, 6])
+def test_frustum_loss(dof):
+    T_gt = yaw_poses(4) if dof == 3 else make_transform(rotation_6d_to_matrix(torch.randn(4, 6)), torch.randn(4, 3))
+    centre, rotation = params_from_pose(T_gt, dof)
+    assert frustum_loss(centre, 3 * rotation, T_gt, 0.1) < 1e-10  # the rotation output is normalised
+    centre_only = frustum_loss(centre + 1, rotation, T_gt, 0.1)
+    torch.testing.assert_close(centre_only, torch.tensor(0.1))
+
+
+def test_diversity_loss():
+    spread = torch.tensor([[[0.0, 0], [20, 0], [0, 20]]])
+    assert diversity_loss(spread, 16) == 0
+    coincident = torch.zeros(1, 3, 2, requires_grad=True)
+    loss = diversity_loss(coincident, 16)
+    torch.testing.assert_close(loss, torch.tensor(16.0), atol=1e-3, rtol=0)
+    loss.backward()
+    assert torch.isfinite(coincident.grad).all()
+
+
+def test_camera_loss_zero_at_ground_truth_with_finite_gradient():
+    T_gt, frustum = yaw_poses(3, seed=1), yaw_poses(3, seed=2)
+    dR, dt = residual_target(frustum, T_gt)
+    dR.requires_grad_(True)
+    loss = camera_loss(dR, dt, frustum, T_gt)
+    assert loss < 1e-4
+    loss.backward()
+    assert torch.isfinite(dR.grad).all()
+    yaw_error = torch.tensor([[math.cos(0.1), 0, math.sin(0.1)], [0, 1, 0], [-math.sin(0.1), 0, math.cos(0.1)]])
+    off = camera_loss(dR.detach() @ yaw_error, dt + torch.tensor([0.0, 0.0, 2.0]), frustum, T_gt)
+    torch.testing.assert_close(off, torch.tensor(2.1), atol=1e-4, rtol=0)
+
+
+def fake_outputs(T_gt: torch.Tensor) -> dict:
+    """Outputs of a perfect model: frustum pose = GT, identity residual, 2D keypoints = projected 3D keypoints."""
+    B = len(T_gt)
+    kp_cam = torch.stack(
+        torch.meshgrid(torch.linspace(-2, 2, 4), torch.linspace(-1, 1, 2), indexing="ij"), dim=-1
+    ).reshape(-1, 2)
+    kp_cam = torch.cat([kp_cam * 0.5, torch.full((8, 1), 4.0)], dim=-1).expand(B, -1, -1)
+    inverse = torch.linalg.inv(T_gt)
+    centre, rotation = params_from_pose(T_gt, dof=3)
+    return {
+        "coarse_xyz": transform_points(inverse, torch.randn(B, 16, 3) * 10),
+        "cls_logits": torch.zeros(B, 16),
+        "frustum_centre": centre,
+        "frustum_rotation": rotation,
+        "frustum_pose": T_gt,
+        "kp_2d": project_points(kp_cam, K)[0],
+        "kp_3d": transform_points(inverse, kp_cam),
+        "residual_rotation": torch.eye(3).expand(B, 3, 3),
+        "residual_translation": torch.zeros(B, 3),
+    }
+
+
+def test_compute_losses_terms_and_weights():
+    T_gt = yaw_poses(2)
+    batch = {"T_gt": T_gt, "K": K.expand(2, 3, 3), "image": torch.zeros(2, 3, *IMAGE_SIZE)}
+    outputs = fake_outputs(T_gt)
+    stage_1 = compute_losses(outputs, batch, stage=1)
+    assert set(stage_1) == {"cls", "fru", "total"}
+    torch.testing.assert_close(stage_1["cls"], torch.tensor(math.log(2)))
+    assert stage_1["fru"] < 1e-8
+
+    stage_2 = compute_losses(outputs, batch, weights={"cls": 2.0}, stage=2)
+    assert set(stage_2) == {"cls", "fru", "corr", "div_2d", "div_3d", "cam", "total"}
+    assert stage_2["corr"] < 1e-3 and stage_2["cam"] < 1e-4
+    assert stage_2["div_2d"] > 0  # the 8 keypoints are 5 to 20 px apart
+    expected = sum({**DEFAULT_WEIGHTS, "cls": 2.0}[name] * value for name, value in stage_2.items() if name != "total")
+    torch.testing.assert_close(stage_2["total"], expected)
+    with pytest.raises(ValueError):
+        compute_losses(outputs, batch, stage=3)
+
+
+def test_corr_skips_keypoints_behind_the_camera():
+    T_gt = yaw_poses(1)
+    batch = {"T_gt": T_gt, "K": K, "image": torch.zeros(1, 3, *IMAGE_SIZE)}
+    outputs = fake_outputs(T_gt)
+    behind = transform_points(torch.linalg.inv(T_gt), torch.tensor([[[0.0, 0, -1e-3]]]))
+    outputs["kp_3d"] = torch.cat([outputs["kp_3d"], behind], dim=1)
+    outputs["kp_2d"] = torch.cat([outputs["kp_2d"], torch.zeros(1, 1, 2)], dim=1)
+    assert compute_losses(outputs, batch, stage=2)["corr"] < 1e-3

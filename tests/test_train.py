@@ -1,0 +1,142 @@
+"""Two-stage training end to end on a tiny synthetic dataset: weights, exact resumption, DDP over gloo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from i2preg.config import deep_update, load_config
+from i2preg.data.synthetic import generate_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, sequences=[0, 1], frames=2, seed=11, progress=False)
+    return root
+
+
+def tiny_config(root: Path, **train) -> dict:
+    cfg = load_config("tiny")
+    cfg["data"].update(root=str(root), train_sequences=["00"], val_sequences=["01"])
+    return deep_update(cfg, {"train": train})
+
+
+def run_script(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``body`` as a Python script (Lightning's ddp strategy re-launches the script per rank)."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(body))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+KILLABLE_TRAIN = """
+    import os, sys, yaml
+    import lightning as L
+    from i2preg import train as training
+
+    cfg = yaml.safe_load(open(sys.argv[1]))
+    kill_stage, kill_step = (int(x) for x in sys.argv[3].split(":")) if len(sys.argv) > 3 else (0, 0)
+
+    class Kill(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if module.stage == kill_stage and trainer.global_step == kill_step:
+                os._exit(17)  # as abrupt as a kill -9: nothing is saved on the way out
+
+    make_trainer = training._trainer
+    def with_kill(cfg, run_dir, stage):
+        trainer = make_trainer(cfg, run_dir, stage)
+        trainer.callbacks.append(Kill())
+        return trainer
+    training._trainer = with_kill
+    training.train(cfg, sys.argv[2], resume=True)
+"""
+
+
+def test_two_stages_write_loadable_weights_with_config(tiny_root, tmp_path):
+    from i2preg.model.icl import ICL
+    from i2preg.train import full_config, train
+
+    cfg = tiny_config(tiny_root, stage1_epochs=1, stage2_epochs=1)
+    final = train(cfg, tmp_path / "run")
+    assert final == tmp_path / "run" / "model.safetensors" and (tmp_path / "run" / "stage1.safetensors").exists()
+    with safe_open(str(final), "pt") as f:
+        stored = yaml.safe_load(f.metadata()["config"])
+    assert stored["model"] == full_config(cfg)["model"]
+    model = ICL(stored["model"])
+    model.load_state_dict(load_file(str(final)))
+    stage1 = load_file(str(tmp_path / "run" / "stage1.safetensors"))
+    stage2 = model.state_dict()
+    gpdm = {name for name, _ in model.named_parameters() if any(p is _ for p in model.gpdm_parameters())}
+    # Stage 2 leaves the frozen GPDM set untouched and changes the rest.
+    assert all(torch.equal(stage1[name], stage2[name]) for name in gpdm)
+    assert any(not torch.equal(stage1[name], stage2[name]) for name, _ in model.named_parameters() if name not in gpdm)
+    for stage in (1, 2):
+        logs = tmp_path / "run" / f"stage{stage}" / "logs" / "metrics.csv"
+        header = logs.read_text().splitlines()[0]
+        assert "val/acc" in header and "val/rte" in header and "train/total" in header
+
+
+@pytest.mark.parametrize("kill_at", ["2:2", "2:3"], ids=["epoch-boundary", "mid-epoch"])
+def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path, kill_at):
+    """Stage 1 for 2 epochs and stage 2 for 2 epochs of 2 steps; a second run is killed in stage 2 at
+    global step 2 (the start of its second epoch: the last checkpoint is an epoch-end one) or 3
+    (mid-epoch: the last checkpoint is a step one), then resumed."""
+    cfg = tiny_config(tiny_root, stage1_epochs=2, stage2_epochs=2, limit_train_batches=2, checkpoint_every_n_steps=1)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    whole = run_script(tmp_path, KILLABLE_TRAIN, str(config), str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run_script(tmp_path, KILLABLE_TRAIN, str(config), str(tmp_path / "killed"), kill_at)
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = run_script(tmp_path, KILLABLE_TRAIN, str(config), str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, stage1_epochs=1, stage2_epochs=1, stage1_max_steps=3, stage2_max_steps=3,
+                      devices=2, strategy="ddp", accelerator="cpu")
+    cfg["data"]["train_sequences"] = ["00", "01"]  # 8 pairs: 2 per rank and step at batch 2
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    body = """
+        import sys, torch, yaml
+        import lightning as L
+        from i2preg import train as training
+
+        class SaveRankWeights(L.Callback):
+            def on_train_end(self, trainer, module):
+                torch.save(module.model.state_dict(), f"{sys.argv[2]}/rank{trainer.global_rank}_stage{module.stage}.pt")
+
+        make_trainer = training._trainer
+        def with_save(cfg, run_dir, stage):
+            trainer = make_trainer(cfg, run_dir, stage)
+            trainer.callbacks.append(SaveRankWeights())
+            return trainer
+        training._trainer = with_save
+        training.train(yaml.safe_load(open(sys.argv[1])), sys.argv[2])
+    """
+    result = run_script(tmp_path, body, str(config), str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    initial = load_file(str(tmp_path / "stage1.safetensors"))
+    for stage in (1, 2):
+        rank0 = torch.load(tmp_path / f"rank0_stage{stage}.pt")
+        rank1 = torch.load(tmp_path / f"rank1_stage{stage}.pt")
+        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any(not torch.equal(initial[k], rank0[k]) for k in initial), "stage 2 changed nothing"
