@@ -1,6 +1,6 @@
 """Speed and memory of the ICL model at the paper size and the CPU size.
 
-    python benchmarks/model_speed.py [--configs paper cpu] [--device cpu|cuda] [--threads 2]
+    python benchmarks/model_speed.py [--configs kitti synthetic-small] [--device cpu|cuda] [--threads 2]
 
 Per config: parameters; forward time per pair (inference, batch 1 and 8); the peak memory of that forward
 (CPU: growth of the process's max RSS over model + batch, each measurement in a fresh process; CUDA:
@@ -20,23 +20,15 @@ import time
 import numpy as np
 import torch
 
+from i2preg.config import load_config
 from i2preg.data.collate import Collate
 from i2preg.geometry import invert_transform, sample_perturbation
 from i2preg.losses import compute_losses
 from i2preg.model import ICL
 
-CONFIGS = {
-    "paper": {},  # ICL.default_conf
-    "cpu": {  # the model section of the CPU configs
-        "image_size": (160, 512),
-        "num_points": 8192,
-        "image_encoder": {"widths": (32, 64, 128), "token_stride": 4, "token_dim": 64},
-        "point_encoder": {"widths": (32, 64, 128, 256), "subsample_sizes": (2048, 512, 128)},
-        "gpdm": {"hidden_dim": 64},
-        "iclm": {"dim": 64},
-        "prm": {"dim": 64},
-    },
-}
+def model_config(name: str) -> dict:
+    """The model section of a bundled config (kitti: the paper's sizes; synthetic-small: the CPU model)."""
+    return load_config(name)["model"]
 
 
 def synthetic_samples(conf: dict, batch_size: int, seed: int = 0) -> list[dict]:
@@ -75,9 +67,9 @@ def measure(name: str, mode: str, batch_size: int, device: str, threads: int, re
     """One measurement, meant to run in a fresh process. mode: forward, collate, stage1 or stage2."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = ICL(CONFIGS[name]).to(device)
+    model = ICL(model_config(name)).to(device)
     samples = synthetic_samples(model.conf, batch_size)
-    collate = Collate(CONFIGS[name])
+    collate = Collate(model_config(name))
     if mode == "collate":
         times = []
         for _ in range(repeats):
@@ -130,7 +122,7 @@ def run_isolated(*args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["kitti", "synthetic-small"], help="bundled config names")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     parser.add_argument("--repeats", type=int, default=5)
@@ -142,7 +134,7 @@ def main() -> None:
     print("| config | params | forward ms/pair (batch) | peak forward MB | collate ms/pair | train step s, stage 1 / stage 2 (batch) |")
     print("|---|---|---|---|---|---|")
     for name in args.configs:
-        params = sum(p.numel() for p in ICL(CONFIGS[name]).parameters())
+        params = sum(p.numel() for p in ICL(model_config(name)).parameters())
         forward, peak, train = [], [], []
         for b in args.forward_batches:
             result = run_isolated(name, "forward", b, *common)
