@@ -18,12 +18,10 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .config import deep_update, load_config, parse_override
+    from .config import load_config
     from .train import train
 
-    cfg = load_config(args.config)
-    for text in args.set or []:
-        cfg = deep_update(cfg, parse_override(text))
+    cfg = load_config(args.config, _overrides(args.set))
     for key in ("devices", "num_nodes", "strategy", "accelerator", "precision"):
         value = getattr(args, key)
         if value is not None:
@@ -32,6 +30,27 @@ def _train(args: argparse.Namespace) -> None:
         cfg["data"]["root"] = args.data
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     print(f"final weights: {train(cfg, run_dir, resume=args.resume)}")
+
+
+def _overrides(texts: list[str] | None) -> dict:
+    from .config import deep_update, parse_override
+
+    overrides: dict = {}
+    for text in texts or []:
+        overrides = deep_update(overrides, parse_override(text))
+    return overrides
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    evaluate(args.weights, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
+             batch_size=args.batch_size, device=args.device, figure_pairs=args.figure_pairs,
+             overrides=_overrides(args.set))
+
+
+def _index_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -66,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate weights with the benchmark protocol: table, pairs.csv, summary.json, figures")
+    p.add_argument("--weights", required=True, help="a .safetensors file written by i2preg train")
+    p.add_argument("--data", help="dataset root (KITTI Odometry layout; default: the config's data.root)")
+    p.add_argument("--config", help="YAML file or bundled name whose data and eval sections replace the weights'")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--limit", type=int, help="evaluate the first N pairs only")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--out", default="outputs/eval", help="folder for pairs.csv, summary.json and the figures")
+    p.add_argument("--figure-pairs", dest="figure_pairs", type=_index_list, metavar="I,J,...",
+                   help="indices of the pairs to draw (default: the first 3; '' for none)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("demo", help="generate a small synthetic test set and show what i2preg does with it")
     p.add_argument("--out", default="outputs/demo")

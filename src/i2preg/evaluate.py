@@ -1,0 +1,366 @@
+"""``i2preg eval``: the benchmark protocol (METHOD section 3) on trained weights, with the paper's figures.
+
+Written into ``out_dir``::
+
+    pairs.csv                   one row per pair: errors of the final and the frustum pose, confidence, time
+    summary.json                the protocol statistics of both poses, the confidence's ROC AUC, the config,
+                                the weights' path and sha256, device and speed
+    cumulative_rte.png          cumulative error curves of the final and the frustum pose
+    cumulative_rre.png
+    acc_vs_thresholds.png       Acc as a function of the RTE threshold and of the RRE threshold
+    pair_XXXX_projection.png    the cloud projected with the predicted pose (top) and the true one (bottom)
+    pair_XXXX_keypoints.png     the 2D-3D correspondences kp_2d <-> kp_3d (projected with the true pose)
+    pair_XXXX_overlap.png       the true frustum vs the classifier (cls_logits > 0) vs the geometric mask M
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from . import visualize as viz
+from .config import deep_update, load_config
+from .data.collate import Collate
+from .data.pairs import build_dataset
+from .errors import InputError
+from .geometry import project_pose, project_points, transform_points
+from .metrics import format_table, registration_errors, success, summarize
+from .model.icl import ICL
+from .train import full_config, load_weights
+
+CONFIDENCE_SIGMA_PX = 8.0
+"""Pixel scale of ``reprojection_confidence``."""
+
+DEFAULT_FIGURE_PAIRS = 3
+"""Pairs drawn when none are named: the first ones."""
+
+POSES = (("final", "", "pose"), ("frustum", "frustum_", "frustum_pose"))
+"""The two poses evaluated, PRM's final one and GPDM's frustum pose: (table row, CSV column prefix, model output)."""
+
+ERROR_KEYS = ("rte", "rre", "rre_geodesic")
+
+CSV_COLUMNS = ["index", "sequence", "frame", "camera", *ERROR_KEYS, "success",
+               *(f"frustum_{k}" for k in ERROR_KEYS), "frustum_success", "confidence", "forward_ms"]
+
+
+def reprojection_confidence(
+    kp_2d: torch.Tensor, kp_3d: torch.Tensor, pose: torch.Tensor, K: torch.Tensor, sigma_px: float = CONFIDENCE_SIGMA_PX
+) -> torch.Tensor:
+    """How well the predicted pose explains the model's own correspondences, in [0, 1].
+
+    ICLM is trained so that the true pose maps each 3D keypoint onto its 2D partner (L_corr), and PRM
+    regresses the pose from these pairs; when the pose is right, they agree under it. The score is the
+    mean over the Nq queries of exp(-d^2 / (2 sigma_px^2)), d the pixel distance between kp_2d and kp_3d
+    projected through ``pose`` and K; a 3D keypoint behind the camera scores 0.
+
+    kp_2d: (B, Nq, 2) input-image pixels. kp_3d: (B, Nq, 3) cloud frame. pose: (B, 4, 4) cloud -> camera.
+    K: (B, 3, 3). Returns (B,).
+    """
+    uv, depth = project_points(transform_points(pose, kp_3d), K)
+    agreement = torch.exp(-(uv - kp_2d).square().sum(-1) / (2 * sigma_px**2))
+    return (agreement * (depth > 0)).mean(-1)
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` (B,) for the labels ``positive`` (B,) bool: the probability
+    that a random positive scores above a random negative (ties count half); nan with a single class."""
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    pos, neg = scores[positive][:, None], scores[~positive][None]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def pair_list(text: str) -> list[int]:
+    """``"0,5,9"`` -> [0, 5, 9] (``""``: none); for ``--figure-pairs``."""
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def read_weights_config(weights: Path) -> dict[str, Any]:
+    """The resolved config stored in the safetensors header of ``weights`` (``train.save_weights``)."""
+    if not weights.is_file():
+        raise InputError("no such file", weights)
+    try:
+        with safe_open(str(weights), "pt") as file:
+            text = (file.metadata() or {}).get("config")
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"not a safetensors file ({err})", weights) from None
+    if text is None:
+        raise InputError("no config in the safetensors header (write weights with train.save_weights)", weights)
+    return yaml.safe_load(text)
+
+
+def evaluation_config(
+    weights_config: dict, config: str | os.PathLike | None = None, overrides: dict | None = None
+) -> dict[str, Any]:
+    """The weights' config, with the ``data`` and ``eval`` sections of ``config`` (a YAML path or bundled
+    name) in place of its own, then ``overrides`` (nested dict) merged in. The model always comes from the
+    weights, so its image size and point count must match the data's crop and point count."""
+    cfg = full_config(weights_config)
+    if config is not None:
+        other = full_config(load_config(config))
+        cfg["data"], cfg["eval"] = other["data"], other["eval"]
+    if "model" in (overrides or {}):
+        raise InputError("the model settings come from the weights; overrides cannot change them")
+    cfg = deep_update(cfg, overrides or {})
+    data, model = cfg["data"], cfg["model"]
+    if list(data["crop"]) != list(model["image_size"]) or int(data["num_points"]) != int(model["num_points"]):
+        raise InputError(
+            f"the weights expect {list(model['image_size'])} images and {model['num_points']} points, the data"
+            f" config gives crop {list(data['crop'])} and {data['num_points']} points (data.crop, data.num_points)",
+            config,
+        )
+    return cfg
+
+
+def resolve_device(device: str) -> torch.device:
+    """"cpu", "cuda" or "auto" (cuda when torch sees a GPU) -> a torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"device must be cpu, cuda or auto, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda requested but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move the tensors (and lists of tensors) of a collated batch to ``device``; ``meta`` stays."""
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+            return [v.to(device, non_blocking=True) for v in value]
+        return value
+
+    return {key: move(value) for key, value in batch.items()}
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (temporary file in the same folder, then rename)."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as file:
+            file.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no nan: non-finite floats become null, recursively."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def predict(
+    model: ICL, loader: DataLoader, device: torch.device, thresholds: dict, keep: set[int], progress: bool
+) -> tuple[list[dict[str, Any]], dict[int, tuple[dict, dict]], float]:
+    """Run the model in eval mode over ``loader``. Returns one CSV row per pair (the columns of
+    ``CSV_COLUMNS``), the sample and outputs (on the CPU, no batch dimension) of the pairs whose index is
+    in ``keep``, and the seconds spent in the model's forward."""
+    rows, kept, forward_seconds = [], {}, 0.0
+    model.eval().to(device)
+    with torch.no_grad(), tqdm(total=len(loader.dataset), unit="pair", desc="eval", disable=not progress) as bar:
+        for batch in loader:
+            batch = to_device(batch, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tic = time.perf_counter()
+            out = model(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - tic
+            forward_seconds += seconds
+            confidence = reprojection_confidence(out["kp_2d"], out["kp_3d"], out["pose"], batch["K"]).cpu()
+            T_gt = batch["T_gt"].double().cpu().numpy()
+            per_pose = {}
+            for _, prefix, key in POSES:
+                errors = registration_errors(out[key].double().cpu().numpy(), T_gt)
+                errors["success"] = success(errors, **thresholds)
+                per_pose.update({prefix + name: values for name, values in errors.items()})
+            for b, meta in enumerate(batch["meta"]):
+                rows.append({
+                    **{k: meta[k] for k in ("index", "sequence", "frame", "camera")},
+                    **{k: v[b].item() for k, v in per_pose.items()},
+                    "confidence": confidence[b].item(),
+                    "forward_ms": 1000 * seconds / len(batch["meta"]),
+                })
+                if meta["index"] in keep:
+                    kept[meta["index"]] = (
+                        {k: batch[k][b].cpu() for k in ("image", "K", "points", "T_gt")},
+                        {k: v[b].cpu() for k, v in out.items() if isinstance(v, torch.Tensor)},
+                    )
+            bar.update(len(batch["meta"]))
+    return rows, kept, forward_seconds
+
+
+def pair_figures(sample: dict, out: dict, errors: dict[str, float]) -> dict[str, np.ndarray]:
+    """The three pictures of one pair, by kind. sample: the pair's image (3, H, W), K (3, 3), points (N, 3)
+    and T_gt (4, 4); out: its model outputs (batch dimension removed); errors: ``rte`` and ``rre`` of its
+    final pose. All on the CPU."""
+    image, K, points, T_gt = sample["image"], sample["K"], sample["points"], sample["T_gt"]
+    height, width = image.shape[-2:]
+    _, depth, visible = project_pose(points.double(), T_gt.double(), K.double(), height, width)
+    depth_range = (float(depth[visible].min()), float(depth[visible].max())) if visible.any() else None
+    predicted = viz.draw_projection(image, points, out["pose"], K, depth_range)
+    truth = viz.draw_projection(image, points, T_gt, K, depth_range)
+    caption = f"predicted: RTE {errors['rte']:.2f} m, RRE {errors['rre']:.2f} deg"
+    projection = np.concatenate([viz.add_caption(predicted, caption), viz.add_caption(truth, "ground truth")])
+    keypoints = viz.add_caption(
+        viz.draw_correspondences(image, out["kp_2d"], out["kp_3d"], T_gt, K), "kp_2d - kp_3d (true pose)"
+    )
+    _, _, in_frustum = project_pose(out["coarse_xyz"].double(), T_gt.double(), K.double(), height, width)
+    overlap = viz.plot_overlap(
+        out["coarse_xyz"], T_gt, K, (height, width),
+        {"true frustum": in_frustum, "classifier (cls_logits > 0)": out["cls_logits"] > 0,
+         "geometric mask M": out["mask"]},
+    )
+    return {"projection": projection, "keypoints": keypoints, "overlap": overlap}
+
+
+def summary_figures(errors: dict[str, dict[str, np.ndarray]], thresholds: dict) -> dict[str, np.ndarray]:
+    """The error curves over all pairs, by file name. errors: pose name -> ``registration_errors``."""
+    rte, rre = thresholds["rte_thresh"], thresholds["rre_thresh"]
+    return {
+        "cumulative_rte.png": viz.plot_cumulative_errors({n: e["rte"] for n, e in errors.items()}, rte, "RTE (m)"),
+        "cumulative_rre.png": viz.plot_cumulative_errors({n: e["rre"] for n, e in errors.items()}, rre, "RRE (deg)"),
+        "acc_vs_thresholds.png": viz.plot_accuracy_vs_thresholds(errors, rte, rre),
+    }
+
+
+def confidence_report(confidence: np.ndarray, successes: np.ndarray) -> dict[str, Any]:
+    """How well the confidence (B,) separates the successful pairs (B,) bool from the failures."""
+    def mean(values):
+        return float(values.mean()) if values.size else float("nan")
+
+    return {
+        "definition": "mean over queries of exp(-d^2 / (2 sigma_px^2)), d: pixels between kp_2d and kp_3d"
+                      " projected with the predicted pose",
+        "sigma_px": CONFIDENCE_SIGMA_PX,
+        "roc_auc_success": roc_auc(confidence, successes),
+        "mean_success": mean(confidence[successes]),
+        "mean_failure": mean(confidence[~successes]),
+    }
+
+
+def evaluate(
+    weights: str | os.PathLike,
+    data_root: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    config: str | os.PathLike | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    figure_pairs: list[int] | None = None,
+    overrides: dict | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``weights`` on the protocol pairs of ``split`` under ``data_root``; write the files of the
+    module docstring into ``out_dir``, print the table, return the summary (as in summary.json, with nan
+    where the file has null).
+
+    config: a YAML path or bundled name whose ``data`` and ``eval`` sections replace the weights' (another
+    dataset); overrides: nested dict merged last (``{"data": {"test_sequences": ["00"]}}``). limit: the
+    first N pairs. figure_pairs: indices of the pairs to draw (default: the first 3). data_root None: the
+    config's data root.
+    """
+    weights, out_dir = Path(weights), Path(out_dir)
+    cfg = evaluation_config(read_weights_config(weights), config, overrides)
+    if data_root is not None and not Path(data_root).is_dir():
+        raise InputError("no such folder", data_root)
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
+    torch_device = resolve_device(device)
+
+    dataset = build_dataset(cfg, split, data_root)
+    num_pairs = min(len(dataset), limit or len(dataset))
+    figure_pairs = list(range(min(DEFAULT_FIGURE_PAIRS, num_pairs))) if figure_pairs is None else list(figure_pairs)
+    outside = [i for i in figure_pairs if not 0 <= i < num_pairs]
+    if outside:
+        raise InputError(f"figure pairs {outside} are not among the {num_pairs} evaluated pairs")
+    loader = DataLoader(
+        Subset(dataset, range(num_pairs)), batch_size=batch_size, collate_fn=Collate(cfg["model"]),
+        num_workers=int(cfg["train"]["num_workers"]),
+    )
+    model = ICL(cfg["model"])
+    try:
+        load_weights(model, weights)
+    except RuntimeError as err:
+        problem = str(err).splitlines()[0]
+        raise InputError(f"weights do not fit the model of their config ({problem})", weights) from None
+
+    thresholds = cfg["eval"]["thresholds"]
+    start = time.perf_counter()
+    rows, kept, forward_seconds = predict(model, loader, torch_device, thresholds, set(figure_pairs), progress)
+    wall_seconds = time.perf_counter() - start
+
+    # The statistics are those of the CSV's rows, the numbers anyone can recompute from the file.
+    errors = {name: {k: np.array([row[prefix + k] for row in rows]) for k in (*ERROR_KEYS, "success")}
+              for name, prefix, _ in POSES}
+    stats = {name: summarize(e, **thresholds) for name, e in errors.items()}
+    table = format_table(stats)
+    figures = summary_figures(errors, thresholds)
+    for index in figure_pairs:
+        pictures = pair_figures(*kept[index], rows[index])  # rows are in pair order
+        figures.update({f"pair_{index:04d}_{kind}.png": rgb for kind, rgb in pictures.items()})
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "pairs.csv", text.getvalue())
+    for name, rgb in figures.items():
+        viz.save_image(out_dir / name, rgb)
+    summary = {
+        **stats,
+        "table": table,
+        "thresholds": thresholds,
+        "confidence": confidence_report(np.array([r["confidence"] for r in rows]), errors["final"]["success"]),
+        "pairs": num_pairs,
+        "split": split,
+        "data_root": None if data_root is None else str(Path(data_root).resolve()),
+        "weights": {"path": str(weights.resolve()), "sha256": sha256(weights)},
+        "device": str(torch_device),
+        "batch_size": batch_size,
+        "seconds_per_pair": forward_seconds / num_pairs,
+        "wall_seconds_per_pair": wall_seconds / num_pairs,
+        "figures": sorted(figures),
+        "config": cfg,
+    }
+    write_text(out_dir / "summary.json", json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")
+    print(table)
+    return summary

@@ -1,0 +1,154 @@
+"""``evaluate``: the protocol on a tiny untrained model over a tiny synthetic set; every promised file and number."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from i2preg.config import load_config
+from i2preg.data.synthetic import generate_dataset
+from i2preg.errors import InputError
+from i2preg.evaluate import evaluate, pair_list, reprojection_confidence, roc_auc
+from i2preg.geometry import make_transform, project_points, transform_points
+from i2preg.metrics import format_table, success, summarize
+from i2preg.model.icl import ICL
+from i2preg.train import full_config, save_weights
+
+ON_SEQUENCE_00 = {"data": {"test_sequences": ["00"]}}
+COLUMNS = ["index", "sequence", "frame", "camera", "rte", "rre", "rre_geodesic", "success", "frustum_rte",
+           "frustum_rre", "frustum_rre_geodesic", "frustum_success", "confidence", "forward_ms"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """Four test pairs (two frames, two cameras), tiny weights, and one evaluation of the first three."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    root = generate_dataset(tmp / "data", sequences=[0], frames=2, seed=3, progress=False)
+    cfg = full_config(load_config("tiny"))
+    torch.manual_seed(0)
+    weights = tmp / "tiny.safetensors"
+    save_weights(ICL(cfg["model"]), weights, cfg)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        summary = evaluate(weights, root, tmp / "out", limit=3, batch_size=2, device="cpu",
+                           overrides=ON_SEQUENCE_00, progress=False)
+    return {"root": root, "weights": weights, "out": tmp / "out", "summary": summary, "stdout": stdout.getvalue()}
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def errors_of(rows: list[dict], prefix: str = "") -> dict[str, np.ndarray]:
+    return {k: np.array([float(r[prefix + k]) for r in rows]) for k in ("rte", "rre", "rre_geodesic")}
+
+
+def test_writes_every_promised_file(setup):
+    out = setup["out"]
+    rows = read_rows(out / "pairs.csv")
+    assert len(rows) == 3 and list(rows[0]) == COLUMNS
+    assert [int(r["index"]) for r in rows] == [0, 1, 2]
+    assert [(r["sequence"], r["frame"], r["camera"]) for r in rows] == [("00", "0", "2"), ("00", "0", "3"), ("00", "1", "2")]
+    assert all(0 <= float(r["confidence"]) <= 1 and float(r["forward_ms"]) > 0 for r in rows)
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("final", "frustum", "table", "thresholds", "confidence", "pairs", "weights", "device",
+                "seconds_per_pair", "wall_seconds_per_pair", "config", "figures"):
+        assert key in summary
+    assert summary["pairs"] == 3 and summary["device"] == "cpu"
+    assert summary["weights"]["path"] == str(setup["weights"].resolve()) and len(summary["weights"]["sha256"]) == 64
+    assert summary["config"]["data"]["test_sequences"] == ["00"]
+    assert summary["confidence"]["roc_auc_success"] is None or 0 <= summary["confidence"]["roc_auc_success"] <= 1
+
+    sizes = {}
+    for name in ["cumulative_rte.png", "cumulative_rre.png", "acc_vs_thresholds.png"] + [
+        f"pair_{i:04d}_{kind}.png" for i in range(3) for kind in ("projection", "keypoints", "overlap")
+    ]:
+        image = cv2.imread(str(out / name))
+        assert image is not None, name
+        sizes[name] = image.shape[:2]
+    assert sorted(sizes) == summary["figures"]
+    assert sizes["pair_0000_projection.png"] == (2 * (64 + 16), 128)  # predicted over true, captioned
+    assert sizes["pair_0000_keypoints.png"] == (64 + 16, 128)
+    assert all(h >= 200 and w >= 300 for name, (h, w) in sizes.items() if not name.startswith("pair_") or "overlap" in name)
+    assert not list(out.glob(".*tmp"))
+
+
+def test_table_is_the_protocol_over_the_csv_rows(setup):
+    rows, summary = read_rows(setup["out"] / "pairs.csv"), setup["summary"]
+    for name, prefix in (("final", ""), ("frustum", "frustum_")):
+        errors = errors_of(rows, prefix)
+        assert summary[name] == summarize(errors)
+        np.testing.assert_array_equal([r[prefix + "success"] == "True" for r in rows], success(errors))
+    table = format_table({"final": summary["final"], "frustum": summary["frustum"]})
+    assert summary["table"] == table and table in setup["stdout"]
+
+
+def test_limit_batch_size_and_another_config(setup, tmp_path):
+    config = tmp_path / "sequence00.yaml"
+    config.write_text("base: tiny\ndata: {test_sequences: ['00']}\n")
+    summary = evaluate(setup["weights"], setup["root"], tmp_path / "out", config=config, batch_size=3,
+                       device="cpu", figure_pairs=[3], progress=False)
+    rows = read_rows(tmp_path / "out" / "pairs.csv")
+    assert summary["pairs"] == len(rows) == 4 and summary["batch_size"] == 3
+    first = read_rows(setup["out"] / "pairs.csv")
+    for key in ("rte", "rre", "frustum_rte", "confidence"):  # batching does not change a pair's result
+        np.testing.assert_allclose([float(r[key]) for r in rows[:3]], [float(r[key]) for r in first], rtol=1e-4, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "out").glob("pair_*")) == [
+        "pair_0003_keypoints.png", "pair_0003_overlap.png", "pair_0003_projection.png"]
+
+
+def test_bad_inputs_name_the_culprit(setup, tmp_path):
+    with pytest.raises(InputError, match="missing.safetensors: no such file"):
+        evaluate(tmp_path / "missing.safetensors", setup["root"], tmp_path / "out", progress=False)
+    with pytest.raises(InputError, match="nowhere: no such folder"):
+        evaluate(setup["weights"], tmp_path / "nowhere", tmp_path / "out", progress=False)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="junk.safetensors: not a safetensors file"):
+        evaluate(tmp_path / "junk.safetensors", setup["root"], tmp_path / "out", progress=False)
+    with pytest.raises(InputError, match="the weights expect"):  # kitti's data: 160 x 512, 40,960 points
+        evaluate(setup["weights"], setup["root"], tmp_path / "out", config="kitti", progress=False)
+    with pytest.raises(InputError, match="come from the weights"):
+        evaluate(setup["weights"], setup["root"], tmp_path / "out", overrides={"model": {"dof": 6}}, progress=False)
+    with pytest.raises(InputError, match=r"figure pairs \[4\]"):
+        evaluate(setup["weights"], setup["root"], tmp_path / "out", figure_pairs=[4], overrides=ON_SEQUENCE_00,
+                 progress=False)
+    assert not (tmp_path / "out").exists()
+    assert pair_list("0,5, 9") == [0, 5, 9] and pair_list("") == []
+
+
+def test_confidence_is_one_for_agreement_and_zero_for_disagreement():
+    torch.manual_seed(0)
+    B, Q = 3, 10
+    angles = torch.rand(B) * 6.28
+    R = torch.stack([torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]]) for c, s in zip(angles.cos(), angles.sin())])
+    pose = make_transform(R, torch.randn(B, 3))
+    K = torch.tensor([[100.0, 0, 64], [0, 100, 32], [0, 0, 1]]).expand(B, 3, 3)
+    in_camera = torch.cat([torch.randn(B, Q, 2), torch.rand(B, Q, 1) * 20 + 2], dim=-1)
+    kp_3d = transform_points(torch.linalg.inv(pose), in_camera)
+    kp_2d = project_points(in_camera, K)[0]
+    torch.testing.assert_close(reprojection_confidence(kp_2d, kp_3d, pose, K), torch.ones(B), atol=1e-4, rtol=0)
+    assert reprojection_confidence(kp_2d + 100, kp_3d, pose, K).max() < 1e-6
+    half = reprojection_confidence(kp_2d + torch.tensor([8.0, 0]), kp_3d, pose, K)  # d = sigma: exp(-1/2)
+    torch.testing.assert_close(half, torch.full((B,), math.exp(-0.5)), atol=1e-4, rtol=0)
+    behind = transform_points(torch.linalg.inv(pose), in_camera * torch.tensor([1.0, 1, -1]))
+    assert reprojection_confidence(kp_2d, behind, pose, K).max() == 0
+
+
+def test_roc_auc():
+    labels = np.array([True, True, False, False])
+    assert roc_auc(np.array([0.9, 0.8, 0.1, 0.2]), labels) == 1.0
+    assert roc_auc(np.array([0.1, 0.2, 0.9, 0.8]), labels) == 0.0
+    assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), labels) == 0.5
+    assert roc_auc(np.array([0.9, 0.3, 0.5, 0.2]), labels) == 0.75
+    assert math.isnan(roc_auc(np.array([0.3, 0.4]), np.array([True, True])))
