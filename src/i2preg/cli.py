@@ -49,6 +49,20 @@ def _eval(args: argparse.Namespace) -> None:
              overrides=_overrides(args.set))
 
 
+def _register(args: argparse.Namespace) -> None:
+    from .api import register_files
+
+    print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights))
+
+
+def _prepare_nuscenes(args: argparse.Namespace) -> None:
+    from .data.nuscenes import prepare_nuscenes
+
+    s = prepare_nuscenes(args.root, args.version, args.out, _overrides(args.set), progress=print)
+    print(f"{s.pairs} pairs; dropped: {s.no_camera} without a camera image within reach, {s.few_points} with too few"
+          f" points in view; {len(s.night_scenes)} night scenes excluded; train with --config {s.config}")
+
+
 def _index_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -99,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="indices of the pairs to draw (default: the first 3; '' for none)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("register", help="register one camera image to one point cloud with trained weights")
+    p.add_argument("--image", required=True, help="camera image (PNG, JPG...)")
+    p.add_argument("--points", required=True, help="point cloud: KITTI .bin, .pcd.bin, PCD, PLY, NPY or NPZ")
+    p.add_argument("--calib", required=True, help="KITTI calib.txt, a 9-number K file, or YAML/JSON (K, distortion)")
+    p.add_argument("--camera", type=int, default=2, help="KITTI camera whose P gives K")
+    p.add_argument("--weights", help="weights file (default: the bundled synthetic-small model)")
+    p.add_argument("--out", help="write pose.txt, overlay.png and overlay_frustum.png here")
+    p.set_defaults(func=_register)
+
+    p = sub.add_parser("prepare", help="turn a public dataset into protocol-ready sequences")
+    datasets = p.add_subparsers(dest="dataset", required=True)
+    q = datasets.add_parser("nuscenes", help="nuScenes LIDAR_TOP keyframes + CAM_FRONT (METHOD section 3)")
+    q.add_argument("--root", required=True, help="nuScenes root (VERSION/*.json, samples/, sweeps/)")
+    q.add_argument("--version", required=True, choices=["v1.0-trainval", "v1.0-test", "v1.0-mini"])
+    q.add_argument("--out", required=True, help="output root in the KITTI Odometry layout, with nuscenes.yaml")
+    q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preparation setting")
+    q.set_defaults(func=_prepare_nuscenes)
 
     p = sub.add_parser("demo", help="generate a small synthetic test set and show what i2preg does with it")
     p.add_argument("--out", default="outputs/demo")

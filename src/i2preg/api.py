@@ -1,0 +1,303 @@
+"""The public API: a trained model in three lines.
+
+    reg = i2preg.Registrator.from_pretrained()       # the bundled weights, or a path
+    result = reg.register(image, points, K)          # NumPy or torch, any image size
+    result.pose                                      # (4, 4) camera-from-points
+
+Frames. ``points`` are in their own frame (the cloud frame); ``pose`` maps them into the frame of the
+camera that took ``image``: ``u ~ K (R p + t)`` with the caller's ``K``. The network sees the image
+resized by s and centre-cropped to its input size; both change only the intrinsics
+(``K_model = C S K`` with S, C pixel-grid maps), never the camera frame, so the pose it predicts for its
+input is the pose of the original image too. A 3-DoF model (the benchmark protocol, and the bundled
+model) predicts yaw about the camera's y axis and a planar translation: it expects a cloud frame whose
+y axis points down like the camera's and whose origin is at camera height, within about 10 m of it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .data.collate import Collate
+from .data.ops import sample_indices, voxel_downsample
+from .data.pairs import pair_config, resize_and_crop
+from .data.readers import read_calibration_file, read_image_file, read_point_cloud, undistort_image
+from .errors import InputError
+from .evaluate import read_weights_config, reprojection_confidence, to_device
+from .geometry import project_pose
+from .model.icl import ICL
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = "synthetic-small"
+SAMPLE_SEED = 0
+"""Seed of the fixed-size point sample: the same call always sees the same points."""
+
+Tensorish = np.ndarray | torch.Tensor
+
+
+@dataclass
+class RegistrationResult:
+    """The registration of one image to one cloud; float64 NumPy arrays.
+
+    pose: (4, 4) cloud frame -> camera frame of the ORIGINAL image (project with the caller's K).
+    frustum_pose: (4, 4) GPDM's coarse pose, same frames.
+    keypoints_2d: (Nq, 2) the implicit correspondences' pixels, ORIGINAL image pixels (u, v).
+    keypoints_3d: (Nq, 3) their 3D partners, cloud frame.
+    overlap_mask: (N,) bool over the input points: in front of the camera and inside the original
+        image when projected with ``frustum_pose`` and the caller's K (GPDM's geometric mask).
+    confidence: in [0, 1], how well the correspondences agree with ``pose``
+        (``evaluate.reprojection_confidence``, on the network input's pixels).
+    info: ``resampled`` (fewer points than the model takes after voxelising: some were repeated),
+        ``scale`` (image resize factor), ``crop_offset`` (dx, dy) in resized pixels, ``K_model`` (3, 3)
+        intrinsics of the network input, ``seconds`` (wall time of the call; the whole batch for
+        ``register_batch``).
+    """
+
+    pose: np.ndarray
+    frustum_pose: np.ndarray
+    keypoints_2d: np.ndarray
+    keypoints_3d: np.ndarray
+    overlap_mask: np.ndarray
+    confidence: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        rows = "\n".join(" ".join(f"{x: .6f}" for x in row) for row in self.pose)
+        return f"pose (camera from points):\n{rows}\nconfidence: {self.confidence:.3f}"
+
+
+@dataclass
+class _Prepared:
+    """One input after preprocessing: the network sample and what is needed to map results back."""
+
+    sample: dict[str, Any]
+    points: np.ndarray  # (N, 3) input points, cloud frame
+    K: np.ndarray  # (3, 3) caller's intrinsics
+    K_model: np.ndarray  # (3, 3) intrinsics of the network input
+    size: tuple[int, int]  # (H, W) of the caller's image
+    scale: float
+    crop_offset: tuple[int, int]
+
+
+def _numpy(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} is not an array ({err})") from None
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InputError(f"{name} must be numeric, got dtype {array.dtype}")
+    return array
+
+
+def _check_image(image: Tensorish) -> np.ndarray:
+    """(H, W, 3) uint8, or float32 in [0, 1]; a torch image is (3, H, W)."""
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise InputError(f"a torch image must be (3, H, W), got {tuple(image.shape)}")
+        image = image.permute(1, 2, 0)
+    image = _numpy(image, "image")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image
+    if not np.issubdtype(image.dtype, np.floating):
+        raise InputError(f"image must be uint8 or float in [0, 1], got {image.dtype}")
+    bad = int((~np.isfinite(image)).any(-1).sum())
+    if bad:
+        raise InputError(f"image has NaN or inf in {bad} pixels")
+    if image.min() < 0 or image.max() > 1:
+        raise InputError(f"a float image must be in [0, 1], got values in [{image.min():g}, {image.max():g}]")
+    return image.astype(np.float32)
+
+
+def _check_points(points: Tensorish, intensity: Tensorish | None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) xyz and (N,) intensity (the argument, else the 4th column of ``points``, else zeros)."""
+    points = _numpy(points, "points").astype(np.float64)
+    if points.ndim != 2 or points.shape[1] not in (3, 4):
+        raise InputError(f"points must be (N, 3) or (N, 4), got shape {points.shape}")
+    if len(points) == 0:
+        raise InputError("points: empty cloud (0 points)")
+    bad = int((~np.isfinite(points)).any(1).sum())
+    if bad:
+        raise InputError(f"points: {bad} of {len(points)} rows hold NaN or inf; drop them first")
+    if intensity is None:
+        intensity = points[:, 3] if points.shape[1] == 4 else np.zeros(len(points))
+    intensity = _numpy(intensity, "intensity").astype(np.float64)
+    if intensity.shape != (len(points),) or not np.isfinite(intensity).all():
+        raise InputError(f"intensity must be ({len(points)},) and finite, got shape {intensity.shape}")
+    return points[:, :3], intensity
+
+
+def _check_K(K: Tensorish) -> np.ndarray:
+    K = _numpy(K, "K").astype(np.float64)
+    if K.shape != (3, 3):
+        raise InputError(f"K must be (3, 3), got shape {K.shape}")
+    if not np.isfinite(K).all():
+        raise InputError("K has NaN or inf")
+    if not np.allclose(K[2], [0, 0, 1]) or K[0, 0] <= 0 or K[1, 1] <= 0 or np.linalg.det(K) <= 0:
+        raise InputError(f"K is not a camera matrix (need fx, fy > 0, det > 0, last row 0 0 1): {K.tolist()}")
+    return K
+
+
+class Registrator:
+    """A trained ICL model with the protocol's preprocessing: images of any size, clouds of any size.
+
+    model: an ``ICL``; config: the full config it was trained with (its ``data`` section gives the image
+    scale and the voxel size; ``model.image_size`` and ``model.num_points`` the network input).
+    """
+
+    def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        data = pair_config(config)
+        self.image_scale, self.voxel = float(data["image_scale"]), float(data["voxel"])
+        self.image_size = tuple(model.conf["image_size"])  # (h, w)
+        self.num_points = int(model.conf["num_points"])
+        self.collate = Collate(model.conf)
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | os.PathLike | None = None,
+                        device: str | torch.device = "cpu") -> Registrator:
+        """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
+        of a bundled model (None: ``synthetic-small``)."""
+        path = Path(path_or_name if path_or_name is not None else DEFAULT_WEIGHTS)
+        if not path.is_file():
+            bundled = WEIGHTS_DIR / f"{path.name}.safetensors"
+            if path.parent != Path(".") or not bundled.is_file():
+                names = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+                raise InputError(
+                    f"no such weights file or bundled model (bundled: {', '.join(names) or 'none installed'});"
+                    " train one with `i2preg train --config synthetic-small --data DATA` and pass its"
+                    " runs/synthetic-small/model.safetensors", bundled if path_or_name is None else path)
+            path = bundled
+        config = read_weights_config(path)
+        model = ICL(config.get("model"))
+        try:
+            model.load_state_dict(load_file(str(path)))
+        except RuntimeError as err:
+            raise InputError(f"weights do not fit the model of their config ({str(err).splitlines()[0]})", path) from None
+        return cls(model, config, device)
+
+    def register(self, image: Tensorish, points: Tensorish, K: Tensorish,
+                 intensity: Tensorish | None = None) -> RegistrationResult:
+        """Register one image to one cloud.
+
+        image: (H, W, 3) uint8 RGB or float in [0, 1] (NumPy), or a (3, H, W) tensor; any size that
+        covers the network input. points: (N, 3) or (N, 4) (x, y, z, intensity) in the cloud frame;
+        NaN or inf rows are rejected. K: (3, 3) intrinsics of ``image``. intensity: (N,), overrides the
+        4th column (used only by models configured with ``use_intensity``).
+        """
+        return self.register_batch([image], [points], [K], None if intensity is None else [intensity])[0]
+
+    def register_batch(self, images: Sequence[Tensorish], clouds: Sequence[Tensorish], Ks: Sequence[Tensorish],
+                       intensities: Sequence[Tensorish | None] | None = None) -> list[RegistrationResult]:
+        """``register`` for B inputs in one network batch; images may differ in size, clouds in length."""
+        start = time.perf_counter()
+        if not len(images) == len(clouds) == len(Ks) or intensities is not None and len(intensities) != len(images):
+            raise InputError(f"need as many images, clouds and Ks (got {len(images)}, {len(clouds)}, {len(Ks)})")
+        if not len(images):
+            return []
+        intensities = intensities if intensities is not None else [None] * len(images)
+        prepared = [self._prepare(*args) for args in zip(images, clouds, Ks, intensities)]
+        batch = to_device(self.collate([p.sample for p in prepared]), self.device)
+        with torch.inference_mode():
+            out = self.model(batch)
+            out = {k: out[k].double() for k in ("pose", "frustum_pose", "kp_2d", "kp_3d")}
+            out["confidence"] = reprojection_confidence(out["kp_2d"], out["kp_3d"], out["pose"], batch["K"].double())
+        out = {k: v.cpu().numpy() for k, v in out.items()}
+        seconds = time.perf_counter() - start
+        return [self._result(p, {k: v[b] for k, v in out.items()}, seconds) for b, p in enumerate(prepared)]
+
+    def _prepare(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None) -> _Prepared:
+        """Resize by max(config scale, the least that covers the input), centre-crop, voxelise, sample."""
+        image, K = _check_image(image), _check_K(K)
+        xyz, intensity = _check_points(points, intensity)
+        (h, w), (H, W) = self.image_size, image.shape[:2]
+        if H < h or W < w:
+            raise InputError(f"image of {W}x{H} px is smaller than the model input of {w}x{h} px")
+        scale = max(self.image_scale, h / H, w / W)
+        crop, K_model, offset = resize_and_crop(image, K, scale, (h, w), rng=None)
+        kept = voxel_downsample(xyz, self.voxel)
+        pick, resampled = sample_indices(len(kept), self.num_points, np.random.default_rng(SAMPLE_SEED))
+        index = kept[pick]
+        tensor = torch.from_numpy(crop).permute(2, 0, 1).float()
+        sample = {
+            "image": tensor.div_(255) if crop.dtype == np.uint8 else tensor,
+            "K": torch.from_numpy(K_model).float(),
+            "points": torch.from_numpy(xyz[index]).float(),
+            "intensity": torch.from_numpy(intensity[index]).float(),
+            "T_gt": torch.eye(4),
+            "resampled": resampled,
+            "meta": {},
+        }
+        return _Prepared(sample, xyz, K, K_model, (H, W), scale, offset)
+
+    def _result(self, p: _Prepared, out: dict[str, np.ndarray], seconds: float) -> RegistrationResult:
+        # Network pixels -> resized pixels (+ crop offset) -> original pixels (inverse of u' = s (u + 0.5) - 0.5).
+        keypoints_2d = (out["kp_2d"] + np.asarray(p.crop_offset) + 0.5) / p.scale - 0.5
+        return RegistrationResult(
+            pose=out["pose"],
+            frustum_pose=out["frustum_pose"],
+            keypoints_2d=keypoints_2d,
+            keypoints_3d=out["kp_3d"],
+            overlap_mask=project_pose(p.points, out["frustum_pose"], p.K, *p.size)[2],
+            confidence=float(out["confidence"]),
+            info={"resampled": bool(p.sample["resampled"]), "scale": p.scale, "crop_offset": p.crop_offset,
+                  "K_model": p.K_model, "seconds": seconds},
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: ``i2preg register``
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_text(path: Path, text: str) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike, calib_path: str | os.PathLike,
+                   out_dir: str | os.PathLike | None = None, camera: int = 2,
+                   weights: str | os.PathLike | None = None) -> RegistrationResult:
+    """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one).
+
+    Files are read by ``data.readers``: the cloud (KITTI .bin, nuScenes .pcd.bin, PCD, PLY, NPY, NPZ)
+    with its intensity; K and the lens distortion from ``calib_path`` (KITTI calib.txt: camera
+    ``camera``; a 9-number K file; YAML/JSON), the image undistorted with it. The calibration's
+    extrinsic is not used: it is what registration estimates.
+
+    out_dir: if given, write ``pose.txt`` (4 rows of 4 numbers, full precision), ``overlay.png`` (the
+    points projected with the pose on the (undistorted) image, coloured by depth) and
+    ``overlay_frustum.png`` (the same with the frustum pose), each atomically.
+    """
+    from .visualize import draw_projection, save_image
+
+    calibration = read_calibration_file(calib_path, camera)
+    image, K = undistort_image(read_image_file(image_path), calibration.K, calibration.distortion)
+    points, intensity = read_point_cloud(points_path)
+    result = Registrator.from_pretrained(weights).register(image, points, K, intensity)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_text(out_dir / "pose.txt", "".join(" ".join(f"{x:.17g}" for x in row) + "\n" for row in result.pose))
+        save_image(out_dir / "overlay.png", draw_projection(image, points, result.pose, K))
+        save_image(out_dir / "overlay_frustum.png", draw_projection(image, points, result.frustum_pose, K))
+    return result
