@@ -21,7 +21,8 @@ from i2preg.errors import InputError
 from i2preg.geometry import invert_transform, project_points, project_pose, sample_perturbation, transform_points
 from i2preg.metrics import registration_errors, success
 from i2preg.model.icl import ICL
-from i2preg.train import full_config, save_weights
+from i2preg.config import full_config
+from i2preg.weights import save_weights
 
 BUNDLED = WEIGHTS_DIR / "synthetic-small.safetensors"
 

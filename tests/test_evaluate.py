@@ -21,7 +21,8 @@ from i2preg.evaluate import evaluate, pair_list, reprojection_confidence, roc_au
 from i2preg.geometry import make_transform, project_points, transform_points
 from i2preg.metrics import format_table, success, summarize
 from i2preg.model.icl import ICL
-from i2preg.train import full_config, save_weights
+from i2preg.config import full_config
+from i2preg.weights import save_weights
 
 ON_SEQUENCE_00 = {"data": {"test_sequences": ["00"]}}
 COLUMNS = ["index", "sequence", "frame", "camera", "rte", "rre", "rre_geodesic", "success", "frustum_rte",

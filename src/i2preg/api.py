@@ -31,9 +31,10 @@ from .data.ops import sample_indices, voxel_downsample
 from .data.pairs import pair_config, resize_and_crop
 from .data.readers import read_calibration_file, read_image_file, read_point_cloud, undistort_image
 from .errors import InputError
-from .evaluate import read_weights_config, reprojection_confidence, to_device
+from .evaluate import reprojection_confidence, to_device
 from .geometry import project_pose
 from .model.icl import ICL
+from .weights import read_weights_config
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = "synthetic-small"

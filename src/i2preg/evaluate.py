@@ -28,20 +28,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import visualize as viz
-from .config import deep_update, load_config
+from .config import deep_update, full_config, load_config
 from .data.collate import Collate
 from .data.pairs import build_dataset
 from .errors import InputError
 from .geometry import project_pose, project_points, transform_points
 from .metrics import format_table, registration_errors, success, summarize
 from .model.icl import ICL
-from .train import full_config, load_weights
+from .weights import load_weights, read_weights_config
 
 CONFIDENCE_SIGMA_PX = 8.0
 """Pixel scale of ``reprojection_confidence``."""
@@ -89,20 +87,6 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 def pair_list(text: str) -> list[int]:
     """``"0,5,9"`` -> [0, 5, 9] (``""``: none); for ``--figure-pairs``."""
     return [int(part) for part in text.split(",") if part.strip()]
-
-
-def read_weights_config(weights: Path) -> dict[str, Any]:
-    """The resolved config stored in the safetensors header of ``weights`` (``train.save_weights``)."""
-    if not weights.is_file():
-        raise InputError("no such file", weights)
-    try:
-        with safe_open(str(weights), "pt") as file:
-            text = (file.metadata() or {}).get("config")
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"not a safetensors file ({err})", weights) from None
-    if text is None:
-        raise InputError("no config in the safetensors header (write weights with train.save_weights)", weights)
-    return yaml.safe_load(text)
 
 
 def evaluation_config(

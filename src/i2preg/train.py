@@ -14,9 +14,7 @@ checkpoint ends with exactly the weights of an uninterrupted run (CPU, determini
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,58 +24,17 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Sampler
 
-from .config import deep_update
+from .config import full_config
 from .data.collate import Collate
-from .data.pairs import PAIR_DEFAULTS, build_dataset
-from .losses import DEFAULT_WEIGHTS, compute_losses
-from .metrics import ACC_RRE_DEG, ACC_RTE_M, registration_errors, summarize
+from .data.pairs import build_dataset
+from .losses import compute_losses
+from .metrics import registration_errors, summarize
 from .model.icl import ICL
+from .weights import load_weights, save_weights
 
 STAGES = (1, 2)
-
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "lr": 1e-4,  # Adam
-    "weight_decay": 1e-6,
-    "lr_decay": 0.95,  # StepLR gamma, per epoch
-    "batch_size": 2,
-    "stage1_epochs": 20,
-    "stage2_epochs": 20,
-    "stage1_max_steps": -1,  # -1: no limit besides the epochs
-    "stage2_max_steps": -1,
-    "limit_train_batches": None,  # batches per epoch (None: all)
-    "limit_val_batches": None,
-    "val_pairs": None,  # validate on the first N pairs of the val split (None: all)
-    "val_every_n_epochs": 1,
-    "checkpoint_every_n_steps": 500,
-    "log_every_n_steps": 10,
-    "gradient_clip_val": None,
-    "num_workers": 2,
-    "accelerator": "auto",
-    "devices": "auto",
-    "num_nodes": 1,
-    "strategy": "auto",
-    "precision": "32-true",
-    "deterministic": False,
-    "progress_bar": True,
-}
-"""The ``train`` config section."""
-
-
-def full_config(cfg: dict) -> dict[str, Any]:
-    """A config with every section's defaults filled in: data, model, loss, train, eval."""
-    defaults = {
-        "data": PAIR_DEFAULTS,
-        "model": ICL.default_conf,
-        "loss": DEFAULT_WEIGHTS,
-        "train": TRAIN_DEFAULTS,
-        "eval": {"thresholds": {"rte_thresh": ACC_RTE_M, "rre_thresh": ACC_RRE_DEG}},
-    }
-    return deep_update(defaults, cfg)
-
 
 class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` keys: the order and each sample's random draws depend only on
@@ -181,20 +138,6 @@ def make_loader(cfg: dict, split: str, limit: int | None = None) -> DataLoader:
         collate_fn=Collate(cfg["model"]),
         num_workers=int(train["num_workers"]),
     )
-
-
-def save_weights(model: torch.nn.Module, path: Path, cfg: dict, extra: dict | None = None) -> None:
-    """Weights as safetensors with the config (YAML) and ``extra`` (JSON) in the header; atomic."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"config": yaml.safe_dump(cfg, sort_keys=False), "extra": json.dumps(extra or {})}
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    model.load_state_dict(load_file(str(path)))
 
 
 def _trainer(cfg: dict, run_dir: Path, stage: int) -> L.Trainer:

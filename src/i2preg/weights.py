@@ -1,0 +1,43 @@
+"""Weights files: safetensors (no pickle) with the resolved config (YAML) in the header."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import InputError
+
+
+def save_weights(model: torch.nn.Module, path: Path, cfg: dict, extra: dict | None = None) -> None:
+    """Weights as safetensors with the config (YAML) and ``extra`` (JSON) in the header; atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"config": yaml.safe_dump(cfg, sort_keys=False), "extra": json.dumps(extra or {})}
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    model.load_state_dict(load_file(str(path)))
+
+
+def read_weights_config(weights: Path) -> dict[str, Any]:
+    """The resolved config stored in the safetensors header of ``weights`` (``save_weights``)."""
+    if not weights.is_file():
+        raise InputError("no such file", weights)
+    try:
+        with safe_open(str(weights), "pt") as file:
+            text = (file.metadata() or {}).get("config")
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"not a safetensors file ({err})", weights) from None
+    if text is None:
+        raise InputError("no config in the safetensors header (write weights with i2preg.weights.save_weights)", weights)
+    return yaml.safe_load(text)
