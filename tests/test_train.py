@@ -141,3 +141,18 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_root, tmp_path):
         rank1 = torch.load(tmp_path / f"rank1_stage{stage}.pt")
         assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert any(not torch.equal(initial[k], rank0[k]) for k in initial), "stage 2 changed nothing"
+
+
+def test_stage_two_alone_starts_from_init_weights(tiny_root, tmp_path):
+    """How a later session continues: stage 1 in one run, stage 2 in another from its weights."""
+    from i2preg.model.icl import ICL
+    from i2preg.train import train
+
+    first = train(tiny_config(tiny_root, stages=[1]), tmp_path / "a")
+    assert first.name == "stage1.safetensors" and not (tmp_path / "a" / "model.safetensors").exists()
+    final = train(tiny_config(tiny_root, stages=[2], init_weights=str(first)), tmp_path / "b")
+    start, end = load_file(str(first)), load_file(str(final))
+    model = ICL(load_config("tiny")["model"])
+    gpdm = {name for name, p in model.named_parameters() if any(p is q for q in model.gpdm_parameters())}
+    assert all(torch.equal(start[name], end[name]) for name in gpdm)
+    assert any(not torch.equal(start[name], end[name]) for name in end if name not in gpdm)

@@ -28,6 +28,10 @@ def _train(args: argparse.Namespace) -> None:
             cfg["train"][key] = int(value) if isinstance(value, str) and value.isdigit() else value
     if args.data:
         cfg["data"]["root"] = args.data
+    if args.init:
+        cfg["train"]["init_weights"] = args.init
+    if args.stages:
+        cfg["train"]["stages"] = args.stages
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     print(f"final weights: {train(cfg, run_dir, resume=args.resume)}")
 
@@ -92,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (overrides data.root)")
     p.add_argument("--run-dir", help="where checkpoints, logs and weights go (default runs/CONFIG)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--init", help="start from these weights (.safetensors), e.g. an earlier run's")
+    p.add_argument("--stages", type=int, nargs="+", choices=[1, 2], help="stages to run (default: 1 2)")
     p.add_argument("--devices", help="Lightning devices (e.g. 1, 4, auto)")
     p.add_argument("--num-nodes", dest="num_nodes", type=int)
     p.add_argument("--strategy", help="Lightning strategy (auto, ddp, ddp_spawn...)")

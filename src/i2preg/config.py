@@ -26,6 +26,8 @@ def deep_update(base: dict, update: dict) -> dict:
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
+    "stages": [1, 2],  # [2]: stage 2 alone, from init_weights
+    "init_weights": None,  # safetensors to start the first stage from (e.g. an earlier session's weights)
     "lr": 1e-4,  # Adam
     "weight_decay": 1e-6,
     "lr_decay": 0.95,  # StepLR gamma, per epoch

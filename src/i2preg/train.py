@@ -34,8 +34,6 @@ from .metrics import registration_errors, summarize
 from .model.icl import ICL
 from .weights import load_weights, save_weights
 
-STAGES = (1, 2)
-
 class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` keys: the order and each sample's random draws depend only on
     (seed, epoch, index), never on a global RNG, so resumption is exact. Splits the indices
@@ -174,7 +172,8 @@ def _trainer(cfg: dict, run_dir: Path, stage: int) -> L.Trainer:
 
 
 def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
-    """Run stage 1 then stage 2 (or continue a killed run); returns the final weights' path."""
+    """Run the stages of ``train.stages`` (stage 1 then 2), or continue a killed run; returns the path of
+    the weights of the last stage run."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.yaml"
@@ -184,14 +183,16 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
         cfg = full_config(cfg)
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     torch.set_float32_matmul_precision("high")
-    for stage in STAGES:
+    stages = [int(stage) for stage in cfg["train"]["stages"]]
+    for stage in stages:
         done = run_dir / ("stage1.safetensors" if stage == 1 else "model.safetensors")
         if resume and done.exists():
             continue
         L.seed_everything(int(cfg["train"]["seed"]) + stage, workers=True)
         module = ICLModule(cfg, stage)
-        if stage == 2:
-            load_weights(module.model, run_dir / "stage1.safetensors")
+        start = run_dir / "stage1.safetensors" if stage == 2 and 1 in stages else cfg["train"]["init_weights"]
+        if start:
+            load_weights(module.model, Path(start))
         last = run_dir / f"stage{stage}" / "last.ckpt"
         trainer = _trainer(cfg, run_dir, stage)
         trainer.fit(
@@ -205,4 +206,4 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
         if trainer.is_global_zero:
             save_weights(module.model, done, cfg, {"stage": stage, "global_step": trainer.global_step})
         trainer.strategy.barrier()
-    return run_dir / "model.safetensors"
+    return run_dir / ("model.safetensors" if stages[-1] == 2 else "stage1.safetensors")
