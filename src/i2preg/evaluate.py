@@ -1,5 +1,8 @@
 """``i2preg eval``: the benchmark protocol (METHOD section 3) on trained weights, with the paper's figures.
 
+The final pose is PRM's (``solver="prm"``) or, as an ablation, OpenCV's EPnP + RANSAC on ICL's own keypoint
+pairs kp_2d <-> kp_3d (``solver="pnp"``, settings ``eval.pnp`` over ``baselines.pnp.PNP_DEFAULTS``).
+
 Written into ``out_dir``::
 
     pairs.csv                   one row per pair: errors of the final and the frustum pose, confidence, time
@@ -32,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import visualize as viz
+from .baselines.pnp import PNP_DEFAULTS, pnp_poses
 from .config import deep_update, full_config, load_config
 from .data.collate import Collate
 from .data.pairs import build_dataset
@@ -43,6 +47,9 @@ from .weights import load_weights, read_weights_config
 
 CONFIDENCE_SIGMA_PX = 8.0
 """Pixel scale of ``reprojection_confidence``."""
+
+SOLVERS = ("prm", "pnp")
+"""Where the final pose comes from: PRM, or PnP-RANSAC on the keypoint pairs (``baselines.pnp``)."""
 
 DEFAULT_FIGURE_PAIRS = 3
 """Pairs drawn when none are named: the first ones."""
@@ -169,11 +176,13 @@ def finite_or_none(value: Any) -> Any:
 
 
 def predict(
-    model: ICL, loader: DataLoader, device: torch.device, thresholds: dict, keep: set[int], progress: bool
+    model: ICL, loader: DataLoader, device: torch.device, thresholds: dict, keep: set[int], progress: bool,
+    pnp: dict | None = None,
 ) -> tuple[list[dict[str, Any]], dict[int, tuple[dict, dict]], float]:
     """Run the model in eval mode over ``loader``. Returns one CSV row per pair (the columns of
     ``CSV_COLUMNS``), the sample and outputs (on the CPU, no batch dimension) of the pairs whose index is
-    in ``keep``, and the seconds spent in the model's forward."""
+    in ``keep``, and the seconds spent in the model's forward. pnp: PnP-RANSAC settings; given, the final
+    pose is solved from kp_2d <-> kp_3d instead of PRM's (the solve is not part of forward_ms)."""
     rows, kept, forward_seconds = [], {}, 0.0
     model.eval().to(device)
     with torch.no_grad(), tqdm(total=len(loader.dataset), unit="pair", desc="eval", disable=not progress) as bar:
@@ -187,6 +196,8 @@ def predict(
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - tic
             forward_seconds += seconds
+            if pnp is not None:
+                out["pose"] = pnp_poses(out["kp_2d"], out["kp_3d"], batch["K"], pnp)[0]
             confidence = reprojection_confidence(out["kp_2d"], out["kp_3d"], out["pose"], batch["K"]).cpu()
             T_gt = batch["T_gt"].double().cpu().numpy()
             per_pose = {}
@@ -271,6 +282,7 @@ def evaluate(
     figure_pairs: list[int] | None = None,
     overrides: dict | None = None,
     progress: bool = True,
+    solver: str = "prm",
 ) -> dict[str, Any]:
     """Evaluate ``weights`` on the protocol pairs of ``split`` under ``data_root``; write the files of the
     module docstring into ``out_dir``, print the table, return the summary (as in summary.json, with nan
@@ -279,10 +291,17 @@ def evaluate(
     config: a YAML path or bundled name whose ``data`` and ``eval`` sections replace the weights' (another
     dataset); overrides: nested dict merged last (``{"data": {"test_sequences": ["00"]}}``). limit: the
     first N pairs. figure_pairs: indices of the pairs to draw (default: the first 3). data_root None: the
-    config's data root.
+    config's data root. solver: "prm" or "pnp" (module docstring).
     """
     weights, out_dir = Path(weights), Path(out_dir)
-    cfg = evaluation_config(read_weights_config(weights), config, overrides)
+    if solver not in SOLVERS:
+        raise InputError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
+    weights_config = read_weights_config(weights)
+    if weights_config.get("method", "icl") != "icl":
+        raise InputError(f"{weights_config['method']} weights: evaluate them with i2preg compare", weights)
+    cfg = evaluation_config(weights_config, config, overrides)
+    if solver == "pnp":
+        cfg["eval"]["pnp"] = {**PNP_DEFAULTS, **cfg["eval"].get("pnp", {})}
     if data_root is not None and not Path(data_root).is_dir():
         raise InputError("no such folder", data_root)
     if batch_size < 1 or (limit is not None and limit < 1):
@@ -308,7 +327,8 @@ def evaluate(
 
     thresholds = cfg["eval"]["thresholds"]
     start = time.perf_counter()
-    rows, kept, forward_seconds = predict(model, loader, torch_device, thresholds, set(figure_pairs), progress)
+    rows, kept, forward_seconds = predict(model, loader, torch_device, thresholds, set(figure_pairs), progress,
+                                          cfg["eval"]["pnp"] if solver == "pnp" else None)
     wall_seconds = time.perf_counter() - start
 
     # The statistics are those of the CSV's rows, the numbers anyone can recompute from the file.
@@ -336,6 +356,7 @@ def evaluate(
         "confidence": confidence_report(np.array([r["confidence"] for r in rows]), errors["final"]["success"]),
         "pairs": num_pairs,
         "split": split,
+        "solver": solver,
         "data_root": None if data_root is None else str(Path(data_root).resolve()),
         "weights": {"path": str(weights.resolve()), "sha256": sha256(weights)},
         "device": str(torch_device),

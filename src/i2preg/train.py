@@ -177,8 +177,8 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.yaml"
-    if resume and cfg_path.exists():
-        cfg = yaml.safe_load(cfg_path.read_text())
+    if resume and cfg_path.exists():  # the run's own config; keys added since get their defaults
+        cfg = full_config(yaml.safe_load(cfg_path.read_text()))
     else:
         cfg = full_config(cfg)
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -50,6 +50,9 @@ class GPDM(nn.Module):
         super().__init__()
         h = conf["hidden_dim"]
         self.fallback_topk = conf["fallback_topk"]
+        self.mask_source = conf["mask_source"]
+        if self.mask_source not in ("geometric", "classifier"):
+            raise ValueError(f"gpdm.mask_source must be 'geometric' or 'classifier', got {self.mask_source!r}")
         self.xyz_embed = mlp([3, h, h])
         self.classifier = mlp([image_dim + point_dim + h, h, h, 1])
         self.score_embed = mlp([1, h, h])
@@ -66,8 +69,9 @@ class GPDM(nn.Module):
         K: (B, 3, 3) intrinsics of the (H, W) = image_size input image.
 
         Returns cls_logits (B, M); frustum_centre, frustum_rotation (raw head outputs, see PARAM_DIMS);
-        frustum_pose (B, 4, 4) cloud -> camera; mask (B, M) bool: the geometric mask. A sample whose mask
-        is empty gets its ``fallback_topk`` points of highest cls logit instead, so attention keeps valid keys.
+        frustum_pose (B, 4, 4) cloud -> camera; mask (B, M) bool: the geometric mask, or with ``mask_source:
+        classifier`` (the paper's ablation without the geometric prior) cls_logits > 0. A sample whose mask is
+        empty gets its ``fallback_topk`` points of highest cls logit instead, so attention keeps valid keys.
         """
         M = xyz.shape[1]
         image = global_feat[:, None].expand(-1, M, -1)
@@ -80,8 +84,11 @@ class GPDM(nn.Module):
         centre, rotation = self.centre_head(pooled), self.rotation_head(pooled)
         pose = pose_from_params(centre, rotation)
 
-        uv, depth = project_points(transform_points(pose.detach(), xyz), K)
-        mask = in_image(uv, depth, *image_size)
+        if self.mask_source == "classifier":
+            mask = cls_logits > 0
+        else:
+            uv, depth = project_points(transform_points(pose.detach(), xyz), K)
+            mask = in_image(uv, depth, *image_size)
         top = cls_logits.topk(min(self.fallback_topk, M), dim=1).indices
         fallback = torch.zeros_like(mask).scatter(1, top, True)
         mask = torch.where(mask.any(dim=1, keepdim=True), mask, fallback)

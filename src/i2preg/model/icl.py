@@ -43,7 +43,11 @@ class ICL(nn.Module):
             "kernel_sigma": 1.2,  # kernel point influence extent, in voxels
             "use_intensity": False,  # input feature: constant 1 (+ intensity)
         },
-        "gpdm": {"hidden_dim": 128, "fallback_topk": 16},
+        "gpdm": {
+            "hidden_dim": 128,
+            "fallback_topk": 16,
+            "mask_source": "geometric",  # ICLM's point mask: "geometric" (frustum pose) or "classifier" (cls_logits > 0)
+        },
         "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4},
         "prm": {"dim": 128},
     }

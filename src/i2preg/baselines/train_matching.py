@@ -1,0 +1,94 @@
+"""Training of the matching baseline with the machinery of ``i2preg.train``: the same data, sampler, optimiser
+and learning-rate schedule as ICL, in one stage as long as ICL's two together. A run lives in ``runs/NAME/``::
+
+    config.yaml                 the resolved config (``baselines.matching.matching_config``)
+    stage1/                     Lightning checkpoints and logs of the single stage
+    model.safetensors           the final weights, config (``method: matching``) in the header
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+
+from ..config import deep_update
+from ..metrics import registration_errors
+from ..train import ICLModule, _trainer, make_loader
+from ..weights import save_weights
+from .matching import MatchingNet, estimate_poses, matching_config
+from .matching_loss import matching_loss
+
+
+class MatchingModule(ICLModule):
+    """``MatchingNet`` with ``matching_loss``; validation poses from ``matching.estimate_poses``. Resumption,
+    the validation summary and the optimiser are ``ICLModule``'s."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        L.LightningModule.__init__(self)  # not ICLModule.__init__: it builds ICL
+        self.cfg, self.stage = cfg, 1
+        self.model = MatchingNet(cfg["model"])
+        self._val_errors: list[dict[str, np.ndarray]] = []
+
+    def forward(self, batch: dict) -> dict:
+        return self.model(batch)
+
+    def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
+        return matching_loss(out, batch, self.model.token_stride, self.cfg["loss"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.losses(self(batch), batch)
+        bs = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs, sync_dist=False)
+        self.log("train/loss", losses["total"].detach(), prog_bar=True, batch_size=bs, logger=False)
+        return losses["total"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self(batch)
+        self.log_dict({f"val/{k}": v for k, v in self.losses(out, batch).items()}, batch_size=batch["image"].shape[0],
+                      sync_dist=True)
+        poses = estimate_poses(out, batch["K"], self.cfg["eval"])[0]
+        self._val_errors.append(registration_errors(poses.numpy(), batch["T_gt"].double().cpu().numpy()))
+
+
+def single_stage(cfg: dict) -> dict:
+    """The config ``train._trainer`` reads for stage 1, lengthened to ICL's two stages together."""
+    train = cfg["train"]
+    steps = [int(train["stage1_max_steps"]), int(train["stage2_max_steps"])]
+    return deep_update(cfg, {"train": {"stage1_epochs": int(train["stage1_epochs"]) + int(train["stage2_epochs"]),
+                                       "stage1_max_steps": -1 if -1 in steps else sum(steps)}})
+
+
+def train_matching(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
+    """Train the matching baseline (or continue a killed run); returns the final weights' path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path, weights = run_dir / "config.yaml", run_dir / "model.safetensors"
+    if resume and cfg_path.exists():
+        cfg = yaml.safe_load(cfg_path.read_text())
+    else:
+        cfg = matching_config(cfg)
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if resume and weights.exists():
+        return weights
+    torch.set_float32_matmul_precision("high")
+    L.seed_everything(int(cfg["train"]["seed"]) + 1, workers=True)
+    module = MatchingModule(cfg)
+    last = run_dir / "stage1" / "last.ckpt"
+    trainer = _trainer(single_stage(cfg), run_dir, stage=1)
+    trainer.fit(
+        module,
+        make_loader(cfg, "train"),
+        make_loader(cfg, "val", limit=cfg["train"]["val_pairs"]),
+        ckpt_path=str(last) if resume and last.exists() else None,
+    )
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if trainer.is_global_zero:
+        save_weights(module.model, weights, cfg, {"stage": 1, "global_step": trainer.global_step})
+    trainer.strategy.barrier()
+    return weights

@@ -1,0 +1,296 @@
+"""``i2preg compare``: several methods on ONE test set in one run, and one table in the paper's format.
+
+A method is ``NAME=WEIGHTS[:OPTION=VALUE]...`` (the weights' header says which model to build)::
+
+    icl=runs/a/model.safetensors                      ICL, final pose from PRM
+    icl+pnp=runs/a/model.safetensors:solver=pnp       ICL, PnP-RANSAC on its own pairs kp_2d <-> kp_3d
+    icl-cls=runs/a/model.safetensors:mask=classifier  ICL, ICLM's point mask from the classifier alone
+    matching=runs/m/model.safetensors                 the explicit-matching baseline (method: matching)
+
+Options (ICL only): ``solver`` = prm | pnp, ``mask`` = geometric | classifier (default: the weights' own).
+Every method reads the same pairs (the data is seeded per pair) with the same ``data`` and ``eval`` settings:
+those of ``config`` when given, else of the first method's weights.
+
+Written atomically into ``out_dir``: ``comparison.md`` (the table, what its columns measure, and the published
+KITTI figures as a separate reference block) and ``comparison.csv`` (one row per method, ``CSV_COLUMNS``).
+
+- Errors: the protocol (``metrics``) over ALL pairs; a failed PnP solve gives the identity pose and counts.
+- network ms: the model's forward per pair (calls of ``batch_size`` pairs, CUDA synchronised); solver ms:
+  everything after it (PnP-RANSAC; for the baseline also the overlap selection and mutual-NN matching; 0 for
+  PRM, which is part of the network). Data loading and the point pyramid are not timed.
+- peak MiB: on CUDA, ``torch.cuda.max_memory_allocated`` during the method minus the allocation before it
+  (tensors only: weights, batch, activations); on the CPU, the peak resident set size of the process during the
+  method (``/proc/self/statm`` polled every 5 ms) minus its size before: a lower bound, since memory an earlier
+  method left with the allocator is reused without growth.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from .baselines.matching import MATCH_DEFAULTS, MatchingNet, estimate_poses, matching_config
+from .baselines.pnp import PNP_DEFAULTS, pnp_poses
+from .config import deep_update
+from .data.collate import Collate
+from .data.pairs import build_dataset
+from .errors import InputError
+from .evaluate import evaluation_config, resolve_device, to_device, write_text
+from .metrics import registration_errors, summarize
+from .model.icl import ICL
+from .weights import load_weights, read_weights_config
+
+OPTIONS = {"solver": ("prm", "pnp"), "mask": ("geometric", "classifier")}
+
+CSV_COLUMNS = ["method", "weights", "solver", "mask", "pairs", "rte_mean", "rte_std", "rte_median", "rre_mean",
+               "rre_std", "rre_median", "rre_geodesic_mean", "rre_geodesic_median", "acc", "failures", "network_ms",
+               "solver_ms", "peak_mib", "device", "batch_size"]
+
+PUBLISHED_KITTI = """\
+## Reference: published KITTI figures (not measured here)
+
+The papers' own numbers on KITTI Odometry (sequences 09-10, the protocol of METHOD section 3), copied from
+METHOD section 4 for orientation. They are not comparable with the table above unless it was measured on KITTI.
+
+| method | RTE (m) | RRE (deg) | Acc |
+|---|---|---|---|
+| DeepI2P (2D) | 3.59 +- 3.21 | 11.66 +- 18.16 | 25.95 % |
+| CorrI2P | 3.78 +- 65.16 | 5.89 +- 20.34 | 72.42 % |
+| VP2P-Match | 0.75 +- 1.13 | 3.29 +- 7.99 | 83.04 % |
+| ICL (CVPR 2025) | 0.20 +- 0.21 | 1.24 +- 2.34 | 97.49 % |
+| later: DPA-I2P | 0.11 +- 0.12 | 0.55 +- 0.67 | 99.70 % |
+| later: RayI2P (ICLR 2026) | 0.09 +- 0.08 | 0.63 +- 0.71 | 99.75 % |
+
+ICL's ablations (KITTI Acc): without GPDM (classification-only overlap) 91.89 %; without ICLM (explicit
+matching) 72.64 %. Inference per pair on an RTX 4090 at batch 4 (third-party): ICL 35 ms and 10.7 GB,
+VP2P-Match 31 ms, CorrI2P 14 ms + PnP-RANSAC, DeepI2P 8 ms + optimisation.
+"""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    weights: Path
+    solver: str | None = None  # None: "prm" for ICL, "pnp" for the matching baseline
+    mask: str | None = None  # None: the weights' own gpdm.mask_source ("" for the matching baseline)
+
+
+def parse_method(text: str) -> MethodSpec:
+    """``"NAME=WEIGHTS[:solver=prm|pnp][:mask=geometric|classifier]"`` -> MethodSpec (module docstring)."""
+    name, _, rest = text.partition("=")
+    weights, *options = rest.split(":")
+    if not name.strip() or not weights:
+        raise InputError(f"method {text!r} must look like NAME=WEIGHTS[:solver=pnp][:mask=classifier]")
+    values: dict[str, str] = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if value not in OPTIONS.get(key, ()):
+            raise InputError(f"method {text!r}: unknown option {option!r} (options: solver=prm|pnp, "
+                             "mask=geometric|classifier)")
+        values[key] = value
+    return MethodSpec(name.strip(), Path(weights), **values)
+
+
+def method_config(spec: MethodSpec, reference: dict) -> tuple[MethodSpec, dict]:
+    """One method resolved: the spec with its solver and mask filled in, and its config (the weights' model with
+    the shared ``data`` and ``eval`` sections)."""
+    weights_config = read_weights_config(spec.weights)
+    method = weights_config.get("method", "icl")
+    if method == "matching" and (spec.solver == "prm" or spec.mask is not None):
+        raise InputError(f"method {spec.name}: the matching baseline takes no solver=prm or mask option", spec.weights)
+    if method == "matching":
+        weights_config = matching_config(weights_config)
+    cfg = evaluation_config({**weights_config, "data": reference["data"], "eval": reference["eval"]})
+    if method == "matching":
+        return replace(spec, solver="pnp", mask=""), cfg
+    if spec.mask is not None:
+        cfg["model"]["gpdm"]["mask_source"] = spec.mask
+    return replace(spec, solver=spec.solver or "prm", mask=cfg["model"]["gpdm"]["mask_source"]), cfg
+
+
+class PeakMemory:
+    """Context manager: ``.mib`` is the peak memory of the block above its start (module docstring), nan where
+    neither CUDA nor ``/proc/self/statm`` is available."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.005):
+        self.device, self.interval_s, self.mib = device, interval_s, float("nan")
+
+    @staticmethod
+    def resident_bytes() -> int | None:
+        try:
+            with open("/proc/self/statm") as file:
+                return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _poll(self) -> None:
+        while not self._done.wait(self.interval_s):
+            self._peak = max(self._peak, self.resident_bytes() or 0)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = self._peak = self.resident_bytes()
+            self._done = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            if self._start is not None:
+                self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        elif self._start is not None:
+            self._done.set()
+            self._thread.join()
+            self.mib = (max(self._peak, self.resident_bytes() or 0) - self._start) / 2**20
+
+
+def seconds(device: torch.device) -> float:
+    """A timestamp after the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def solve(model: torch.nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final poses (B, 4, 4) and solve success (B,) bool of one batch, after the network."""
+    if isinstance(model, MatchingNet):
+        return estimate_poses(out, batch["K"], eval_cfg)[:2]
+    if solver == "pnp":
+        return pnp_poses(out["kp_2d"], out["kp_3d"], batch["K"], eval_cfg["pnp"])
+    return out["pose"], torch.ones(len(out["pose"]), dtype=torch.bool)
+
+
+def run_method(spec: MethodSpec, cfg: dict, pairs: Subset, batch_size: int, device: torch.device,
+               progress: bool) -> dict[str, Any]:
+    """One method (resolved by ``method_config``) over the pairs: its CSV row (``CSV_COLUMNS``)."""
+    torch.manual_seed(0)
+    cv2.setRNGSeed(0)
+    model = MatchingNet(cfg["model"]) if cfg.get("method", "icl") == "matching" else ICL(cfg["model"])
+    try:
+        load_weights(model, spec.weights)
+    except RuntimeError as err:
+        problem = str(err).splitlines()[0]
+        raise InputError(f"weights do not fit the model of their config ({problem})", spec.weights) from None
+    loader = DataLoader(pairs, batch_size=batch_size, collate_fn=Collate(cfg["model"]),
+                        num_workers=int(cfg["train"]["num_workers"]))
+    poses, truths, successes, network_s, solver_s = [], [], [], 0.0, 0.0
+    with PeakMemory(device) as memory, torch.no_grad():
+        model.eval().to(device)
+        for batch in tqdm(loader, desc=spec.name, unit="batch", disable=not progress):
+            batch = to_device(batch, device)
+            start = seconds(device)
+            out = model(batch)
+            forwarded = seconds(device)
+            pose, ok = solve(model, out, batch, spec.solver, cfg["eval"])
+            solved = seconds(device)
+            network_s, solver_s = network_s + forwarded - start, solver_s + solved - forwarded
+            poses.append(pose.double().cpu().numpy())
+            truths.append(batch["T_gt"].double().cpu().numpy())
+            successes.append(ok.cpu().numpy())
+    stats = summarize(registration_errors(np.concatenate(poses), np.concatenate(truths)), **cfg["eval"]["thresholds"])
+    return {
+        "method": spec.name, "weights": str(spec.weights), "solver": spec.solver, "mask": spec.mask,
+        **{key: stats[key] for key in CSV_COLUMNS if key in stats},
+        "failures": int((~np.concatenate(successes)).sum()),
+        "network_ms": 1000 * network_s / len(pairs), "solver_ms": 1000 * solver_s / len(pairs),
+        "peak_mib": memory.mib, "device": str(device), "batch_size": batch_size,
+    }
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: RTE, RRE mean +- std over all pairs, Acc, medians, failures, time and memory."""
+    lines = [
+        "| method | RTE (m) | RRE (deg) | Acc | RTE / RRE median | RRE geodesic (deg) | failures | pairs "
+        "| network ms/pair | solver ms/pair | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['rte_mean']:.2f} +- {r['rte_std']:.2f} | {r['rre_mean']:.2f} +- {r['rre_std']:.2f} "
+            f"| {100 * r['acc']:.2f} % | {r['rte_median']:.2f} / {r['rre_median']:.2f} | {r['rre_geodesic_mean']:.2f} "
+            f"| {r['failures']} | {r['pairs']} | {r['network_ms']:.1f} | {r['solver_ms']:.1f} | {r['peak_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def compare(
+    methods: list[str | MethodSpec],
+    data_root: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    config: str | os.PathLike | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    overrides: dict | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run ``methods`` (specs or their text, module docstring) on the same pairs of ``split`` under ``data_root``;
+    write comparison.md and comparison.csv into ``out_dir``, print the table, return the CSV rows.
+
+    config: a YAML path or bundled name whose ``data`` and ``eval`` sections all methods use (default: the first
+    method's weights'); overrides: nested dict merged into them. limit: the first N pairs.
+    """
+    specs = [m if isinstance(m, MethodSpec) else parse_method(m) for m in methods]
+    names = [s.name for s in specs]
+    if not specs or len(set(names)) != len(names):
+        raise InputError(f"need at least one method and distinct names, got {names}")
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
+    if data_root is not None and not Path(data_root).is_dir():
+        raise InputError("no such folder", data_root)
+    reference = evaluation_config(read_weights_config(specs[0].weights), config, overrides)
+    reference["eval"] = deep_update({"pnp": PNP_DEFAULTS, "matching": MATCH_DEFAULTS}, reference["eval"])
+    resolved = [method_config(spec, reference) for spec in specs]
+    torch_device = resolve_device(device)
+
+    dataset = build_dataset(reference, split, data_root)
+    pairs = Subset(dataset, range(min(len(dataset), limit or len(dataset))))
+    rows = [run_method(spec, cfg, pairs, batch_size, torch_device, progress) for spec, cfg in resolved]
+
+    table = format_comparison(rows)
+    pnp = reference["eval"]["pnp"]
+    text = "\n\n".join([
+        "# Comparison on one test set",
+        f"{len(pairs)} pairs of the {split} split of `{data_root or reference['data']['root']}`, the same for every "
+        f"method (seeded per pair); device {torch_device}, batch size {batch_size}. Acc: RTE < "
+        f"{reference['eval']['thresholds']['rte_thresh']} m and RRE < {reference['eval']['thresholds']['rre_thresh']}"
+        " deg. Means, standard deviations and medians over ALL pairs.",
+        table,
+        f"PnP-RANSAC (ICL solver=pnp and the matching baseline): OpenCV EPnP, {pnp['iterations']} iterations, inlier "
+        f"threshold {pnp['reprojection_error']} px at scale {pnp['scale']} (= {pnp['reprojection_error'] / pnp['scale']:g}"
+        f" input px), confidence {pnp['confidence']}; fewer than {pnp['min_matches']} matches or a failed solve gives "
+        "the identity pose, counted under failures and in every statistic. network ms: the forward pass; solver ms: "
+        "everything after it (0 for PRM, part of the network); data loading is not timed. peak MiB: "
+        + ("CUDA max_memory_allocated during the method." if torch_device.type == "cuda" else
+           "growth of the process's resident set during the method (a lower bound)."),
+        PUBLISHED_KITTI,
+    ])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / "comparison.md", text)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "comparison.csv", buffer.getvalue())
+    print(table)
+    return rows
