@@ -16,7 +16,6 @@ y axis points down like the camera's and whose origin is at camera height, withi
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from .data.ops import sample_indices, voxel_downsample
 from .data.pairs import pair_config, resize_and_crop
 from .data.readers import read_calibration_file, read_image_file, read_point_cloud, undistort_image
 from .errors import InputError
+from .files import write_text
 from .evaluate import reprojection_confidence, to_device
 from .geometry import project_pose
 from .model.icl import ICL
@@ -263,18 +263,6 @@ class Registrator:
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_text(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike, calib_path: str | os.PathLike,
                    out_dir: str | os.PathLike | None = None, camera: int = 2,
                    weights: str | os.PathLike | None = None) -> RegistrationResult:
@@ -298,7 +286,7 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(out_dir / "pose.txt", "".join(" ".join(f"{x:.17g}" for x in row) + "\n" for row in result.pose))
+        write_text(out_dir / "pose.txt", "".join(" ".join(f"{x:.17g}" for x in row) + "\n" for row in result.pose))
         save_image(out_dir / "overlay.png", draw_projection(image, points, result.pose, K))
         save_image(out_dir / "overlay_frustum.png", draw_projection(image, points, result.frustum_pose, K))
     return result

@@ -8,7 +8,6 @@ Matplotlib figure (Agg canvas, no pyplot state). All return (H, W, 3) uint8 RGB 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -19,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .errors import InputError
+from .files import write_bytes
 from .geometry import project_pose, transform_points
 
 
@@ -208,13 +208,4 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
         ok = False
     if not ok:
         raise InputError(f"cannot write an image with suffix {path.suffix!r}", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(encoded.tobytes())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    write_bytes(path, encoded.tobytes())

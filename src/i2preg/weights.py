@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +12,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import InputError
+from .files import atomic_path
 
 
 def save_weights(model: torch.nn.Module, path: Path, cfg: dict, extra: dict | None = None) -> None:
     """Weights as safetensors with the config (YAML) and ``extra`` (JSON) in the header; atomic."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"config": yaml.safe_dump(cfg, sort_keys=False), "extra": json.dumps(extra or {})}
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

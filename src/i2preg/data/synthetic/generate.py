@@ -14,7 +14,6 @@ A sequence is a pure function of (seed, sequence id, number of frames, sensor).
 from __future__ import annotations
 
 import math
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from functools import cached_property
@@ -26,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from i2preg.errors import InputError
+from i2preg.files import write_bytes
 from i2preg.geometry import invert_transform, make_transform
 
 from .route import Route
@@ -95,9 +95,9 @@ class SyntheticSequence:
         name = f"{frame:06d}"
         for camera in (2, 3):
             rgb, _ = self.render(frame, camera)
-            _write(folder / f"image_{camera}" / f"{name}.png", _png(rgb))
+            write_bytes(folder / f"image_{camera}" / f"{name}.png", _png(rgb))
         points = self.scan(frame)
-        _write(folder / "velodyne" / f"{name}.bin", points.astype("<f4").tobytes())
+        write_bytes(folder / "velodyne" / f"{name}.bin", points.astype("<f4").tobytes())
         return points
 
     def calib_text(self) -> str:
@@ -142,9 +142,9 @@ def generate_dataset(out_dir, sequences: int | list[int], frames: int, seed: int
         for sub in ("image_2", "image_3", "velodyne"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         (out / "poses").mkdir(parents=True, exist_ok=True)
-        _write(folder / "calib.txt", plan.calib_text().encode())
-        _write(folder / "times.txt", plan.times_text().encode())
-        _write(out / "poses" / f"{s:02d}.txt", plan.poses_text().encode())
+        write_bytes(folder / "calib.txt", plan.calib_text().encode())
+        write_bytes(folder / "times.txt", plan.times_text().encode())
+        write_bytes(out / "poses" / f"{s:02d}.txt", plan.poses_text().encode())
 
     tasks = [(str(out), seed, s, frames, sensor, start, min(start + _CHUNK, frames))
              for s in ids for start in range(0, frames, _CHUNK)]
@@ -181,8 +181,3 @@ def _png(rgb: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
