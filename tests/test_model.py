@@ -138,6 +138,21 @@ def test_empty_geometric_mask_falls_back_to_top_logits():
     assert torch.isfinite(out["kp_3d"]).all()
 
 
+def test_mask_source_switch_takes_iclm_mask_from_the_classifier():
+    torch.manual_seed(0)
+    batch = synthetic_batch()
+    geometric = ICL(TINY_CONF)
+    classifier = ICL({**TINY_CONF, "gpdm": {**TINY_CONF["gpdm"], "mask_source": "classifier"}})
+    classifier.load_state_dict(geometric.state_dict())
+    out_geometric, out_classifier = geometric(batch), classifier(batch)
+    torch.testing.assert_close(out_classifier["cls_logits"], out_geometric["cls_logits"])
+    above = out_classifier["cls_logits"] > 0
+    assert above.any(dim=1).all() and torch.equal(out_classifier["mask"], above)
+    assert not torch.equal(out_classifier["mask"], out_geometric["mask"])
+    with pytest.raises(ValueError, match="mask_source"):
+        ICL({**TINY_CONF, "gpdm": {"mask_source": "both"}})
+
+
 def test_parameterisation_round_trips():
     torch.manual_seed(0)
     rng = np.random.default_rng(1)

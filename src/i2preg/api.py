@@ -28,10 +28,15 @@ from safetensors.torch import load_file
 from .data.collate import Collate
 from .data.ops import sample_indices, voxel_downsample
 from .data.pairs import pair_config, resize_and_crop
-from .data.readers import read_calibration_file, read_image_file, read_point_cloud, undistort_image
+from .data.readers import (
+    read_calibration_file,
+    read_image_file,
+    read_point_cloud,
+    undistort_image,
+)
 from .errors import InputError
-from .files import write_text
 from .evaluate import reprojection_confidence, to_device
+from .files import write_text
 from .geometry import project_pose
 from .model.icl import ICL
 from .weights import read_weights_config

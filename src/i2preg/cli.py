@@ -50,7 +50,14 @@ def _eval(args: argparse.Namespace) -> None:
 
     evaluate(args.weights, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
              batch_size=args.batch_size, device=args.device, figure_pairs=args.figure_pairs,
-             overrides=_overrides(args.set))
+             overrides=_overrides(args.set), solver=args.solver)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from .compare import compare
+
+    compare(args.method, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
+            batch_size=args.batch_size, device=args.device, overrides=_overrides(args.set))
 
 
 def _register(args: argparse.Namespace) -> None:
@@ -117,8 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/eval", help="folder for pairs.csv, summary.json and the figures")
     p.add_argument("--figure-pairs", dest="figure_pairs", type=_index_list, metavar="I,J,...",
                    help="indices of the pairs to draw (default: the first 3; '' for none)")
+    p.add_argument("--solver", choices=["prm", "pnp"], default="prm",
+                   help="final pose from PRM, or PnP-RANSAC on ICL's keypoint pairs (ablation)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("compare", help="ICL, its ablations and the matching baseline on one test set, one table")
+    p.add_argument("--method", action="append", required=True,
+                   metavar="NAME=WEIGHTS[:solver=prm|pnp][:mask=geometric|classifier]",
+                   help="a method to run (repeat); the weights' header says which model it is")
+    p.add_argument("--data", help="dataset root (default: the config's data.root)")
+    p.add_argument("--config", help="YAML file or bundled name whose data and eval sections all methods use")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--limit", type=int, help="the first N pairs only")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--out", default="outputs/compare", help="folder for comparison.md and comparison.csv")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("register", help="register one camera image to one point cloud with trained weights")
     p.add_argument("--image", required=True, help="camera image (PNG, JPG...)")

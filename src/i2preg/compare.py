@@ -41,7 +41,12 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from .baselines.matching import MATCH_DEFAULTS, MatchingNet, estimate_poses, matching_config
+from .baselines.matching import (
+    MATCH_DEFAULTS,
+    MatchingNet,
+    estimate_poses,
+    matching_config,
+)
 from .baselines.pnp import PNP_DEFAULTS, pnp_poses
 from .config import deep_update
 from .data.collate import Collate
@@ -169,8 +174,8 @@ def seconds(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def solve(model: torch.nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final poses (B, 4, 4) and solve success (B,) bool of one batch, after the network."""
+def solve(model: torch.nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict):
+    """After the network: the final poses (B, 4, 4) and solve success (B,) bool of one batch."""
     if isinstance(model, MatchingNet):
         return estimate_poses(out, batch["K"], eval_cfg)[:2]
     if solver == "pnp":
@@ -218,8 +223,8 @@ def run_method(spec: MethodSpec, cfg: dict, pairs: Subset, batch_size: int, devi
 def format_comparison(rows: list[dict[str, Any]]) -> str:
     """Markdown table: RTE, RRE mean +- std over all pairs, Acc, medians, failures, time and memory."""
     lines = [
-        "| method | RTE (m) | RRE (deg) | Acc | RTE / RRE median | RRE geodesic (deg) | failures | pairs "
-        "| network ms/pair | solver ms/pair | peak MiB |",
+        ("| method | RTE (m) | RRE (deg) | Acc | RTE / RRE median | RRE geodesic (deg) | failures | pairs "
+         "| network ms/pair | solver ms/pair | peak MiB |"),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -229,6 +234,34 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
             f"| {r['failures']} | {r['pairs']} | {r['network_ms']:.1f} | {r['solver_ms']:.1f} | {r['peak_mib']:.0f} |"
         )
     return "\n".join(lines)
+
+
+NOTES = """\
+{pairs} pairs of {source}, the same for every method (seeded per pair); device {device}, batch size {batch_size}.
+Acc: RTE < {rte_thresh} m and RRE < {rre_thresh} deg. Means, standard deviations and medians over ALL pairs.
+
+{table}
+
+PnP-RANSAC (ICL solver=pnp and the matching baseline): OpenCV EPnP, {iterations} iterations, inlier threshold
+{reprojection_error} px at scale {scale} (= {input_px:g} input px), confidence {confidence}; fewer than {min_matches}
+matches or a failed solve gives the identity pose, counted under failures and in every statistic. network ms: the
+forward pass; solver ms: everything after it (0 for PRM, part of the network); data loading is not timed.
+peak MiB: {memory}.
+"""
+
+MEMORY = {"cuda": "CUDA max_memory_allocated during the method, above its start",
+          "cpu": "growth of the process's resident set during the method (a lower bound)"}
+
+
+def comparison_markdown(table: str, source: str, pairs: int, device: torch.device, batch_size: int,
+                        eval_cfg: dict) -> str:
+    """comparison.md: the table and what it measures, then the published KITTI figures."""
+    pnp = eval_cfg["pnp"]
+    notes = NOTES.format(
+        pairs=pairs, source=source, device=device, batch_size=batch_size, table=table, **eval_cfg["thresholds"],
+        **pnp, input_px=pnp["reprojection_error"] / pnp["scale"], memory=MEMORY[device.type],
+    )
+    return f"# Comparison on one test set\n\n{notes}\n{PUBLISHED_KITTI}"
 
 
 def compare(
@@ -267,23 +300,8 @@ def compare(
     rows = [run_method(spec, cfg, pairs, batch_size, torch_device, progress) for spec, cfg in resolved]
 
     table = format_comparison(rows)
-    pnp = reference["eval"]["pnp"]
-    text = "\n\n".join([
-        "# Comparison on one test set",
-        f"{len(pairs)} pairs of the {split} split of `{data_root or reference['data']['root']}`, the same for every "
-        f"method (seeded per pair); device {torch_device}, batch size {batch_size}. Acc: RTE < "
-        f"{reference['eval']['thresholds']['rte_thresh']} m and RRE < {reference['eval']['thresholds']['rre_thresh']}"
-        " deg. Means, standard deviations and medians over ALL pairs.",
-        table,
-        f"PnP-RANSAC (ICL solver=pnp and the matching baseline): OpenCV EPnP, {pnp['iterations']} iterations, inlier "
-        f"threshold {pnp['reprojection_error']} px at scale {pnp['scale']} (= {pnp['reprojection_error'] / pnp['scale']:g}"
-        f" input px), confidence {pnp['confidence']}; fewer than {pnp['min_matches']} matches or a failed solve gives "
-        "the identity pose, counted under failures and in every statistic. network ms: the forward pass; solver ms: "
-        "everything after it (0 for PRM, part of the network); data loading is not timed. peak MiB: "
-        + ("CUDA max_memory_allocated during the method." if torch_device.type == "cuda" else
-           "growth of the process's resident set during the method (a lower bound)."),
-        PUBLISHED_KITTI,
-    ])
+    source = f"the {split} split of `{data_root or reference['data']['root']}`"
+    text = comparison_markdown(table, source, len(pairs), torch_device, batch_size, reference["eval"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "comparison.md", text)

@@ -57,7 +57,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 
 def full_config(cfg: dict) -> dict[str, Any]:
     """A config with every section's defaults filled in: data, model, loss, train, eval."""
-    from .data.pairs import PAIR_DEFAULTS  # here, not at the top: those modules import this one
+    from .data.pairs import (
+        PAIR_DEFAULTS,  # here, not at the top: those modules import this one
+    )
     from .losses import DEFAULT_WEIGHTS
     from .metrics import ACC_RRE_DEG, ACC_RTE_M
     from .model.icl import ICL

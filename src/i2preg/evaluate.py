@@ -40,7 +40,7 @@ from .config import deep_update, full_config, load_config
 from .data.collate import Collate
 from .data.pairs import build_dataset
 from .errors import InputError
-from .geometry import project_pose, project_points, transform_points
+from .geometry import project_points, project_pose, transform_points
 from .metrics import format_table, registration_errors, success, summarize
 from .model.icl import ICL
 from .weights import load_weights, read_weights_config

@@ -9,7 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .geometry import project_points, project_pose, rotation_6d_to_matrix, rotation_to_axis_angle, transform_points
+from .geometry import (
+    project_points,
+    project_pose,
+    rotation_6d_to_matrix,
+    rotation_to_axis_angle,
+    transform_points,
+)
 from .model.gpdm import params_from_pose
 
 DEFAULT_WEIGHTS = {

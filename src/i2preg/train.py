@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -33,6 +33,7 @@ from .losses import compute_losses
 from .metrics import registration_errors, summarize
 from .model.icl import ICL
 from .weights import load_weights, save_weights
+
 
 class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` keys: the order and each sample's random draws depend only on
@@ -173,15 +174,13 @@ def _trainer(cfg: dict, run_dir: Path, stage: int) -> L.Trainer:
 
 def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
     """Run the stages of ``train.stages`` (stage 1 then 2), or continue a killed run; returns the path of
-    the weights of the last stage run."""
+    the weights of the last stage run. A config with ``method: matching`` trains the baseline instead."""
+    if cfg.get("method", "icl") == "matching":
+        from .baselines.train_matching import train_matching  # it builds on this module
+
+        return train_matching(cfg, run_dir, resume)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "config.yaml"
-    if resume and cfg_path.exists():  # the run's own config; keys added since get their defaults
-        cfg = full_config(yaml.safe_load(cfg_path.read_text()))
-    else:
-        cfg = full_config(cfg)
-        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cfg = run_config(cfg, run_dir, resume, full_config)
     torch.set_float32_matmul_precision("high")
     stages = [int(stage) for stage in cfg["train"]["stages"]]
     for stage in stages:
@@ -193,17 +192,35 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
         start = run_dir / "stage1.safetensors" if stage == 2 and 1 in stages else cfg["train"]["init_weights"]
         if start:
             load_weights(module.model, Path(start))
-        last = run_dir / f"stage{stage}" / "last.ckpt"
-        trainer = _trainer(cfg, run_dir, stage)
-        trainer.fit(
-            module,
-            make_loader(cfg, "train"),
-            make_loader(cfg, "val", limit=cfg["train"]["val_pairs"]),
-            ckpt_path=str(last) if resume and last.exists() else None,
-        )
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        if trainer.is_global_zero:
-            save_weights(module.model, done, cfg, {"stage": stage, "global_step": trainer.global_step})
-        trainer.strategy.barrier()
+        fit_stage(module, cfg, run_dir, stage, done, resume)
     return run_dir / ("model.safetensors" if stages[-1] == 2 else "stage1.safetensors")
+
+
+def run_config(cfg: dict, run_dir: Path, resume: bool, resolve: Callable[[dict], dict]) -> dict:
+    """The config of a run: on resume the run's own ``config.yaml`` (keys added since get their defaults
+    from ``resolve``), otherwise ``resolve(cfg)``, written there."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    if resume and path.exists():
+        return resolve(yaml.safe_load(path.read_text()))
+    cfg = resolve(cfg)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return cfg
+
+
+def fit_stage(module: L.LightningModule, cfg: dict, run_dir: Path, stage: int, weights: Path, resume: bool) -> None:
+    """Fit ``module`` for one stage as ``cfg`` sets the trainer and data (from the stage's last checkpoint on
+    resume) and save its weights with the module's own config."""
+    last = run_dir / f"stage{stage}" / "last.ckpt"
+    trainer = _trainer(cfg, run_dir, stage)
+    trainer.fit(
+        module,
+        make_loader(cfg, "train"),
+        make_loader(cfg, "val", limit=cfg["train"]["val_pairs"]),
+        ckpt_path=str(last) if resume and last.exists() else None,
+    )
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if trainer.is_global_zero:
+        save_weights(module.model, weights, module.cfg, {"stage": stage, "global_step": trainer.global_step})
+    trainer.strategy.barrier()

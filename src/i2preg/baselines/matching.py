@@ -59,15 +59,15 @@ class MatchingNet(nn.Module):
         pixel_uv = token_centres(*token_map.shape[-2:], self.token_stride, device=token_map.device)
         pixels = token_map.flatten(2).transpose(1, 2)  # (B, T, C)
         coarse_xyz, points = self.point_encoder(batch)
-        image_global = image_features[-1].mean(dim=(2, 3))[:, None]
-        point_global = points.max(dim=1, keepdim=True).values
+        image_global = image_features[-1].mean(dim=(2, 3))[:, None].expand(-1, points.shape[1], -1)
+        point_global = points.max(dim=1, keepdim=True).values.expand(-1, pixels.shape[1], -1)
         return {
             "pixel_uv": pixel_uv,
             "pixel_desc": F.normalize(self.pixel_descriptor(pixels), dim=-1),
-            "pixel_logits": self.pixel_overlap(torch.cat([pixels, point_global.expand(-1, len(pixel_uv), -1)], -1))[..., 0],
+            "pixel_logits": self.pixel_overlap(torch.cat([pixels, point_global], dim=-1))[..., 0],
             "coarse_xyz": coarse_xyz,
             "point_desc": F.normalize(self.point_descriptor(points), dim=-1),
-            "point_logits": self.point_overlap(torch.cat([points, image_global.expand(-1, points.shape[1], -1)], -1))[..., 0],
+            "point_logits": self.point_overlap(torch.cat([points, image_global], dim=-1))[..., 0],
         }
 
 
@@ -123,7 +123,8 @@ def matching_config(cfg: dict) -> dict:
     loss weights of ``matching_loss`` and the test-time sections ``eval.pnp`` and ``eval.matching``."""
     full = full_config(cfg)
     full["method"] = "matching"
-    full["model"] = deep_update(MatchingNet.default_conf, {k: v for k, v in full["model"].items() if k in MatchingNet.default_conf})
+    model = {k: v for k, v in full["model"].items() if k in MatchingNet.default_conf}
+    full["model"] = deep_update(MatchingNet.default_conf, model)
     full["loss"] = {k: full["loss"].get(k, v) for k, v in LOSS_DEFAULTS.items()}
     full["eval"] = deep_update({"pnp": PNP_DEFAULTS, "matching": MATCH_DEFAULTS}, full["eval"])
     return full

@@ -14,12 +14,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import yaml
 
 from ..config import deep_update
 from ..metrics import registration_errors
-from ..train import ICLModule, _trainer, make_loader
-from ..weights import save_weights
+from ..train import ICLModule, fit_stage, run_config
+from ..weights import load_weights
 from .matching import MatchingNet, estimate_poses, matching_config
 from .matching_loss import matching_loss
 
@@ -64,31 +63,17 @@ def single_stage(cfg: dict) -> dict:
 
 
 def train_matching(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
-    """Train the matching baseline (or continue a killed run); returns the final weights' path."""
+    """Train the matching baseline (or continue a killed run), from ``train.init_weights`` when set; returns the
+    final weights' path. ``train.stages`` does not apply: the baseline has one stage."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path, weights = run_dir / "config.yaml", run_dir / "model.safetensors"
-    if resume and cfg_path.exists():
-        cfg = yaml.safe_load(cfg_path.read_text())
-    else:
-        cfg = matching_config(cfg)
-        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cfg = run_config(cfg, run_dir, resume, matching_config)
+    weights = run_dir / "model.safetensors"
     if resume and weights.exists():
         return weights
     torch.set_float32_matmul_precision("high")
     L.seed_everything(int(cfg["train"]["seed"]) + 1, workers=True)
     module = MatchingModule(cfg)
-    last = run_dir / "stage1" / "last.ckpt"
-    trainer = _trainer(single_stage(cfg), run_dir, stage=1)
-    trainer.fit(
-        module,
-        make_loader(cfg, "train"),
-        make_loader(cfg, "val", limit=cfg["train"]["val_pairs"]),
-        ckpt_path=str(last) if resume and last.exists() else None,
-    )
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    if trainer.is_global_zero:
-        save_weights(module.model, weights, cfg, {"stage": 1, "global_step": trainer.global_step})
-    trainer.strategy.barrier()
+    if cfg["train"]["init_weights"]:
+        load_weights(module.model, Path(cfg["train"]["init_weights"]))
+    fit_stage(module, single_stage(cfg), run_dir, 1, weights, resume)
     return weights

@@ -25,7 +25,12 @@ import torch
 
 from ..config import deep_update
 from ..errors import InputError
-from ..geometry import STANDARD_AMPLITUDES, invert_transform, sample_perturbation, transform_points
+from ..geometry import (
+    STANDARD_AMPLITUDES,
+    invert_transform,
+    sample_perturbation,
+    transform_points,
+)
 from .kitti import KittiObject, KittiOdometry
 from .ops import sample_indices, voxel_downsample
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..geometry import make_transform, rotation_6d_to_matrix, transform_points, yaw_vector_to_matrix
+from ..geometry import (
+    make_transform,
+    rotation_6d_to_matrix,
+    transform_points,
+    yaw_vector_to_matrix,
+)
 from .gpdm import IDENTITY_ROTATION
 from .layers import mlp
 

@@ -30,7 +30,7 @@ from i2preg.geometry import invert_transform, make_transform
 
 from .route import Route
 from .sensors import RIGS, Camera, Lidar, RayCaster, SensorRig
-from .world import World, StreetGrid, build_world
+from .world import StreetGrid, World, build_world
 
 _CHUNK = 16  # frames per worker task
 

@@ -11,8 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from .noise import cell_noise, hash_uniform, value_noise
-from .world import (FLOOR_H, GROUND_H, KERB_HEIGHT, LANE_WIDTH, PARKING_WIDTH, SHOPFRONT, SILL, STYLE, WIN_H,
-                    WIN_SPACING, WIN_W, Block, Facade, Surface, World)
+from .world import (
+    FLOOR_H,
+    GROUND_H,
+    KERB_HEIGHT,
+    LANE_WIDTH,
+    PARKING_WIDTH,
+    SHOPFRONT,
+    SILL,
+    STYLE,
+    WIN_H,
+    WIN_SPACING,
+    WIN_W,
+    Block,
+    Facade,
+    Surface,
+    World,
+)
 
 
 def _rgb(r: float, g: float, b: float) -> np.ndarray:

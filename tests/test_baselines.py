@@ -1,0 +1,154 @@
+"""The explicit-matching baseline: PnP-RANSAC, mutual nearest neighbours, its loss, overfitting, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from i2preg.baselines.matching import MatchingNet, estimate_poses, matching_config, mutual_nearest_neighbors
+from i2preg.baselines.matching_loss import matching_loss, token_index
+from i2preg.baselines.pnp import pnp_poses, solve_pnp_ransac
+from i2preg.config import load_config
+from i2preg.geometry import invert_transform, sample_perturbation, transform_points
+from i2preg.metrics import registration_errors
+from i2preg.weights import read_weights_config, save_weights
+from test_model import TINY_CONF, synthetic_batch
+
+K_PROTOCOL = np.array([[359.0, 0.0, 255.5], [0.0, 359.0, 79.5], [0.0, 0.0, 1.0]])  # KITTI at 0.5, 160 x 512 crop
+H, W = 160, 512
+
+
+def correspondences(num: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels (num, 2) of points (num, 3) in front of the camera, the points moved into a perturbed cloud frame,
+    and T_gt (4, 4), cloud -> camera."""
+    rng = np.random.default_rng(seed)
+    uv = rng.uniform([0, 0], [W - 1, H - 1], size=(num, 2))
+    depth = rng.uniform(5, 40, size=num)
+    rays = np.concatenate([(uv - K_PROTOCOL[:2, 2]) / K_PROTOCOL[0, 0], np.ones((num, 1))], axis=1)
+    points_cam = rays * depth[:, None]
+    P = sample_perturbation(rng)
+    return uv, transform_points(P, points_cam), invert_transform(P)
+
+
+def test_pnp_recovers_exact_pose():
+    pixels, points, T_gt = correspondences(100, seed=0)
+    result = solve_pnp_ransac(pixels, points, K_PROTOCOL)
+    errors = registration_errors(result.pose, T_gt)
+    assert result.success and result.inliers == 100
+    assert errors["rte"][0] < 1e-3 and errors["rre"][0] < 0.01 and errors["rre_geodesic"][0] < 0.01
+
+
+def test_pnp_with_half_outliers_is_within_the_protocol_thresholds():
+    pixels, points, T_gt = correspondences(200, seed=1)
+    rng = np.random.default_rng(2)
+    pixels = pixels + rng.normal(0, 0.5, pixels.shape)
+    outliers = rng.permutation(200)[:100]
+    pixels[outliers] = rng.uniform([0, 0], [W - 1, H - 1], size=(100, 2))
+    result = solve_pnp_ransac(pixels, points, K_PROTOCOL)
+    errors = registration_errors(result.pose, T_gt)
+    assert result.success and 90 <= result.inliers <= 120
+    assert errors["rte"][0] < 2.0 and errors["rre"][0] < 5.0
+
+
+def test_pnp_failure_is_the_identity_and_batches_keep_their_order():
+    pixels, points, T_gt = correspondences(20, seed=3)
+    few = solve_pnp_ransac(pixels[:3], points[:3], K_PROTOCOL)
+    assert not few.success and few.inliers == 0 and np.array_equal(few.pose, np.eye(4))
+    kp_2d = torch.tensor(np.stack([pixels, pixels[::-1].copy()]))
+    kp_3d = torch.tensor(np.stack([points, points]), dtype=torch.float32)
+    poses, ok = pnp_poses(kp_2d, kp_3d, torch.tensor(np.stack([K_PROTOCOL] * 2)))
+    assert poses.shape == (2, 4, 4) and poses.dtype == torch.float32 and ok.tolist() == [True, False]
+    assert registration_errors(poses[0].double().numpy(), T_gt)["rte"][0] < 1e-2
+    assert torch.equal(poses[1], torch.eye(4))
+
+
+def test_mutual_nearest_neighbours_are_exactly_the_mutual_pairs():
+    e = torch.eye(4)
+    desc_a = torch.stack([e[0], 0.8 * e[1] + 0.1 * e[2], e[2], e[3]])
+    desc_b = torch.stack([e[3], 0.5 * e[0], e[0], e[1] + e[2], 0.2 * e[1]])
+    # a0 <-> b2 mutual; a1 -> b3 but b3 -> a2; a2 <-> b3 mutual; a3 <-> b0 mutual; b1 -> a0, b4 -> a1: not mutual.
+    i, j = mutual_nearest_neighbors(desc_a, desc_b)
+    assert list(zip(i.tolist(), j.tolist())) == [(0, 2), (2, 3), (3, 0)]
+    empty = mutual_nearest_neighbors(desc_a[:0], desc_b)
+    assert [len(x) for x in empty] == [0, 0]
+
+
+def test_token_index_follows_the_pixel_convention():
+    uv = torch.tensor([[-0.5, -0.5], [3.49, 0.0], [3.5, 0.0], [0.0, 4.0], [1000.0, 1000.0]])
+    assert token_index(uv, 4, (2, 3)).tolist() == [0, 0, 1, 3, 5]
+
+
+def tiny_matching_conf() -> dict:
+    encoders = {k: v for k, v in TINY_CONF.items() if k in MatchingNet.default_conf}
+    return {**encoders, "matching": {"dim": 16, "hidden_dim": 16}}
+
+
+def test_forward_shapes_and_loss_terms():
+    torch.manual_seed(0)
+    batch = synthetic_batch()
+    model = MatchingNet(tiny_matching_conf())
+    out = model(batch)
+    T, M = (32 // 4) * (64 // 4), 128
+    expected = {"pixel_uv": (T, 2), "pixel_desc": (2, T, 16), "pixel_logits": (2, T), "coarse_xyz": (2, M, 3),
+                "point_desc": (2, M, 16), "point_logits": (2, M)}
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected
+    torch.testing.assert_close(out["pixel_desc"].norm(dim=-1), torch.ones(2, T))
+    losses = matching_loss(out, batch, model.token_stride)
+    assert set(losses) == {"desc", "overlap_pixel", "overlap_point", "total"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_matching_baseline_overfits_one_batch():
+    """Loss / 20 within 150 steps, then mutual matching + PnP recovers both poses within the protocol thresholds."""
+    torch.manual_seed(0)
+    batch = synthetic_batch()
+    model = MatchingNet(tiny_matching_conf())
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(150):
+        losses = matching_loss(model(batch), batch, model.token_stride)
+        optimizer.zero_grad()
+        losses["total"].backward()
+        optimizer.step()
+        history.append(losses["total"].item())
+    assert np.mean(history[-10:]) < history[0] / 20
+    with torch.no_grad():
+        poses, ok, matches = estimate_poses(model.eval()(batch), batch["K"])
+    errors = registration_errors(poses.numpy(), batch["T_gt"].double().numpy())
+    assert ok.all() and (matches >= 8).all()
+    assert (errors["rte"] < 2).all() and (errors["rre"] < 5).all()
+
+
+def test_matching_config_and_weights_header(tmp_path):
+    cfg = matching_config(load_config("matching-small"))
+    assert cfg["method"] == "matching"
+    assert set(cfg["model"]) == set(MatchingNet.default_conf)
+    assert cfg["model"]["image_encoder"] == load_config("synthetic-small")["model"]["image_encoder"]
+    assert set(cfg["loss"]) == {"desc", "overlap", "temperature", "negative_margin_px"}
+    assert cfg["eval"]["pnp"] == {"iterations": 500, "reprojection_error": 1.0, "scale": 0.25, "confidence": 0.99,
+                                  "min_matches": 4}
+    tiny = matching_config(load_config("tiny"))
+    save_weights(MatchingNet(tiny["model"]), tmp_path / "m.safetensors", tiny)
+    assert read_weights_config(tmp_path / "m.safetensors")["method"] == "matching"
+
+
+@pytest.mark.slow
+def test_train_matching_runs_end_to_end(tmp_path):
+    from i2preg.baselines.train_matching import train_matching
+    from i2preg.data.synthetic import generate_dataset
+
+    root = generate_dataset(tmp_path / "data", sequences=[0], frames=2, seed=3, progress=False)
+    cfg = load_config("tiny", {
+        "method": "matching",
+        "data": {"root": str(root), "train_sequences": ["00"], "val_sequences": ["00"]},
+        "train": {"stage1_max_steps": 1, "stage2_max_steps": 1, "limit_val_batches": 1, "val_pairs": 2},
+    })
+    weights = train_matching(cfg, tmp_path / "run")
+    assert weights == tmp_path / "run" / "model.safetensors" and (tmp_path / "run" / "stage1" / "last.ckpt").exists()
+    header = read_weights_config(weights)
+    assert header["method"] == "matching" and header["train"]["stage1_epochs"] == 1
+    assert train_matching(cfg, tmp_path / "run", resume=True) == weights
