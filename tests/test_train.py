@@ -84,7 +84,7 @@ def test_two_stages_write_loadable_weights_with_config(tiny_root, tmp_path):
     assert all(torch.equal(stage1[name], stage2[name]) for name in gpdm)
     assert any(not torch.equal(stage1[name], stage2[name]) for name, _ in model.named_parameters() if name not in gpdm)
     for stage in (1, 2):
-        logs = tmp_path / "run" / f"stage{stage}" / "logs" / "metrics.csv"
+        logs = tmp_path / "run" / f"stage{stage}" / "version_0" / "metrics.csv"
         header = logs.read_text().splitlines()[0]
         assert "val/acc" in header and "val/rte" in header and "train/total" in header
 
@@ -106,6 +106,8 @@ def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path, kill_at):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = load_file(str(tmp_path / "whole" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    first_launch = tmp_path / "killed" / "stage2" / "version_0" / "metrics.csv"
+    assert (tmp_path / "killed" / "stage2" / "version_1" / "metrics.csv").exists() and first_launch.exists()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 

@@ -3,7 +3,8 @@
 A run lives in ``runs/NAME/``::
 
     config.yaml                 the resolved config
-    stage1/ stage2/             Lightning checkpoints (last.ckpt, per-epoch), TensorBoard and CSV logs
+    stage1/ stage2/             Lightning checkpoints (last.ckpt, per-epoch); version_N/: TensorBoard and
+                                CSV logs (metrics.csv) of the N-th launch (a resume is a new launch)
     stage1.safetensors          stage-1 weights, written when stage 1 ends (stage 2 starts from them)
     model.safetensors           the final weights (end of stage 2) with their config in the header
 
@@ -149,7 +150,11 @@ def _trainer(cfg: dict, run_dir: Path, stage: int) -> L.Trainer:
                         save_top_k=1, **common),
         ModelCheckpoint(filename="epoch{epoch:03d}", save_on_train_epoch_end=True, save_top_k=-1, **common),
     ]
-    loggers = [TensorBoardLogger(run_dir, name=f"stage{stage}", version="logs"), CSVLogger(run_dir, name=f"stage{stage}", version="logs")]
+    # One log version per launch (stage1/version_0, version_1 after a resume...): CSVLogger would delete
+    # the metrics.csv of an earlier launch in the same folder.
+    version = f"version_{len(list(stage_dir.glob('version_*')))}"
+    loggers = [TensorBoardLogger(run_dir, name=f"stage{stage}", version=version),
+               CSVLogger(run_dir, name=f"stage{stage}", version=version)]
     return L.Trainer(
         default_root_dir=stage_dir,
         max_epochs=int(train[f"stage{stage}_epochs"]),
