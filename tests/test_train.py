@@ -83,6 +83,11 @@ def test_two_stages_write_loadable_weights_with_config(tiny_root, tmp_path):
     # Stage 2 leaves the frozen GPDM set untouched and changes the rest.
     assert all(torch.equal(stage1[name], stage2[name]) for name in gpdm)
     assert any(not torch.equal(stage1[name], stage2[name]) for name, _ in model.named_parameters() if name not in gpdm)
+    from i2preg.weights import export_checkpoint
+
+    export_checkpoint(tmp_path / "run" / "stage2" / "last.ckpt", tmp_path / "exported.safetensors", stored)
+    exported = load_file(str(tmp_path / "exported.safetensors"))
+    assert exported.keys() == stage2.keys() and all(torch.equal(exported[k], stage2[k]) for k in stage2)
     for stage in (1, 2):
         logs = tmp_path / "run" / f"stage{stage}" / "version_0" / "metrics.csv"
         header = logs.read_text().splitlines()[0]

@@ -39,3 +39,15 @@ def read_weights_config(weights: Path) -> dict[str, Any]:
     if text is None:
         raise InputError("no config in the safetensors header (write weights with i2preg.weights.save_weights)", weights)
     return yaml.safe_load(text)
+
+
+def export_checkpoint(checkpoint: Path, out: Path, cfg: dict) -> None:
+    """Write the model weights of a Lightning checkpoint (of ``train.ICLModule``) as safetensors with ``cfg``
+    in the header: how an unfinished run's weights travel to a later ``i2preg train --init``."""
+    state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    prefix = "model."
+    model = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    extra = {"checkpoint": Path(checkpoint).name, "epoch": state["epoch"], "global_step": state["global_step"]}
+    metadata = {"config": yaml.safe_dump(cfg, sort_keys=False), "extra": json.dumps(extra)}
+    with atomic_path(out) as temp:
+        save_file({k: v.contiguous() for k, v in model.items()}, str(temp), metadata=metadata)
