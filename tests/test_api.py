@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from i2preg.api import WEIGHTS_DIR, Registrator, register_files
+from i2preg.api import Registrator, register_files
 from i2preg.config import load_config
 from i2preg.data.kitti import KittiOdometry
 from i2preg.data.pairs import pair_generators
@@ -22,9 +22,9 @@ from i2preg.geometry import invert_transform, project_points, project_pose, samp
 from i2preg.metrics import registration_errors, success
 from i2preg.model.icl import ICL
 from i2preg.config import full_config
-from i2preg.weights import save_weights
+from i2preg.weights import bundled_weights, save_weights
 
-BUNDLED = WEIGHTS_DIR / "synthetic-small.safetensors"
+BUNDLED = bundled_weights()
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The ``i2preg`` command: subcommands end to end, and bad input as one line on stderr with exit code 2."""
 
+import json
 from pathlib import Path
 
 import cv2
@@ -27,3 +28,18 @@ def test_demo_writes_a_picture_per_protocol_pair(tmp_path):
     picture = cv2.imread(str(written[0]))
     assert picture.shape == (320, 512, 3)  # registered above, unregistered below
     assert Path(tmp_path / "data" / "sequences" / "00").is_dir()
+
+
+def test_demo_registers_with_the_bundled_model_when_installed(tmp_path, monkeypatch):
+    import i2preg.demo
+    from i2preg.config import full_config, load_config
+    from i2preg.model.icl import ICL
+    from i2preg.weights import save_weights
+
+    cfg = full_config(load_config("tiny"))
+    weights = tmp_path / "bundled.safetensors"
+    save_weights(ICL(cfg["model"]), weights, cfg)
+    monkeypatch.setattr(i2preg.demo, "bundled_weights", lambda: weights)
+    run_demo(tmp_path / "demo", frames=1)
+    summary = json.loads((tmp_path / "demo" / "eval" / "summary.json").read_text())
+    assert summary["pairs"] == 2 and (tmp_path / "demo" / "eval" / "cumulative_rte.png").is_file()

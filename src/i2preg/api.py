@@ -39,10 +39,8 @@ from .evaluate import reprojection_confidence, to_device
 from .files import write_text
 from .geometry import project_pose
 from .model.icl import ICL
-from .weights import read_weights_config
+from .weights import BUNDLED_DIR, DEFAULT_MODEL, bundled_weights, read_weights_config
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_WEIGHTS = "synthetic-small"
 SAMPLE_SEED = 0
 """Seed of the fixed-size point sample: the same call always sees the same points."""
 
@@ -176,11 +174,11 @@ class Registrator:
                         device: str | torch.device = "cpu") -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
         of a bundled model (None: ``synthetic-small``)."""
-        path = Path(path_or_name if path_or_name is not None else DEFAULT_WEIGHTS)
+        path = Path(path_or_name if path_or_name is not None else DEFAULT_MODEL)
         if not path.is_file():
-            bundled = WEIGHTS_DIR / f"{path.name}.safetensors"
+            bundled = bundled_weights(path.name)
             if path.parent != Path(".") or not bundled.is_file():
-                names = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+                names = sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
                 raise InputError(
                     f"no such weights file or bundled model (bundled: {', '.join(names) or 'none installed'});"
                     " train one with `i2preg train --config synthetic-small --data DATA` and pass its"

@@ -15,6 +15,16 @@ from .errors import InputError
 from .files import atomic_path
 
 
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+"""Where the package's own trained models live, one ``NAME.safetensors`` each."""
+DEFAULT_MODEL = "synthetic-small"
+
+
+def bundled_weights(name: str = DEFAULT_MODEL) -> Path:
+    """The path of the bundled model ``name`` (it may not be installed yet: check ``is_file``)."""
+    return BUNDLED_DIR / f"{name}.safetensors"
+
+
 def save_weights(model: torch.nn.Module, path: Path, cfg: dict, extra: dict | None = None) -> None:
     """Weights as safetensors with the config (YAML) and ``extra`` (JSON) in the header; atomic."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
