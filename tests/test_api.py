@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from i2preg.api import Registrator, register_files
-from i2preg.config import load_config
+from i2preg.config import full_config, load_config
 from i2preg.data.kitti import KittiOdometry
 from i2preg.data.pairs import pair_generators
 from i2preg.data.synthetic import generate_dataset
@@ -21,7 +21,6 @@ from i2preg.errors import InputError
 from i2preg.geometry import invert_transform, project_points, project_pose, sample_perturbation, transform_points
 from i2preg.metrics import registration_errors, success
 from i2preg.model.icl import ICL
-from i2preg.config import full_config
 from i2preg.weights import bundled_weights, save_weights
 
 BUNDLED = bundled_weights()

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from i2preg.config import load_config
+from i2preg.config import full_config, load_config
 from i2preg.data.synthetic import generate_dataset
 from i2preg.errors import InputError
 from i2preg.evaluate import evaluate, pair_list, reprojection_confidence, roc_auc
 from i2preg.geometry import make_transform, project_points, transform_points
 from i2preg.metrics import format_table, success, summarize
 from i2preg.model.icl import ICL
-from i2preg.config import full_config
 from i2preg.weights import save_weights
 
 ON_SEQUENCE_00 = {"data": {"test_sequences": ["00"]}}

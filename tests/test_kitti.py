@@ -128,7 +128,7 @@ def test_object_layout_folds_rectification_and_baseline(object_layout):
 
 
 def replace_line(path, key, text):
-    lines = [text if l.startswith(f"{key}:") else l for l in path.read_text().splitlines(keepends=True)]
+    lines = [text if line.startswith(f"{key}:") else line for line in path.read_text().splitlines(keepends=True)]
     path.write_text("".join(lines))
 
 

@@ -11,8 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from i2preg.data.kitti import Calibration, CameraCalibration, FrameId, read_calib_file
 from i2preg.data.ops import sample_indices, voxel_downsample
-from i2preg.data.pairs import (KittiPairs, build_dataset, build_pair, pair_config,
-                               resize_and_crop, resize_intrinsics)
+from i2preg.data.pairs import KittiPairs, build_dataset, build_pair, pair_config, resize_and_crop, resize_intrinsics
 from i2preg.errors import InputError
 from i2preg.geometry import in_image, invert_transform, project_pose, transform_points
 

@@ -65,8 +65,8 @@ KILLABLE_TRAIN = """
 
 
 def test_two_stages_write_loadable_weights_with_config(tiny_root, tmp_path):
-    from i2preg.model.icl import ICL
     from i2preg.config import full_config
+    from i2preg.model.icl import ICL
     from i2preg.train import train
 
     cfg = tiny_config(tiny_root, stage1_epochs=1, stage2_epochs=1)

@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 from .errors import InputError
 from .files import atomic_path
 
-
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 """Where the package's own trained models live, one ``NAME.safetensors`` each."""
 DEFAULT_MODEL = "synthetic-small"
