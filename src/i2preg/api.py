@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from .data.collate import Collate
 from .data.ops import sample_indices, voxel_downsample
@@ -39,7 +38,7 @@ from .evaluate import reprojection_confidence, to_device
 from .files import write_text
 from .geometry import project_pose
 from .model.icl import ICL
-from .weights import BUNDLED_DIR, DEFAULT_MODEL, bundled_weights, read_weights_config
+from .weights import BUNDLED_DIR, DEFAULT_MODEL, bundled_weights, load_weights, read_weights_config
 
 SAMPLE_SEED = 0
 """Seed of the fixed-size point sample: the same call always sees the same points."""
@@ -186,10 +185,7 @@ class Registrator:
             path = bundled
         config = read_weights_config(path)
         model = ICL(config.get("model"))
-        try:
-            model.load_state_dict(load_file(str(path)))
-        except RuntimeError as err:
-            raise InputError(f"weights do not fit the model of their config ({str(err).splitlines()[0]})", path) from None
+        load_weights(model, path)
         return cls(model, config, device)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish,

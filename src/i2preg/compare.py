@@ -52,7 +52,8 @@ from .config import deep_update
 from .data.collate import Collate
 from .data.pairs import build_dataset
 from .errors import InputError
-from .evaluate import evaluation_config, resolve_device, to_device, write_text
+from .evaluate import check_run_arguments, evaluation_config, resolve_device, to_device
+from .files import write_text
 from .metrics import registration_errors, summarize
 from .model.icl import ICL
 from .weights import load_weights, read_weights_config
@@ -189,11 +190,7 @@ def run_method(spec: MethodSpec, cfg: dict, pairs: Subset, batch_size: int, devi
     torch.manual_seed(0)
     cv2.setRNGSeed(0)
     model = MatchingNet(cfg["model"]) if cfg.get("method", "icl") == "matching" else ICL(cfg["model"])
-    try:
-        load_weights(model, spec.weights)
-    except RuntimeError as err:
-        problem = str(err).splitlines()[0]
-        raise InputError(f"weights do not fit the model of their config ({problem})", spec.weights) from None
+    load_weights(model, spec.weights)
     loader = DataLoader(pairs, batch_size=batch_size, collate_fn=Collate(cfg["model"]),
                         num_workers=int(cfg["train"]["num_workers"]))
     poses, truths, successes, network_s, solver_s = [], [], [], 0.0, 0.0
@@ -286,10 +283,7 @@ def compare(
     names = [s.name for s in specs]
     if not specs or len(set(names)) != len(names):
         raise InputError(f"need at least one method and distinct names, got {names}")
-    if batch_size < 1 or (limit is not None and limit < 1):
-        raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
-    if data_root is not None and not Path(data_root).is_dir():
-        raise InputError("no such folder", data_root)
+    check_run_arguments(data_root, batch_size, limit)
     reference = evaluation_config(read_weights_config(specs[0].weights), config, overrides)
     reference["eval"] = deep_update({"pnp": PNP_DEFAULTS, "matching": MATCH_DEFAULTS}, reference["eval"])
     resolved = [method_config(spec, reference) for spec in specs]

@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from .config import deep_update, full_config, load_config
 from .data.collate import Collate
 from .data.pairs import build_dataset
 from .errors import InputError
+from .files import write_text
 from .geometry import project_points, project_pose, transform_points
 from .metrics import format_table, registration_errors, success, summarize
 from .model.icl import ICL
@@ -151,17 +151,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (temporary file in the same folder, then rename)."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            file.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+def check_run_arguments(data_root: str | os.PathLike | None, batch_size: int, limit: int | None) -> None:
+    """The checks shared by ``evaluate`` and ``compare``: an existing data folder, batch_size and limit >= 1."""
+    if data_root is not None and not Path(data_root).is_dir():
+        raise InputError("no such folder", data_root)
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
 
 
 def finite_or_none(value: Any) -> Any:
@@ -302,10 +297,7 @@ def evaluate(
     cfg = evaluation_config(weights_config, config, overrides)
     if solver == "pnp":
         cfg["eval"]["pnp"] = {**PNP_DEFAULTS, **cfg["eval"].get("pnp", {})}
-    if data_root is not None and not Path(data_root).is_dir():
-        raise InputError("no such folder", data_root)
-    if batch_size < 1 or (limit is not None and limit < 1):
-        raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
+    check_run_arguments(data_root, batch_size, limit)
     torch_device = resolve_device(device)
 
     dataset = build_dataset(cfg, split, data_root)
@@ -319,11 +311,7 @@ def evaluate(
         num_workers=int(cfg["train"]["num_workers"]),
     )
     model = ICL(cfg["model"])
-    try:
-        load_weights(model, weights)
-    except RuntimeError as err:
-        problem = str(err).splitlines()[0]
-        raise InputError(f"weights do not fit the model of their config ({problem})", weights) from None
+    load_weights(model, weights)
 
     thresholds = cfg["eval"]["thresholds"]
     start = time.perf_counter()

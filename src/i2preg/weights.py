@@ -33,7 +33,12 @@ def save_weights(model: torch.nn.Module, path: Path, cfg: dict, extra: dict | No
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    model.load_state_dict(load_file(str(path)))
+    """Load ``path`` into ``model``; weights of another architecture are an InputError naming the file."""
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as err:
+        problem = str(err).splitlines()[0]
+        raise InputError(f"weights do not fit the model of their config ({problem})", path) from None
 
 
 def read_weights_config(weights: Path) -> dict[str, Any]:
