@@ -87,8 +87,16 @@ class ICLModule(L.LightningModule):
             done = loop.epoch_loop.batch_progress.current.processed
             self.trainer.train_dataloader.sampler.skip = done * int(self.cfg["train"]["batch_size"])
 
+    def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
+        """The loss terms of this stage, with ``total``."""
+        return compute_losses(out, batch, self.cfg["loss"], self.stage)
+
+    def predicted_pose(self, out: dict, batch: dict) -> torch.Tensor:
+        """(B, 4, 4) the pose validation scores: the frustum pose in stage 1, the final one in stage 2."""
+        return out["pose"] if self.stage == 2 else out["frustum_pose"]
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = compute_losses(self(batch), batch, self.cfg["loss"], self.stage)
+        losses = self.losses(self(batch), batch)
         bs = batch["image"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs, sync_dist=False)
         self.log("train/loss", losses["total"].detach(), prog_bar=True, batch_size=bs, logger=False)
@@ -96,11 +104,10 @@ class ICLModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
-        losses = compute_losses(out, batch, self.cfg["loss"], self.stage)
         bs = batch["image"].shape[0]
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=bs, sync_dist=True)
-        pose = out["pose"] if self.stage == 2 else out["frustum_pose"]
-        self._val_errors.append(registration_errors(pose.detach().double().cpu().numpy(), batch["T_gt"].double().cpu().numpy()))
+        self.log_dict({f"val/{k}": v for k, v in self.losses(out, batch).items()}, batch_size=bs, sync_dist=True)
+        pose = self.predicted_pose(out, batch).detach().double().cpu().numpy()
+        self._val_errors.append(registration_errors(pose, batch["T_gt"].double().cpu().numpy()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_errors:

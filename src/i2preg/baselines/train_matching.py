@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..config import deep_update
-from ..metrics import registration_errors
 from ..train import ICLModule, fit_stage, run_config
 from ..weights import load_weights
 from .matching import MatchingNet, estimate_poses, matching_config
@@ -39,19 +38,8 @@ class MatchingModule(ICLModule):
     def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         return matching_loss(out, batch, self.model.token_stride, self.cfg["loss"])
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self.losses(self(batch), batch)
-        bs = batch["image"].shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs, sync_dist=False)
-        self.log("train/loss", losses["total"].detach(), prog_bar=True, batch_size=bs, logger=False)
-        return losses["total"]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self(batch)
-        self.log_dict({f"val/{k}": v for k, v in self.losses(out, batch).items()}, batch_size=batch["image"].shape[0],
-                      sync_dist=True)
-        poses = estimate_poses(out, batch["K"], self.cfg["eval"])[0]
-        self._val_errors.append(registration_errors(poses.numpy(), batch["T_gt"].double().cpu().numpy()))
+    def predicted_pose(self, out: dict, batch: dict) -> torch.Tensor:
+        return estimate_poses(out, batch["K"], self.cfg["eval"])[0]
 
 
 def single_stage(cfg: dict) -> dict:
