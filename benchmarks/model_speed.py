@@ -26,6 +26,7 @@ from i2preg.geometry import invert_transform, sample_perturbation
 from i2preg.losses import compute_losses
 from i2preg.model import ICL
 
+
 def model_config(name: str) -> dict:
     """The model section of a bundled config (kitti: the paper's sizes; synthetic-small: the CPU model)."""
     return load_config(name)["model"]
