@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -225,6 +226,36 @@ def test_register_files(tmp_path, frame, weights):
     (tmp_path / "calib.yaml").write_text(f"K: {frame['K'].tolist()}\ndistortion: [-0.3, 0.1, 0, 0]\n")
     distorted = register_files(image_path, frame["bin"], tmp_path / "calib.yaml", tmp_path / "undistorted", weights=weights)
     assert np.isfinite(distorted.pose).all() and (tmp_path / "undistorted" / "overlay.png").is_file()
+
+
+def test_register_files_protocol_check(tmp_path, frame, reg, monkeypatch):
+    """--protocol-seed: the cloud handed to the model is the scan in the camera frame moved by the seeded
+    protocol perturbation, and the errors are scored against its inverse (an oracle model scores 0)."""
+    image_path = tmp_path / "image.png"
+    cv2.imwrite(str(image_path), cv2.cvtColor(frame["image"], cv2.COLOR_RGB2BGR))
+    P = sample_perturbation(np.random.default_rng(5), full_config({})["data"]["amplitudes"])
+    monkeypatch.setattr(reg.model, "forward", oracle(invert_transform(P), []))
+    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights: reg)
+    clouds = []
+    register = reg.register
+    monkeypatch.setattr(reg, "register", lambda image, points, *args: clouds.append(points) or register(image, points, *args))
+
+    result = register_files(image_path, frame["bin"], frame["calib"], tmp_path / "out", protocol_seed=5)
+    check = result.info["protocol"]
+    np.testing.assert_allclose(check["T_gt"], invert_transform(P), atol=1e-12)
+    np.testing.assert_allclose(transform_points(check["T_gt"], clouds[0]),
+                               transform_points(frame["T"], frame["points"][:, :3].astype(np.float64)), atol=1e-9)
+    assert check["rte"] < 1e-6 and check["rre"] < 1e-6 and check["success"] and "RTE 0.000 m" in str(result)
+    assert json.loads((tmp_path / "out" / "protocol.json").read_text())["seed"] == 5
+    assert (tmp_path / "out" / "overlay_gt.png").is_file()
+
+    np.savetxt(tmp_path / "K.txt", frame["K"])
+    with pytest.raises(InputError, match="needs the LiDAR -> camera extrinsic"):
+        register_files(image_path, frame["bin"], tmp_path / "K.txt", protocol_seed=5)
+    np.savetxt(tmp_path / "lidar2cam.txt", frame["T"])
+    with_extrinsic = register_files(image_path, frame["bin"], tmp_path / "K.txt", extrinsic=tmp_path / "lidar2cam.txt",
+                                    protocol_seed=5)
+    assert with_extrinsic.info["protocol"]["rte"] < 1e-6
 
 
 def test_register_files_errors(tmp_path, frame, weights):

@@ -39,7 +39,7 @@ def setup(tmp_path_factory) -> dict:
     other = tiny_weights(tmp / "icl-2x4.safetensors", {"model": {"iclm": {"num_iterations": 2, "num_queries": 4}}})
     matching = tiny_weights(tmp / "matching.safetensors", matching=True)
     methods = [f"icl={icl}", f"icl+pnp={icl}:solver=pnp", f"icl-cls={icl}:mask=classifier", f"icl-2x4={other}",
-               f"matching={matching}"]
+               f"gpdm={icl}:solver=frustum", f"matching={matching}"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         rows = compare(methods, root, tmp / "out", limit=3, batch_size=2, device="cpu", overrides=ON_SEQUENCE_00,
@@ -51,9 +51,10 @@ def test_one_row_per_method_on_the_same_pairs(setup):
     with open(setup["out"] / "comparison.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == CSV_COLUMNS
-    assert [r["method"] for r in rows] == ["icl", "icl+pnp", "icl-cls", "icl-2x4", "matching"]
-    assert [(r["solver"], r["mask"]) for r in rows] == [
-        ("prm", "geometric"), ("pnp", "geometric"), ("prm", "classifier"), ("prm", "geometric"), ("pnp", "")]
+    assert [r["method"] for r in rows] == ["icl", "icl+pnp", "icl-cls", "icl-2x4", "gpdm", "matching"]
+    assert [(r["solver"], r["mask"]) for r in rows] == [("prm", "geometric"), ("pnp", "geometric"),
+                                                       ("prm", "classifier"), ("prm", "geometric"),
+                                                       ("frustum", "geometric"), ("pnp", "")]
     assert {r["pairs"] for r in rows} == {"3"}
     assert all(float(r["network_ms"]) > 0 and float(r["solver_ms"]) >= 0 and 0 <= float(r["acc"]) <= 1 for r in rows)
     assert all(0 <= int(r["failures"]) <= 3 for r in rows) and rows[0]["failures"] == "0"

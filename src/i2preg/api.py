@@ -15,6 +15,7 @@ y axis points down like the camera's and whose origin is at camera height, withi
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from .data.readers import (
 from .errors import InputError
 from .evaluate import reprojection_confidence, to_device
 from .files import write_text
-from .geometry import project_pose
+from .geometry import invert_transform, project_pose, sample_perturbation, transform_points
+from .metrics import registration_errors, success
 from .model.icl import ICL
 from .weights import BUNDLED_DIR, DEFAULT_MODEL, bundled_weights, load_weights, read_weights_config
 
@@ -74,7 +76,12 @@ class RegistrationResult:
 
     def __str__(self) -> str:
         rows = "\n".join(" ".join(f"{x: .6f}" for x in row) for row in self.pose)
-        return f"pose (camera from points):\n{rows}\nconfidence: {self.confidence:.3f}"
+        text = f"pose (camera from points):\n{rows}\nconfidence: {self.confidence:.3f}"
+        if "protocol" in self.info:
+            p = self.info["protocol"]
+            text += (f"\nprotocol check (seed {p['seed']}): RTE {p['rte']:.3f} m, RRE {p['rre']:.2f} deg"
+                     f" (geodesic {p['rre_geodesic']:.2f}), {'success' if p['success'] else 'failure'}")
+        return text
 
 
 @dataclass
@@ -162,6 +169,7 @@ class Registrator:
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
+        self.config = config
         data = pair_config(config)
         self.image_scale, self.voxel = float(data["image_scale"]), float(data["voxel"])
         self.image_size = tuple(model.conf["image_size"])  # (h, w)
@@ -264,28 +272,54 @@ class Registrator:
 
 def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike, calib_path: str | os.PathLike,
                    out_dir: str | os.PathLike | None = None, camera: int = 2,
-                   weights: str | os.PathLike | None = None) -> RegistrationResult:
+                   weights: str | os.PathLike | None = None, extrinsic: str | os.PathLike | None = None,
+                   protocol_seed: int | None = None) -> RegistrationResult:
     """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one).
 
     Files are read by ``data.readers``: the cloud (KITTI .bin, nuScenes .pcd.bin, PCD, PLY, NPY, NPZ)
     with its intensity; K and the lens distortion from ``calib_path`` (KITTI calib.txt: camera
     ``camera``; a 9-number K file; YAML/JSON), the image undistorted with it. The calibration's
-    extrinsic is not used: it is what registration estimates.
+    extrinsic (from the calib file, or ``extrinsic``: a 4x4 LiDAR -> camera text file) is not used: it
+    is what registration estimates.
+
+    protocol_seed: check the model on this frame under the benchmark protocol instead. The cloud is
+    moved into the camera frame with the calibration's extrinsic (the ground truth), then by the
+    protocol perturbation P drawn with this seed and the model's ``data.amplitudes``; the pose is
+    estimated for that cloud and scored against P^-1: ``result.info["protocol"]`` holds seed,
+    T_gt, rte (m), rre and rre_geodesic (deg), and success (the Acc thresholds).
 
     out_dir: if given, write ``pose.txt`` (4 rows of 4 numbers, full precision), ``overlay.png`` (the
     points projected with the pose on the (undistorted) image, coloured by depth) and
-    ``overlay_frustum.png`` (the same with the frustum pose), each atomically.
+    ``overlay_frustum.png`` (the same with the frustum pose), each atomically; with ``protocol_seed``
+    also ``overlay_gt.png`` (the ground-truth pose) and ``protocol.json`` (the errors).
     """
     from .visualize import draw_projection, save_image
 
-    calibration = read_calibration_file(calib_path, camera)
+    calibration = read_calibration_file(calib_path, camera, extrinsic)
     image, K = undistort_image(read_image_file(image_path), calibration.K, calibration.distortion)
     points, intensity = read_point_cloud(points_path)
-    result = Registrator.from_pretrained(weights).register(image, points, K, intensity)
+    registrator = Registrator.from_pretrained(weights)
+    T_gt = None
+    if protocol_seed is not None:
+        if np.allclose(calibration.T_cam_velo, np.eye(4)):
+            raise InputError("protocol check needs the LiDAR -> camera extrinsic (calib Tr, or --extrinsic)", calib_path)
+        amplitudes = pair_config(registrator.config)["amplitudes"]
+        P = sample_perturbation(np.random.default_rng(protocol_seed), amplitudes)
+        points = transform_points(P @ calibration.T_cam_velo, points)
+        T_gt = invert_transform(P)
+    result = registrator.register(image, points, K, intensity)
+    if T_gt is not None:
+        errors = {k: float(v[0]) for k, v in registration_errors(result.pose[None], T_gt[None]).items()}
+        result.info["protocol"] = {"seed": protocol_seed, "T_gt": T_gt, **errors,
+                                   "success": bool(success({k: np.array(v) for k, v in errors.items()}))}
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "pose.txt", "".join(" ".join(f"{x:.17g}" for x in row) + "\n" for row in result.pose))
+        if T_gt is not None:
+            save_image(out_dir / "overlay_gt.png", draw_projection(image, points, T_gt, K))
+            protocol = {**result.info["protocol"], "T_gt": T_gt.tolist()}
+            write_text(out_dir / "protocol.json", json.dumps(protocol, indent=2) + "\n")
         save_image(out_dir / "overlay.png", draw_projection(image, points, result.pose, K))
         save_image(out_dir / "overlay_frustum.png", draw_projection(image, points, result.frustum_pose, K))
     return result

@@ -63,7 +63,8 @@ def _compare(args: argparse.Namespace) -> None:
 def _register(args: argparse.Namespace) -> None:
     from .api import register_files
 
-    print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights))
+    print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights,
+                         extrinsic=args.extrinsic, protocol_seed=args.protocol_seed))
 
 
 def _prepare_nuscenes(args: argparse.Namespace) -> None:
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="ICL, its ablations and the matching baseline on one test set, one table")
     p.add_argument("--method", action="append", required=True,
-                   metavar="NAME=WEIGHTS[:solver=prm|pnp][:mask=geometric|classifier]",
+                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier]",
                    help="a method to run (repeat); the weights' header says which model it is")
     p.add_argument("--data", help="dataset root (default: the config's data.root)")
     p.add_argument("--config", help="YAML file or bundled name whose data and eval sections all methods use")
@@ -149,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", required=True, help="KITTI calib.txt, a 9-number K file, or YAML/JSON (K, distortion)")
     p.add_argument("--camera", type=int, default=2, help="KITTI camera whose P gives K")
     p.add_argument("--weights", help="weights file (default: the bundled synthetic-small model)")
+    p.add_argument("--extrinsic", help="4x4 LiDAR -> camera text file, for a calib without one (nuScenes style)")
+    p.add_argument("--protocol-seed", dest="protocol_seed", type=int, metavar="SEED",
+                   help="check the model on this frame: move the cloud into the camera frame with the calib's"
+                        " extrinsic, perturb it by the protocol with SEED, register, and report RTE and RRE")
     p.add_argument("--out", help="write pose.txt, overlay.png and overlay_frustum.png here")
     p.set_defaults(func=_register)
 

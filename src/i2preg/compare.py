@@ -5,9 +5,10 @@ A method is ``NAME=WEIGHTS[:OPTION=VALUE]...`` (the weights' header says which m
     icl=runs/a/model.safetensors                      ICL, final pose from PRM
     icl+pnp=runs/a/model.safetensors:solver=pnp       ICL, PnP-RANSAC on its own pairs kp_2d <-> kp_3d
     icl-cls=runs/a/model.safetensors:mask=classifier  ICL, ICLM's point mask from the classifier alone
+    gpdm=runs/a/model.safetensors:solver=frustum      GPDM's frustum pose alone (no ICLM, no PRM)
     matching=runs/m/model.safetensors                 the explicit-matching baseline (method: matching)
 
-Options (ICL only): ``solver`` = prm | pnp, ``mask`` = geometric | classifier (default: the weights' own).
+Options (ICL only): ``solver`` = prm | pnp | frustum, ``mask`` = geometric | classifier (default: the weights' own).
 Every method reads the same pairs (the data is seeded per pair) with the same ``data`` and ``eval`` settings:
 those of ``config`` when given, else of the first method's weights.
 
@@ -58,7 +59,7 @@ from .metrics import registration_errors, summarize
 from .model.icl import ICL
 from .weights import load_weights, read_weights_config
 
-OPTIONS = {"solver": ("prm", "pnp"), "mask": ("geometric", "classifier")}
+OPTIONS = {"solver": ("prm", "pnp", "frustum"), "mask": ("geometric", "classifier")}
 
 CSV_COLUMNS = ["method", "weights", "solver", "mask", "pairs", "rte_mean", "rte_std", "rte_median", "rre_mean",
                "rre_std", "rre_median", "rre_geodesic_mean", "rre_geodesic_median", "acc", "failures", "network_ms",
@@ -94,7 +95,7 @@ class MethodSpec:
 
 
 def parse_method(text: str) -> MethodSpec:
-    """``"NAME=WEIGHTS[:solver=prm|pnp][:mask=geometric|classifier]"`` -> MethodSpec (module docstring)."""
+    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier]"`` -> MethodSpec (module docstring)."""
     name, _, rest = text.partition("=")
     weights, *options = rest.split(":")
     if not name.strip() or not weights:
@@ -103,7 +104,7 @@ def parse_method(text: str) -> MethodSpec:
     for option in options:
         key, _, value = option.partition("=")
         if value not in OPTIONS.get(key, ()):
-            raise InputError(f"method {text!r}: unknown option {option!r} (options: solver=prm|pnp, "
+            raise InputError(f"method {text!r}: unknown option {option!r} (options: solver=prm|pnp|frustum, "
                              "mask=geometric|classifier)")
         values[key] = value
     return MethodSpec(name.strip(), Path(weights), **values)
@@ -181,6 +182,8 @@ def solve(model: torch.nn.Module, out: dict, batch: dict, solver: str, eval_cfg:
         return estimate_poses(out, batch["K"], eval_cfg)[:2]
     if solver == "pnp":
         return pnp_poses(out["kp_2d"], out["kp_3d"], batch["K"], eval_cfg["pnp"])
+    if solver == "frustum":
+        return out["frustum_pose"], torch.ones(len(out["pose"]), dtype=torch.bool)
     return out["pose"], torch.ones(len(out["pose"]), dtype=torch.bool)
 
 

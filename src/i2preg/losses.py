@@ -1,15 +1,19 @@
 """Training losses of ICL (METHOD section 2, "Losses").
 
 ``compute_losses`` returns each term unweighted (pixels, metres, radians, as named) and ``total``, their
-weighted sum: stage 1 (GPDM) L_cls + L_fru; stage 2 all terms (with GPDM frozen, L_cls and L_fru are constants).
+weighted sum: stage 1 (GPDM) L_cls + L_fru, plus yaw, refine and coarse_centre with the pose search (beyond the
+paper); stage 2 all terms (with GPDM frozen, the stage-1 terms are constants).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from .geometry import (
+    pose_to_frustum_params,
     project_points,
     project_pose,
     rotation_6d_to_matrix,
@@ -27,6 +31,12 @@ DEFAULT_WEIGHTS = {
     "div_3d": 1.0,
     "div_margin_px": 16.0,  # L_div hinge: keypoints closer than this many pixels are pushed apart
     "cam": 1.0,
+    # The pose search (model.gpdm.yaw_bins > 0), stage 1: cross-entropies of its yaw bins and of its refinement
+    # grid against Gaussians about the GT (sigma: one bin; one grid step), and the regressed centre's MSE.
+    "yaw": 1.0,
+    "yaw_sigma_bins": 1.0,
+    "refine": 1.0,
+    "coarse_centre": 0.1,
 }
 
 MIN_DEPTH = 0.1
@@ -47,6 +57,31 @@ def frustum_loss(centre: torch.Tensor, rotation: torch.Tensor, T_gt: torch.Tenso
     else:
         rotation = rotation_6d_to_matrix(rotation)[..., :2].transpose(-1, -2).flatten(-2)
     return F.mse_loss(rotation, rotation_gt) + centre_weight * F.mse_loss(centre, centre_gt)
+
+
+def yaw_search_loss(yaw_logits: torch.Tensor, T_gt: torch.Tensor, sigma_bins: float) -> torch.Tensor:
+    """Cross-entropy of yaw_logits (B, bins) (bin k: yaw 2 pi k / bins) against a Gaussian over the bins'
+    circular distance to the GT yaw (sigma in bins)."""
+    d = pose_to_frustum_params(T_gt)[1]
+    num_bins = yaw_logits.shape[-1]
+    yaw_in_bins = torch.atan2(-d[:, 0], d[:, 1]) * (num_bins / (2 * math.pi))
+    distance = torch.remainder(torch.arange(num_bins, device=d.device) - yaw_in_bins[:, None] + num_bins / 2, num_bins)
+    target = (-0.5 * ((distance - num_bins / 2) / sigma_bins).square()).softmax(dim=-1)
+    return -(target * yaw_logits.log_softmax(dim=-1)).sum(-1).mean()
+
+
+def refine_search_loss(logits: torch.Tensor, centres: torch.Tensor, rotations: torch.Tensor, T_gt: torch.Tensor,
+                       centre_sigma: float, yaw_sigma: float) -> torch.Tensor:
+    """Cross-entropy of the refinement logits (B, R) over hypotheses centres (B, R, 2) and rotations (B, R, 2)
+    against a Gaussian of their distance to the GT: |c - c_gt| / centre_sigma (metres) and the yaw difference
+    / yaw_sigma (radians), the sigmas being the grid steps."""
+    centre_gt, d_gt = pose_to_frustum_params(T_gt)
+    yaw_difference = torch.atan2(rotations[..., 0] * d_gt[:, None, 1] - rotations[..., 1] * d_gt[:, None, 0],
+                                 (rotations * d_gt[:, None]).sum(-1))
+    distance = ((centres - centre_gt[:, None]).square().sum(-1) / centre_sigma**2
+                + yaw_difference.square() / yaw_sigma**2)
+    target = (-0.5 * distance).softmax(dim=-1)
+    return -(target * logits.log_softmax(dim=-1)).sum(-1).mean()
 
 
 def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +125,13 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
         "cls": F.binary_cross_entropy_with_logits(outputs["cls_logits"], targets.float()),
         "fru": frustum_loss(outputs["frustum_centre"], outputs["frustum_rotation"], T_gt, w["fru_centre"]),
     }
+    if "yaw_logits" in outputs:
+        losses["yaw"] = yaw_search_loss(outputs["yaw_logits"], T_gt, w["yaw_sigma_bins"])
+        losses["coarse_centre"] = F.mse_loss(outputs["coarse_centre"], pose_to_frustum_params(T_gt)[0])
+    if "refine_logits" in outputs:
+        centre_step, yaw_step = outputs["refine_steps"].tolist()
+        losses["refine"] = refine_search_loss(outputs["refine_logits"], outputs["refine_centres"],
+                                              outputs["refine_rotations"], T_gt, centre_step, yaw_step)
     if stage == 2:
         kp_3d_pixels, kp_3d_depth = project_points(transform_points(T_gt, outputs["kp_3d"]), K)
         distance = ((outputs["kp_2d"] - kp_3d_pixels).square().sum(-1) + 1e-8).sqrt()

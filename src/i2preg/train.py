@@ -201,9 +201,13 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
             continue
         L.seed_everything(int(cfg["train"]["seed"]) + stage, workers=True)
         module = ICLModule(cfg, stage)
-        start = run_dir / "stage1.safetensors" if stage == 2 and 1 in stages else cfg["train"]["init_weights"]
-        if start:
-            load_weights(module.model, Path(start))
+        if stage == 2 and 1 in stages:
+            load_weights(module.model, run_dir / "stage1.safetensors")
+        elif cfg["train"]["init_weights"]:
+            start = cfg["train"]["init_weights"]
+            unmatched = load_weights(module.model, Path(start), strict=bool(cfg["train"]["init_strict"]))
+            if unmatched:
+                print(f"warm start from {start}: {len(unmatched)} tensors not shared with the model: {', '.join(unmatched)}")
         fit_stage(module, cfg, run_dir, stage, done, resume)
     return run_dir / ("model.safetensors" if stages[-1] == 2 else "stage1.safetensors")
 

@@ -32,10 +32,13 @@ def save_weights(model: torch.nn.Module, path: Path, cfg: dict, extra: dict | No
         save_file(tensors, str(temp), metadata=metadata)
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load ``path`` into ``model``; weights of another architecture are an InputError naming the file."""
+def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> list[str]:
+    """Load ``path`` into ``model``; weights of another architecture are an InputError naming the file.
+    ``strict=False`` (a warm start) loads the tensors whose names the model shares and returns the names of
+    the model's tensors the file lacks and of the file's tensors the model lacks."""
     try:
-        model.load_state_dict(load_file(str(path)))
+        result = model.load_state_dict(load_file(str(path)), strict=strict)
+        return [*result.missing_keys, *result.unexpected_keys]
     except RuntimeError as err:
         problem = str(err).splitlines()[0]
         raise InputError(f"weights do not fit the model of their config ({problem})", path) from None

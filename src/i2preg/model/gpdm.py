@@ -6,7 +6,10 @@ points that the frustum pose projects into the image.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import (
@@ -60,28 +63,45 @@ class GPDM(nn.Module):
         self.global_net = mlp([2 * h, h, h], final_activation=True)
         centre_dim, rotation_dim = PARAM_DIMS[dof]
         self.centre_head = nn.Linear(h, centre_dim)
-        self.rotation_head = nn.Linear(h, rotation_dim)
-        with torch.no_grad():
-            self.rotation_head.bias.copy_(torch.tensor(IDENTITY_ROTATION[dof]))
+        self.search = None
+        if conf["yaw_bins"]:
+            if dof != 3:
+                raise ValueError("gpdm.yaw_bins (the pose search) is for the 3-DoF protocol; set it to 0 with dof 6")
+            self.search = PoseSearch(image_dim, point_dim, conf)
+        else:
+            self.rotation_head = nn.Linear(h, rotation_dim)
+            with torch.no_grad():
+                self.rotation_head.bias.copy_(torch.tensor(IDENTITY_ROTATION[dof]))
 
-    def forward(self, global_feat, point_feats, xyz, K, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """global_feat: (B, Ci) image; point_feats: (B, M, Cp) and xyz: (B, M, 3) of the coarse points, cloud frame;
-        K: (B, 3, 3) intrinsics of the (H, W) = image_size input image.
+    def forward(self, image_map, point_feats, xyz, K, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """image_map: (B, Ci, h, w) the coarsest image features (its mean is the global feature g);
+        point_feats: (B, M, Cp) and xyz: (B, M, 3) of the coarse points, cloud frame; K: (B, 3, 3) intrinsics
+        of the (H, W) = image_size input image.
 
         Returns cls_logits (B, M); frustum_centre, frustum_rotation (raw head outputs, see PARAM_DIMS);
         frustum_pose (B, 4, 4) cloud -> camera; mask (B, M) bool: the geometric mask, or with ``mask_source:
         classifier`` (the paper's ablation without the geometric prior) cls_logits > 0. A sample whose mask is
         empty gets its ``fallback_topk`` points of highest cls logit instead, so attention keeps valid keys.
+        With the pose search (``yaw_bins`` > 0) frustum_centre and frustum_rotation come from it, and it adds
+        coarse_centre (B, 2), the regressed centre it searches about, and the logits and hypotheses of
+        ``PoseSearch.forward``.
         """
         M = xyz.shape[1]
-        image = global_feat[:, None].expand(-1, M, -1)
+        image = image_map.mean(dim=(2, 3))[:, None].expand(-1, M, -1)
         xyz_embedding = self.xyz_embed(xyz / 10)
         cls_logits = self.classifier(torch.cat([image, point_feats, xyz_embedding], dim=-1))[..., 0]
         score_embedding = self.score_embed(cls_logits[..., None].sigmoid())
         per_point = self.point_net(torch.cat([xyz_embedding, score_embedding, image, point_feats], dim=-1))
         per_point = torch.cat([per_point, per_point.mean(dim=1, keepdim=True).expand(-1, M, -1)], dim=-1)
         pooled = self.global_net(per_point).mean(dim=1)
-        centre, rotation = self.centre_head(pooled), self.rotation_head(pooled)
+        centre = self.centre_head(pooled)
+        extra = {}
+        if self.search is None:
+            rotation = self.rotation_head(pooled)
+        else:
+            extra = self.search(image_map, point_feats, xyz, centre.detach(), K, image_size)
+            extra["coarse_centre"] = centre
+            centre, rotation = extra.pop("centre"), extra.pop("rotation")
         pose = pose_from_params(centre, rotation)
 
         if self.mask_source == "classifier":
@@ -98,4 +118,114 @@ class GPDM(nn.Module):
             "frustum_rotation": rotation,
             "frustum_pose": pose,
             "mask": mask,
+            **extra,
         }
+
+
+def yaw_bin_vectors(num_bins: int, device=None) -> torch.Tensor:
+    """(num_bins, 2) the d = (-sin yaw, cos yaw) of yaws 2 pi k / num_bins."""
+    return yaw_vectors(torch.arange(num_bins, device=device) * (2 * math.pi / num_bins))
+
+
+def yaw_vectors(yaw: torch.Tensor) -> torch.Tensor:
+    """Yaws (...) in radians -> d = (-sin yaw, cos yaw) (..., 2)."""
+    return torch.stack([-yaw.sin(), yaw.cos()], dim=-1)
+
+
+def vector_yaws(d: torch.Tensor) -> torch.Tensor:
+    """d (..., 2) -> yaws (...) in radians, the inverse of ``yaw_vectors``."""
+    return torch.atan2(-d[..., 0], d[..., 1])
+
+
+class PoseSearch(nn.Module):
+    """Frustum pose by scoring pose hypotheses (beyond the paper, for the 3-DoF protocol; ``gpdm.yaw_bins``).
+
+    A hypothesis (camera centre, yaw) projects the coarse points into the image; every point in view scores
+    how well its feature, its height and its depth fit the image feature where it lands (an MLP on the sum
+    of their projections), and the hypothesis logit is the mean score of its points in view. Two searches
+    share that score: ``yaw_bins`` yaws about the regressed centre (the yaw: the probability-weighted mean
+    direction of the ``yaw_window`` bins either side of the best), then, with ``refine_centre_step`` > 0,
+    a grid of centre offsets (``refine_radius`` steps either way in x and z) times yaw offsets (as many steps
+    of ``refine_yaw_step_deg``) about that estimate (the pose: the weighted mean of the best hypothesis and
+    its grid neighbours). This correlates pixels with points directly, where the paper's head must learn the
+    yaw from a global image vector, which a 2-core CPU does not manage in hours (docs/TRAINING.md).
+    """
+
+    def __init__(self, image_dim: int, point_dim: int, conf: dict):
+        super().__init__()
+        dim = conf["yaw_search_dim"]
+        self.num_bins, self.window = conf["yaw_bins"], conf["yaw_window"]
+        self.centre_step, self.radius = conf["refine_centre_step"], conf["refine_radius"]
+        self.yaw_step = math.radians(conf["refine_yaw_step_deg"])
+        self.image_proj = nn.Conv2d(image_dim, dim, 1)
+        self.point_proj = nn.Linear(point_dim, dim)
+        self.geometry_proj = mlp([2, dim, dim])
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, image_map, point_feats, xyz, centre, K, image_size) -> dict[str, torch.Tensor]:
+        """image_map (B, Ci, h, w); point_feats (B, M, Cp); xyz (B, M, 3) cloud frame; centre (B, 2) the
+        regressed camera centre (c_x, c_z), cloud frame; K (B, 3, 3) of the (H, W) input image.
+
+        Returns centre (B, 2) and rotation (B, 2) (d, unnormalised): the estimate; yaw_logits (B, yaw_bins);
+        with the refinement also refine_logits, refine_centres (B, R, 2) and refine_rotations (B, R, 2)
+        (unit d) over its R = (2 radius + 1)^3 hypotheses, and refine_steps (2,): centre step (m), yaw step (rad).
+        """
+        B = xyz.shape[0]
+        image, points = self.image_proj(image_map), self.point_proj(point_feats)
+        bins = yaw_bin_vectors(self.num_bins, xyz.device).to(xyz.dtype).expand(B, -1, -1)
+        yaw_logits = self.hypothesis_logits(image, points, xyz, centre[:, None].expand_as(bins), bins, K, image_size)
+        offsets = torch.arange(-self.window, self.window + 1, device=xyz.device)
+        neighbours = (yaw_logits.argmax(dim=-1, keepdim=True) + offsets) % self.num_bins  # (B, 2 window + 1)
+        weights = yaw_logits.gather(1, neighbours).softmax(dim=-1)
+        rotation = (weights[..., None] * bins.gather(1, neighbours[..., None].expand(-1, -1, 2))).sum(dim=1)
+        out = {"centre": centre, "rotation": rotation, "yaw_logits": yaw_logits}
+        if self.centre_step > 0:
+            centres, rotations = self.refinement_grid(centre, vector_yaws(rotation.detach()))
+            logits = self.hypothesis_logits(image, points, xyz, centres, rotations, K, image_size)
+            weights, index = self.grid_window(logits)
+            steps = torch.tensor([self.centre_step, self.yaw_step], device=xyz.device)
+            out.update(refine_logits=logits, refine_centres=centres, refine_rotations=rotations, refine_steps=steps,
+                       centre=(weights[..., None] * centres.gather(1, index[..., None].expand(-1, -1, 2))).sum(1),
+                       rotation=(weights[..., None] * rotations.gather(1, index[..., None].expand(-1, -1, 2))).sum(1))
+        return out
+
+    def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
+        """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3); centres (B, Hy, 2) and
+        rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view."""
+        (B, M), Hy = xyz.shape[:2], centres.shape[1]
+        H, W = image_size
+        poses = frustum_params_to_pose(centres, rotations)
+        points_cam = transform_points(poses, xyz[:, None])  # (B, Hy, M, 3)
+        uv, depth = project_points(points_cam, K[:, None])
+        valid = in_image(uv, depth, H, W)
+        # grid_sample's normalised coordinates (align_corners=False): pixel centre u -> (2u + 1) / W - 1
+        grid = torch.stack([(2 * uv[..., 0] + 1) / W - 1, (2 * uv[..., 1] + 1) / H - 1], dim=-1)
+        grid = grid.clamp(-1.5, 1.5).reshape(B, Hy * M, 1, 2)
+        sampled = F.grid_sample(image, grid, align_corners=False)[..., 0]  # (B, dim, Hy * M)
+        sampled = sampled.transpose(1, 2).reshape(B, Hy, M, -1)
+        geometry = torch.stack([points_cam[..., 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
+        scores = self.score(F.relu(sampled + points[:, None] + self.geometry_proj(geometry)))[..., 0]
+        return (scores * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+
+    def refinement_grid(self, centre: torch.Tensor, yaw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hypotheses about centre (B, 2) and yaw (B,): centres (B, R, 2) and unit rotations (B, R, 2), ordered
+        (x offset, z offset, yaw offset), each offset in -radius..radius steps."""
+        steps = torch.arange(-self.radius, self.radius + 1, device=centre.device, dtype=centre.dtype)
+        dx, dz, dyaw = torch.meshgrid(steps * self.centre_step, steps * self.centre_step, steps * self.yaw_step,
+                                      indexing="ij")
+        centres = centre[:, None] + torch.stack([dx, dz], dim=-1).reshape(1, -1, 2)
+        return centres, yaw_vectors(yaw[:, None] + dyaw.reshape(1, -1))
+
+    def grid_window(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax weights (B, 27) and flat indices (B, 27) of the best refinement hypothesis and its grid
+        neighbours (weight 0 for a neighbour outside the grid)."""
+        size = 2 * self.radius + 1
+        best = logits.argmax(dim=-1)
+        best = torch.stack([best // size**2, best // size % size, best % size], dim=-1)  # (B, 3)
+        offsets = torch.cartesian_prod(*[torch.arange(-1, 2, device=logits.device)] * 3)  # (27, 3)
+        cells = best[:, None] + offsets
+        inside = ((cells >= 0) & (cells < size)).all(dim=-1)
+        cells = cells.clamp(0, size - 1)
+        index = (cells[..., 0] * size + cells[..., 1]) * size + cells[..., 2]
+        weights = logits.gather(1, index).masked_fill(~inside, float("-inf")).softmax(dim=-1)
+        return weights, index

@@ -47,6 +47,14 @@ class ICL(nn.Module):
             "hidden_dim": 128,
             "fallback_topk": 16,
             "mask_source": "geometric",  # ICLM's point mask: "geometric" (frustum pose) or "classifier" (cls_logits > 0)
+            # The pose search (gpdm.PoseSearch, beyond the paper; 3 DoF): yaw_bins > 0 scores that many yaw
+            # hypotheses instead of regressing the yaw; 0 is the paper's head.
+            "yaw_bins": 0,
+            "yaw_search_dim": 32,
+            "yaw_window": 2,  # bins either side of the best one in the yaw's weighted mean
+            "refine_centre_step": 0.0,  # > 0: then search a grid of centre (metres) x yaw offsets about that pose
+            "refine_yaw_step_deg": 2.5,
+            "refine_radius": 2,  # grid steps either way: (2 radius + 1)^3 hypotheses
         },
         "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4},
         "prm": {"dim": 128},
@@ -122,7 +130,6 @@ class ICL(nn.Module):
             raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
         image_features = self.image_encoder(image)
         coarse_xyz, coarse_feats = self.point_encoder(batch)
-        global_feat = image_features[-1].mean(dim=(2, 3))
-        out = self.gpdm(global_feat, coarse_feats, coarse_xyz, batch["K"], tuple(image.shape[-2:]))
+        out = self.gpdm(image_features[-1], coarse_feats, coarse_xyz, batch["K"], tuple(image.shape[-2:]))
         out["coarse_xyz"] = coarse_xyz
         return out, (image_features, coarse_feats)

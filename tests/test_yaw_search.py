@@ -1,0 +1,141 @@
+"""The pose search of GPDM (``gpdm.yaw_bins``): hypothesis geometry, its losses, and warm starts into it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from i2preg.geometry import frustum_params_to_pose, invert_transform, pose_to_frustum_params, transform_points
+from i2preg.losses import compute_losses, refine_search_loss, yaw_search_loss
+from i2preg.model import ICL
+from i2preg.model.gpdm import PoseSearch, yaw_bin_vectors
+from i2preg.weights import load_weights, save_weights
+from test_model import TINY_CONF, synthetic_batch
+
+H, W = 32, 64
+K = torch.tensor([[[32.0, 0, (W - 1) / 2], [0, 32, (H - 1) / 2], [0, 0, 1]]])
+SEARCH_CONF = {**TINY_CONF, "gpdm": {"hidden_dim": 16, "yaw_bins": 12, "refine_centre_step": 1.0, "refine_radius": 1}}
+
+
+def search_conf(**changes) -> dict:
+    conf = {"yaw_bins": 36, "yaw_search_dim": 1, "yaw_window": 2, "refine_centre_step": 0.5,
+            "refine_yaw_step_deg": 2.0, "refine_radius": 2}
+    return {**conf, **changes}
+
+
+def yaw_pose(centre: tuple[float, float], yaw_deg: float) -> torch.Tensor:
+    yaw = math.radians(yaw_deg)
+    return frustum_params_to_pose(torch.tensor([centre]), torch.tensor([[-math.sin(yaw), math.cos(yaw)]]))
+
+
+def test_yaw_search_peaks_at_the_yaw_that_centres_the_points():
+    """A search whose score is the image feature where a point lands, over a map lit only in its two middle
+    columns: a cluster 10 m straight ahead of a camera at yaw 130 deg is centred only by the 130 deg bin."""
+    search = PoseSearch(image_dim=1, point_dim=4, conf=search_conf(refine_centre_step=0.0))
+    with torch.no_grad():
+        for parameter in search.parameters():
+            parameter.zero_()
+        search.image_proj.weight.fill_(1.0)
+        search.score.weight.fill_(1.0)
+    image_map = torch.zeros(1, 1, H // 8, W // 8)
+    image_map[..., 3:5] = 1.0
+    centre = (2.0, -3.0)
+    points_cam = torch.tensor([[[dx, dy, 10.0] for dx in (-0.2, 0.0, 0.2) for dy in (-0.2, 0.0, 0.2)]])
+    points = transform_points(invert_transform(yaw_pose(centre, 130.0)), points_cam)
+
+    out = search(image_map, torch.randn(1, 9, 4), points, torch.tensor([centre]), K, (H, W))
+    logits, d = out["yaw_logits"], out["rotation"]
+
+    assert logits.shape == (1, 36) and logits.argmax().item() == 13
+    assert logits[0, 13] > logits[0, 12] > logits[0, 11] and logits[0, 13] > logits[0, 14] > logits[0, 15]
+    assert logits[0, 30] == 0  # the opposite yaw sees no point
+    d = torch.nn.functional.normalize(d, dim=-1)
+    torch.testing.assert_close(d, pose_to_frustum_params(yaw_pose(centre, 130.0))[1], atol=1e-5, rtol=0)
+
+
+def test_yaw_bins_match_the_frustum_parameterisation():
+    bins = yaw_bin_vectors(8)
+    for k in range(8):
+        torch.testing.assert_close(bins[k : k + 1], pose_to_frustum_params(yaw_pose((0.0, 0.0), 45.0 * k))[1])
+
+
+def test_yaw_search_loss_is_smallest_at_the_soft_target():
+    """At logits = log(target) the cross-entropy is at its minimum (the target's entropy); a peak at the GT
+    bin beats a peak at the opposite bin; a GT yaw between bins splits the target evenly."""
+    T_gt = torch.cat([yaw_pose((1.0, 2.0), 100.0), yaw_pose((0.0, 0.0), -35.0)])
+    logits = torch.zeros(2, 36, requires_grad=True)
+    yaw_search_loss(logits, T_gt, 1.0).backward()
+    target = -logits.grad * 2  # d loss / d logits = (softmax - target) / B with softmax uniform
+    target = target + 1 / 36
+    assert target[0].argmax() == 10 and target[1].argmax() == 32  # -35 deg = 325 deg: between bins 32 and 33
+    torch.testing.assert_close(target[1, 32], target[1, 33])
+    best = yaw_search_loss(target.clamp_min(1e-12).log(), T_gt, 1.0)
+    for noise_seed in range(3):
+        noise = torch.randn(2, 36, generator=torch.Generator().manual_seed(noise_seed))
+        assert yaw_search_loss(target.clamp_min(1e-12).log() + noise, T_gt, 1.0) > best
+    at_gt = torch.zeros(2, 36)
+    at_gt[0, 10], at_gt[1, 32] = 10, 10
+    assert yaw_search_loss(at_gt, T_gt, 1.0) < yaw_search_loss(at_gt.roll(18, dims=1), T_gt, 1.0)
+
+
+def test_refinement_grid_and_window():
+    """The grid is ordered (x, z, yaw) about the estimate, which is its middle hypothesis; the window mean of
+    a sharp peak is that hypothesis; at a grid corner the missing neighbours get no weight; the refinement
+    loss prefers the hypothesis at the GT."""
+    search = PoseSearch(image_dim=1, point_dim=4, conf=search_conf())
+    centre, yaw = torch.tensor([[1.0, -2.0]]), torch.tensor([0.3])
+    centres, rotations = search.refinement_grid(centre, yaw)
+    assert centres.shape == rotations.shape == (1, 125, 2)
+    torch.testing.assert_close(centres[0, 62], centre[0])
+    torch.testing.assert_close(rotations[0, 62], yaw_bin_vectors(1)[0].new_tensor([-math.sin(0.3), math.cos(0.3)]))
+    torch.testing.assert_close(centres[0, 0], centre[0] - 1.0)  # (-2, -2, -2) steps
+    torch.testing.assert_close(centres[0, 1], centre[0] - 1.0)  # only the yaw moves first
+    torch.testing.assert_close(rotations[0, 1], torch.tensor([-math.sin(0.3 - math.radians(2)), math.cos(0.3 - math.radians(2))]))
+    torch.testing.assert_close(centres[0, 25], centre[0] + torch.tensor([-0.5, -1.0]))
+
+    for peak, neighbours in ((62, 27), (0, 8), (124, 8)):
+        logits = torch.zeros(1, 125)
+        logits[0, peak] = 50.0
+        weights, index = search.grid_window(logits)
+        assert (weights > 0).sum() == neighbours and index[0, weights[0].argmax()] == peak
+        torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+
+    T_gt = frustum_params_to_pose(centres[:, 37], rotations[:, 37])
+    at = torch.full((1, 125), -10.0)
+    at[0, 37] = 10.0
+    assert refine_search_loss(at, centres, rotations, T_gt, 0.5, math.radians(2)) < \
+        refine_search_loss(at.roll(1, dims=1), centres, rotations, T_gt, 0.5, math.radians(2))
+
+
+def test_model_with_yaw_search_outputs_logits_and_trains_them_in_stage_1():
+    torch.manual_seed(0)
+    batch = synthetic_batch()
+    model = ICL(SEARCH_CONF)
+    out = model.forward_gpdm(batch)
+    assert out["yaw_logits"].shape == (2, 12) and out["frustum_rotation"].shape == (2, 2)
+    assert out["refine_logits"].shape == (2, 27) and out["coarse_centre"].shape == (2, 2)
+    losses = compute_losses(out, batch, stage=1)
+    assert set(losses) == {"cls", "fru", "yaw", "coarse_centre", "refine", "total"}
+    losses["total"].backward()
+    assert model.gpdm.search.image_proj.weight.grad.abs().sum() > 0
+    assert model.image_encoder.stem[0].weight.grad.abs().sum() > 0
+    assert not hasattr(model.gpdm, "rotation_head")
+    with pytest.raises(ValueError, match="yaw_bins"):
+        ICL({**SEARCH_CONF, "dof": 6})
+
+
+def test_warm_start_loads_the_shared_tensors(tmp_path):
+    """Weights of the paper's head warm-start a model with the yaw search (strict=False) and name the
+    tensors that differ; a strict load of the same file is a one-line error naming it."""
+    torch.manual_seed(0)
+    paper = ICL(TINY_CONF)
+    path = tmp_path / "paper.safetensors"
+    save_weights(paper, path, {"model": TINY_CONF})
+    model = ICL(SEARCH_CONF)
+    unmatched = load_weights(model, path, strict=False)
+    assert "gpdm.rotation_head.weight" in unmatched and "gpdm.search.score.weight" in unmatched
+    torch.testing.assert_close(model.point_encoder.state_dict(), paper.point_encoder.state_dict())
+    with pytest.raises(Exception, match="paper.safetensors"):
+        load_weights(model, path)
