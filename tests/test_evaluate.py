@@ -17,7 +17,7 @@ import torch
 from i2preg.config import full_config, load_config
 from i2preg.data.synthetic import generate_dataset
 from i2preg.errors import InputError
-from i2preg.evaluate import evaluate, pair_list, reprojection_confidence, roc_auc
+from i2preg.evaluate import evaluate, evaluation_config, pair_list, reprojection_confidence, roc_auc
 from i2preg.geometry import make_transform, project_points, transform_points
 from i2preg.metrics import format_table, success, summarize
 from i2preg.model.icl import ICL
@@ -152,3 +152,12 @@ def test_roc_auc():
     assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), labels) == 0.5
     assert roc_auc(np.array([0.9, 0.3, 0.5, 0.2]), labels) == 0.75
     assert math.isnan(roc_auc(np.array([0.3, 0.4]), np.array([True, True])))
+
+
+def test_overrides_may_change_only_inference_settings():
+    weights_config = full_config(load_config("tiny"))
+    cfg = evaluation_config(weights_config, overrides={"model": {"gpdm": {"mask_source": "classifier", "refine_iterations": 2}}})
+    assert cfg["model"]["gpdm"]["mask_source"] == "classifier" and cfg["model"]["gpdm"]["refine_iterations"] == 2
+    for bad in ({"gpdm": {"hidden_dim": 8}}, {"num_points": 10}, {"iclm": {"num_queries": 4}}):
+        with pytest.raises(InputError, match="may change only model.gpdm.mask_source"):
+            evaluation_config(weights_config, overrides={"model": bad})

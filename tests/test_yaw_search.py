@@ -21,7 +21,7 @@ SEARCH_CONF = {**TINY_CONF, "gpdm": {"hidden_dim": 16, "yaw_bins": 12, "refine_c
 
 def search_conf(**changes) -> dict:
     conf = {"yaw_bins": 36, "yaw_search_dim": 1, "yaw_window": 2, "refine_centre_step": 0.5,
-            "refine_yaw_step_deg": 2.0, "refine_radius": 2}
+            "refine_yaw_step_deg": 2.0, "refine_radius": 2, "refine_iterations": 1, "refine_shrink": 0.5}
     return {**conf, **changes}
 
 
@@ -109,13 +109,27 @@ def test_refinement_grid_and_window():
         refine_search_loss(at.roll(1, dims=1), centres, rotations, T_gt, 0.5, math.radians(2))
 
 
+def test_refinement_iterations_shrink_about_the_last_estimate():
+    torch.manual_seed(0)
+    search = PoseSearch(image_dim=3, point_dim=4, conf=search_conf(refine_iterations=2, yaw_search_dim=8))
+    xyz = torch.randn(2, 50, 3) * 10
+    out = search(torch.randn(2, 3, H // 8, W // 8), torch.randn(2, 50, 4), xyz, torch.zeros(2, 2), K.expand(2, -1, -1), (H, W))
+    assert out["refine_logits"].shape == (2, 2, 125) and out["refine_centres"].shape == (2, 2, 125, 2)
+    torch.testing.assert_close(out["refine_steps"], torch.tensor([[0.5, math.radians(2)], [0.25, math.radians(1)]]))
+    weights, index = search.grid_window(out["refine_logits"][:, 0])
+    first = (weights[..., None] * out["refine_centres"][:, 0].gather(1, index[..., None].expand(-1, -1, 2))).sum(1)
+    torch.testing.assert_close(out["refine_centres"][:, 1, 62], first)  # the middle of the second grid
+    second = out["refine_centres"][:, 1]
+    torch.testing.assert_close(second.amax(1) - second.amin(1), torch.full((2, 2), 1.0))  # half the first's 2 m
+
+
 def test_model_with_yaw_search_outputs_logits_and_trains_them_in_stage_1():
     torch.manual_seed(0)
     batch = synthetic_batch()
     model = ICL(SEARCH_CONF)
     out = model.forward_gpdm(batch)
     assert out["yaw_logits"].shape == (2, 12) and out["frustum_rotation"].shape == (2, 2)
-    assert out["refine_logits"].shape == (2, 27) and out["coarse_centre"].shape == (2, 2)
+    assert out["refine_logits"].shape == (2, 1, 27) and out["coarse_centre"].shape == (2, 2)
     losses = compute_losses(out, batch, stage=1)
     assert set(losses) == {"cls", "fru", "yaw", "coarse_centre", "refine", "total"}
     losses["total"].backward()

@@ -96,18 +96,27 @@ def pair_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+INFERENCE_SETTINGS = {("gpdm", "mask_source"), ("gpdm", "refine_iterations"), ("gpdm", "refine_shrink")}
+"""(section, key) of the model settings an evaluation may override: they change what the network computes
+with its weights, not the weights."""
+
+
 def evaluation_config(
     weights_config: dict, config: str | os.PathLike | None = None, overrides: dict | None = None
 ) -> dict[str, Any]:
     """The weights' config, with the ``data`` and ``eval`` sections of ``config`` (a YAML path or bundled
     name) in place of its own, then ``overrides`` (nested dict) merged in. The model always comes from the
-    weights, so its image size and point count must match the data's crop and point count."""
+    weights (but for the ``INFERENCE_SETTINGS``), so its image size and point count must match the data's crop
+    and point count."""
     cfg = full_config(weights_config)
     if config is not None:
         other = full_config(load_config(config))
         cfg["data"], cfg["eval"] = other["data"], other["eval"]
-    if "model" in (overrides or {}):
-        raise InputError("the model settings come from the weights; overrides cannot change them")
+    changed = {(section, key) for section, values in (overrides or {}).get("model", {}).items()
+               for key in (values if isinstance(values, dict) else {None: None})}
+    if not changed <= INFERENCE_SETTINGS:
+        allowed = ", ".join(f"model.{section}.{key}" for section, key in sorted(INFERENCE_SETTINGS))
+        raise InputError(f"the model settings come from the weights; overrides may change only {allowed}")
     cfg = deep_update(cfg, overrides or {})
     data, model = cfg["data"], cfg["model"]
     if list(data["crop"]) != list(model["image_size"]) or int(data["num_points"]) != int(model["num_points"]):

@@ -128,10 +128,12 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
     if "yaw_logits" in outputs:
         losses["yaw"] = yaw_search_loss(outputs["yaw_logits"], T_gt, w["yaw_sigma_bins"])
         losses["coarse_centre"] = F.mse_loss(outputs["coarse_centre"], pose_to_frustum_params(T_gt)[0])
-    if "refine_logits" in outputs:
-        centre_step, yaw_step = outputs["refine_steps"].tolist()
-        losses["refine"] = refine_search_loss(outputs["refine_logits"], outputs["refine_centres"],
-                                              outputs["refine_rotations"], T_gt, centre_step, yaw_step)
+    if "refine_logits" in outputs:  # the mean over the refinement iterations
+        losses["refine"] = sum(
+            refine_search_loss(outputs["refine_logits"][:, i], outputs["refine_centres"][:, i],
+                               outputs["refine_rotations"][:, i], T_gt, *steps)
+            for i, steps in enumerate(outputs["refine_steps"].tolist())
+        ) / len(outputs["refine_steps"])
     if stage == 2:
         kp_3d_pixels, kp_3d_depth = project_points(transform_points(T_gt, outputs["kp_3d"]), K)
         distance = ((outputs["kp_2d"] - kp_3d_pixels).square().sum(-1) + 1e-8).sqrt()

@@ -147,7 +147,7 @@ class PoseSearch(nn.Module):
     direction of the ``yaw_window`` bins either side of the best), then, with ``refine_centre_step`` > 0,
     a grid of centre offsets (``refine_radius`` steps either way in x and z) times yaw offsets (as many steps
     of ``refine_yaw_step_deg``) about that estimate (the pose: the weighted mean of the best hypothesis and
-    its grid neighbours). This correlates pixels with points directly, where the paper's head must learn the
+    its grid neighbours), ``refine_iterations`` times, each grid ``refine_shrink`` times the last. This correlates pixels with points directly, where the paper's head must learn the
     yaw from a global image vector, which a 2-core CPU does not manage in hours (docs/TRAINING.md).
     """
 
@@ -157,6 +157,7 @@ class PoseSearch(nn.Module):
         self.num_bins, self.window = conf["yaw_bins"], conf["yaw_window"]
         self.centre_step, self.radius = conf["refine_centre_step"], conf["refine_radius"]
         self.yaw_step = math.radians(conf["refine_yaw_step_deg"])
+        self.iterations, self.shrink = conf["refine_iterations"], conf["refine_shrink"]
         self.image_proj = nn.Conv2d(image_dim, dim, 1)
         self.point_proj = nn.Linear(point_dim, dim)
         self.geometry_proj = mlp([2, dim, dim])
@@ -167,8 +168,9 @@ class PoseSearch(nn.Module):
         regressed camera centre (c_x, c_z), cloud frame; K (B, 3, 3) of the (H, W) input image.
 
         Returns centre (B, 2) and rotation (B, 2) (d, unnormalised): the estimate; yaw_logits (B, yaw_bins);
-        with the refinement also refine_logits, refine_centres (B, R, 2) and refine_rotations (B, R, 2)
-        (unit d) over its R = (2 radius + 1)^3 hypotheses, and refine_steps (2,): centre step (m), yaw step (rad).
+        with the refinement also, over its I iterations and R = (2 radius + 1)^3 hypotheses each, refine_logits
+        (B, I, R), refine_centres (B, I, R, 2), refine_rotations (B, I, R, 2) (unit d), and refine_steps (I, 2):
+        centre step (m), yaw step (rad).
         """
         B = xyz.shape[0]
         image, points = self.image_proj(image_map), self.point_proj(point_feats)
@@ -180,14 +182,26 @@ class PoseSearch(nn.Module):
         rotation = (weights[..., None] * bins.gather(1, neighbours[..., None].expand(-1, -1, 2))).sum(dim=1)
         out = {"centre": centre, "rotation": rotation, "yaw_logits": yaw_logits}
         if self.centre_step > 0:
-            centres, rotations = self.refinement_grid(centre, vector_yaws(rotation.detach()))
-            logits = self.hypothesis_logits(image, points, xyz, centres, rotations, K, image_size)
-            weights, index = self.grid_window(logits)
-            steps = torch.tensor([self.centre_step, self.yaw_step], device=xyz.device)
-            out.update(refine_logits=logits, refine_centres=centres, refine_rotations=rotations, refine_steps=steps,
-                       centre=(weights[..., None] * centres.gather(1, index[..., None].expand(-1, -1, 2))).sum(1),
-                       rotation=(weights[..., None] * rotations.gather(1, index[..., None].expand(-1, -1, 2))).sum(1))
+            refinements = [self.refine(image, points, xyz, centre, rotation, K, image_size, 1.0)]
+            for _ in range(1, self.iterations):
+                scale = self.shrink ** len(refinements)
+                refinements.append(self.refine(image, points, xyz, *refinements[-1][:2], K, image_size, scale))
+            centre, rotation, logits, centres, rotations, steps = zip(*refinements)
+            out.update(centre=centre[-1], rotation=rotation[-1], refine_logits=torch.stack(logits, 1),
+                       refine_centres=torch.stack(centres, 1), refine_rotations=torch.stack(rotations, 1),
+                       refine_steps=torch.stack(steps))
         return out
+
+    def refine(self, image, points, xyz, centre, rotation, K, image_size, scale: float):
+        """One refinement about (centre, rotation), its grid steps times ``scale``: the new centre and rotation,
+        the logits (B, R), hypotheses centres and rotations (B, R, 2), and the steps (2,) (metres, radians)."""
+        centres, rotations = self.refinement_grid(centre.detach(), vector_yaws(rotation.detach()), scale)
+        logits = self.hypothesis_logits(image, points, xyz, centres, rotations, K, image_size)
+        weights, index = self.grid_window(logits)
+        index = index[..., None].expand(-1, -1, 2)
+        steps = torch.tensor([self.centre_step * scale, self.yaw_step * scale], device=xyz.device)
+        return ((weights[..., None] * centres.gather(1, index)).sum(1), (weights[..., None] * rotations.gather(1, index)).sum(1),
+                logits, centres, rotations, steps)
 
     def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
         """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3); centres (B, Hy, 2) and
@@ -207,10 +221,10 @@ class PoseSearch(nn.Module):
         scores = self.score(F.relu(sampled + points[:, None] + self.geometry_proj(geometry)))[..., 0]
         return (scores * valid).sum(-1) / valid.sum(-1).clamp_min(1)
 
-    def refinement_grid(self, centre: torch.Tensor, yaw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def refinement_grid(self, centre: torch.Tensor, yaw: torch.Tensor, scale: float = 1.0):
         """Hypotheses about centre (B, 2) and yaw (B,): centres (B, R, 2) and unit rotations (B, R, 2), ordered
-        (x offset, z offset, yaw offset), each offset in -radius..radius steps."""
-        steps = torch.arange(-self.radius, self.radius + 1, device=centre.device, dtype=centre.dtype)
+        (x offset, z offset, yaw offset), each offset in -radius..radius steps (times ``scale``)."""
+        steps = torch.arange(-self.radius, self.radius + 1, device=centre.device, dtype=centre.dtype) * scale
         dx, dz, dyaw = torch.meshgrid(steps * self.centre_step, steps * self.centre_step, steps * self.yaw_step,
                                       indexing="ij")
         centres = centre[:, None] + torch.stack([dx, dz], dim=-1).reshape(1, -1, 2)

@@ -55,6 +55,8 @@ class ICL(nn.Module):
             "refine_centre_step": 0.0,  # > 0: then search a grid of centre (metres) x yaw offsets about that pose
             "refine_yaw_step_deg": 2.5,
             "refine_radius": 2,  # grid steps either way: (2 radius + 1)^3 hypotheses
+            "refine_iterations": 1,  # refinements in a row, each about the last one's pose
+            "refine_shrink": 0.5,  # each further grid's steps: this times the last one's
         },
         "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4},
         "prm": {"dim": 128},
