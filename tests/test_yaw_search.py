@@ -21,7 +21,8 @@ SEARCH_CONF = {**TINY_CONF, "gpdm": {"hidden_dim": 16, "yaw_bins": 12, "refine_c
 
 def search_conf(**changes) -> dict:
     conf = {"yaw_bins": 36, "yaw_search_dim": 1, "yaw_window": 2, "refine_centre_step": 0.5,
-            "refine_yaw_step_deg": 2.0, "refine_radius": 2, "refine_iterations": 1, "refine_shrink": 0.5}
+            "refine_yaw_step_deg": 2.0, "refine_radius": 2, "refine_iterations": 1, "refine_shrink": 0.5,
+            "refine_points": 0}
     return {**conf, **changes}
 
 
@@ -107,6 +108,24 @@ def test_refinement_grid_and_window():
     at[0, 37] = 10.0
     assert refine_search_loss(at, centres, rotations, T_gt, 0.5, math.radians(2)) < \
         refine_search_loss(at.roll(1, dims=1), centres, rotations, T_gt, 0.5, math.radians(2))
+
+
+def test_refine_points_keeps_the_points_near_the_view_and_the_same_logits():
+    """20 points ahead of the camera and 30 behind it: refine_points = 20 picks the 20 ahead, and since the
+    grid's small offsets never bring the others into view, its logits equal those of a grid over all 50."""
+    torch.manual_seed(0)
+    pose = yaw_pose((1.0, -2.0), 40.0)
+    ahead = torch.rand(1, 20, 3) * torch.tensor([8.0, 2.0, 10.0]) + torch.tensor([-4.0, -1.0, 15.0])
+    behind = torch.rand(1, 30, 3) * torch.tensor([30.0, 2.0, 10.0]) + torch.tensor([-15.0, -1.0, -20.0])
+    order = torch.randperm(50)
+    xyz = transform_points(invert_transform(pose), torch.cat([ahead, behind], dim=1)[:, order])
+    search = PoseSearch(image_dim=3, point_dim=4, conf=search_conf(refine_points=20, yaw_search_dim=8))
+    picked = search.near_view(xyz, *pose_to_frustum_params(pose), K, (H, W))
+    assert sorted(picked[0].tolist()) == sorted((order < 20).nonzero()[:, 0].tolist())
+    inputs = (torch.randn(1, 8, H // 8, W // 8), torch.randn(1, 50, 8), xyz, *pose_to_frustum_params(pose), K, (H, W), 1.0)
+    subset = search.refine(*inputs)[2]
+    search.refine_points = 0
+    torch.testing.assert_close(subset, search.refine(*inputs)[2])
 
 
 def test_refinement_iterations_shrink_about_the_last_estimate():

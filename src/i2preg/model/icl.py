@@ -57,6 +57,7 @@ class ICL(nn.Module):
             "refine_radius": 2,  # grid steps either way: (2 radius + 1)^3 hypotheses
             "refine_iterations": 1,  # refinements in a row, each about the last one's pose
             "refine_shrink": 0.5,  # each further grid's steps: this times the last one's
+            "refine_points": 0,  # > 0: a grid scores only this many coarse points, those nearest its view
         },
         "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4},
         "prm": {"dim": 128},
