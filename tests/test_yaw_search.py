@@ -135,8 +135,7 @@ def test_refinement_iterations_shrink_about_the_last_estimate():
     out = search(torch.randn(2, 3, H // 8, W // 8), torch.randn(2, 50, 4), xyz, torch.zeros(2, 2), K.expand(2, -1, -1), (H, W))
     assert out["refine_logits"].shape == (2, 2, 125) and out["refine_centres"].shape == (2, 2, 125, 2)
     torch.testing.assert_close(out["refine_steps"], torch.tensor([[0.5, math.radians(2)], [0.25, math.radians(1)]]))
-    weights, index = search.grid_window(out["refine_logits"][:, 0])
-    first = (weights[..., None] * out["refine_centres"][:, 0].gather(1, index[..., None].expand(-1, -1, 2))).sum(1)
+    first = (out["refine_logits"][:, 0].softmax(-1)[..., None] * out["refine_centres"][:, 0]).sum(1)
     torch.testing.assert_close(out["refine_centres"][:, 1, 62], first)  # the middle of the second grid
     second = out["refine_centres"][:, 1]
     torch.testing.assert_close(second.amax(1) - second.amin(1), torch.full((2, 2), 1.0))  # half the first's 2 m

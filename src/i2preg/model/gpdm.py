@@ -146,8 +146,7 @@ class PoseSearch(nn.Module):
     share that score: ``yaw_bins`` yaws about the regressed centre (the yaw: the probability-weighted mean
     direction of the ``yaw_window`` bins either side of the best), then, with ``refine_centre_step`` > 0,
     a grid of centre offsets (``refine_radius`` steps either way in x and z) times yaw offsets (as many steps
-    of ``refine_yaw_step_deg``) about that estimate (the pose: the weighted mean of the best hypothesis and
-    its grid neighbours), ``refine_iterations`` times, each grid ``refine_shrink`` times the last; with
+    of ``refine_yaw_step_deg``) about that estimate (the pose: see ``refine``), ``refine_iterations`` times, each grid ``refine_shrink`` times the last; with
     ``refine_points`` > 0 a grid scores only that many coarse points, those nearest the view of its centre
     pose (the grid's small offsets leave the rest out of view; this cuts its cost about threefold). This
     correlates pixels with points directly, where the paper's head must learn the yaw from a global image
@@ -197,8 +196,10 @@ class PoseSearch(nn.Module):
         return out
 
     def refine(self, image, points, xyz, centre, rotation, K, image_size, scale: float):
-        """One refinement about (centre, rotation), its grid steps times ``scale``: the new centre and rotation,
-        the logits (B, R), hypotheses centres and rotations (B, R, 2), and the steps (2,) (metres, radians)."""
+        """One refinement about (centre, rotation), its grid steps times ``scale``: the new centre (the mean over
+        the whole grid: where the logits cannot tell centres apart it stays put) and rotation (the mean over the
+        best hypothesis and its neighbours: sharp in yaw), the logits (B, R), hypotheses centres and rotations
+        (B, R, 2), and the steps (2,) (metres, radians)."""
         centre, rotation = centre.detach(), rotation.detach()
         if 0 < self.refine_points < xyz.shape[1]:
             index = self.near_view(xyz, centre, rotation, K, image_size)[..., None]
@@ -206,10 +207,10 @@ class PoseSearch(nn.Module):
         centres, rotations = self.refinement_grid(centre, vector_yaws(rotation), scale)
         logits = self.hypothesis_logits(image, points, xyz, centres, rotations, K, image_size)
         weights, index = self.grid_window(logits)
-        index = index[..., None].expand(-1, -1, 2)
+        rotation = (weights[..., None] * rotations.gather(1, index[..., None].expand(-1, -1, 2))).sum(1)
+        centre = (logits.softmax(dim=-1)[..., None] * centres).sum(1)
         steps = torch.tensor([self.centre_step * scale, self.yaw_step * scale], device=xyz.device)
-        return ((weights[..., None] * centres.gather(1, index)).sum(1), (weights[..., None] * rotations.gather(1, index)).sum(1),
-                logits, centres, rotations, steps)
+        return centre, rotation, logits, centres, rotations, steps
 
     def near_view(self, xyz, centre, rotation, K, image_size) -> torch.Tensor:
         """Indices (B, refine_points) of the points of xyz (B, M, 3) nearest the image of the pose (centre (B, 2),
