@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,22 @@ import yaml
 from .errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-4`` is a float as in YAML 1.2 (YAML 1.1 asks for ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> Python values, with ``_Loader``'s floats."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def deep_update(base: dict, update: dict) -> dict:
@@ -94,7 +111,7 @@ def load_config(name_or_path: str | Path, overrides: dict | None = None) -> dict
     """Load a YAML config (following an optional ``base:`` key naming another config) and apply overrides."""
     path = resolve_config_path(name_or_path)
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
+        cfg = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise InputError(f"not valid YAML ({str(err).splitlines()[0]})", path) from None
     if not isinstance(cfg, dict):
@@ -115,5 +132,5 @@ def parse_override(text: str) -> dict:
     parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = load_yaml(value)
     return out
