@@ -134,7 +134,7 @@ def test_refinement_iterations_shrink_about_the_last_estimate():
     xyz = torch.randn(2, 50, 3) * 10
     out = search(torch.randn(2, 3, H // 8, W // 8), torch.randn(2, 50, 4), xyz, torch.zeros(2, 2), K.expand(2, -1, -1), (H, W))
     assert out["refine_logits"].shape == (2, 2, 125) and out["refine_centres"].shape == (2, 2, 125, 2)
-    torch.testing.assert_close(out["refine_steps"], torch.tensor([[0.5, math.radians(2)], [0.25, math.radians(1)]]))
+    torch.testing.assert_close(out["refine_steps"], torch.tensor([[0.5, math.radians(2)], [0.25, math.radians(1)]]).expand(2, -1, -1))
     first = (out["refine_logits"][:, 0].softmax(-1)[..., None] * out["refine_centres"][:, 0]).sum(1)
     torch.testing.assert_close(out["refine_centres"][:, 1, 62], first)  # the middle of the second grid
     second = out["refine_centres"][:, 1]
@@ -148,6 +148,7 @@ def test_model_with_yaw_search_outputs_logits_and_trains_them_in_stage_1():
     out = model.forward_gpdm(batch)
     assert out["yaw_logits"].shape == (2, 12) and out["frustum_rotation"].shape == (2, 2)
     assert out["refine_logits"].shape == (2, 1, 27) and out["coarse_centre"].shape == (2, 2)
+    assert all(v.shape[0] == 2 for v in out.values())  # batched: eval and the API index every output by pair
     losses = compute_losses(out, batch, stage=1)
     assert set(losses) == {"cls", "fru", "yaw", "coarse_centre", "refine", "total"}
     losses["total"].backward()

@@ -132,8 +132,8 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
         losses["refine"] = sum(
             refine_search_loss(outputs["refine_logits"][:, i], outputs["refine_centres"][:, i],
                                outputs["refine_rotations"][:, i], T_gt, *steps)
-            for i, steps in enumerate(outputs["refine_steps"].tolist())
-        ) / len(outputs["refine_steps"])
+            for i, steps in enumerate(outputs["refine_steps"][0].tolist())
+        ) / outputs["refine_steps"].shape[1]
     if stage == 2:
         kp_3d_pixels, kp_3d_depth = project_points(transform_points(T_gt, outputs["kp_3d"]), K)
         distance = ((outputs["kp_2d"] - kp_3d_pixels).square().sum(-1) + 1e-8).sqrt()

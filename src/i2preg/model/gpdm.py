@@ -172,7 +172,7 @@ class PoseSearch(nn.Module):
 
         Returns centre (B, 2) and rotation (B, 2) (d, unnormalised): the estimate; yaw_logits (B, yaw_bins);
         with the refinement also, over its I iterations and R = (2 radius + 1)^3 hypotheses each, refine_logits
-        (B, I, R), refine_centres (B, I, R, 2), refine_rotations (B, I, R, 2) (unit d), and refine_steps (I, 2):
+        (B, I, R), refine_centres (B, I, R, 2), refine_rotations (B, I, R, 2) (unit d), and refine_steps (B, I, 2):
         centre step (m), yaw step (rad).
         """
         B = xyz.shape[0]
@@ -192,7 +192,7 @@ class PoseSearch(nn.Module):
             centre, rotation, logits, centres, rotations, steps = zip(*refinements)
             out.update(centre=centre[-1], rotation=rotation[-1], refine_logits=torch.stack(logits, 1),
                        refine_centres=torch.stack(centres, 1), refine_rotations=torch.stack(rotations, 1),
-                       refine_steps=torch.stack(steps))
+                       refine_steps=torch.stack(steps).expand(B, -1, -1))
         return out
 
     def refine(self, image, points, xyz, centre, rotation, K, image_size, scale: float):
