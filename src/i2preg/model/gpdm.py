@@ -146,11 +146,12 @@ class PoseSearch(nn.Module):
     share that score: ``yaw_bins`` yaws about the regressed centre (the yaw: the probability-weighted mean
     direction of the ``yaw_window`` bins either side of the best), then, with ``refine_centre_step`` > 0,
     a grid of centre offsets (``refine_radius`` steps either way in x and z) times yaw offsets (as many steps
-    of ``refine_yaw_step_deg``) about that estimate (the pose: see ``refine``), ``refine_iterations`` times, each grid ``refine_shrink`` times the last; with
-    ``refine_points`` > 0 a grid scores only that many coarse points, those nearest the view of its centre
-    pose (the grid's small offsets leave the rest out of view; this cuts its cost about threefold). This
-    correlates pixels with points directly, where the paper's head must learn the yaw from a global image
-    vector, which a 2-core CPU does not manage in hours (docs/TRAINING.md).
+    of ``refine_yaw_step_deg``) about that estimate (the pose: see ``refine``), ``refine_iterations`` times,
+    each grid ``refine_shrink`` times the last; with ``refine_points`` > 0 a grid scores only that many
+    coarse points, those nearest the view of its centre pose (the grid's small offsets leave the rest out of
+    view; this cuts its cost about threefold). This correlates pixels with points directly, where the
+    paper's head must learn the yaw from a global image vector, which a 2-core CPU does not manage in hours
+    (docs/TRAINING.md).
     """
 
     def __init__(self, image_dim: int, point_dim: int, conf: dict):
@@ -185,10 +186,10 @@ class PoseSearch(nn.Module):
         rotation = (weights[..., None] * bins.gather(1, neighbours[..., None].expand(-1, -1, 2))).sum(dim=1)
         out = {"centre": centre, "rotation": rotation, "yaw_logits": yaw_logits}
         if self.centre_step > 0:
-            refinements = [self.refine(image, points, xyz, centre, rotation, K, image_size, 1.0)]
-            for _ in range(1, self.iterations):
-                scale = self.shrink ** len(refinements)
-                refinements.append(self.refine(image, points, xyz, *refinements[-1][:2], K, image_size, scale))
+            refinements = []
+            for i in range(self.iterations):
+                refinements.append(self.refine(image, points, xyz, centre, rotation, K, image_size, self.shrink**i))
+                centre, rotation = refinements[-1][:2]
             centre, rotation, logits, centres, rotations, steps = zip(*refinements)
             out.update(centre=centre[-1], rotation=rotation[-1], refine_logits=torch.stack(logits, 1),
                        refine_centres=torch.stack(centres, 1), refine_rotations=torch.stack(rotations, 1),
