@@ -156,8 +156,10 @@ def test_roc_auc():
 
 def test_overrides_may_change_only_inference_settings():
     weights_config = full_config(load_config("tiny"))
-    cfg = evaluation_config(weights_config, overrides={"model": {"gpdm": {"mask_source": "classifier", "refine_iterations": 2}}})
-    assert cfg["model"]["gpdm"]["mask_source"] == "classifier" and cfg["model"]["gpdm"]["refine_iterations"] == 2
+    cfg = evaluation_config(weights_config, overrides={"model": {"gpdm": {"mask_source": "classifier", "refine_iterations": 2,
+                                                                      "refine_points": 64}}})
+    gpdm = cfg["model"]["gpdm"]
+    assert (gpdm["mask_source"], gpdm["refine_iterations"], gpdm["refine_points"]) == ("classifier", 2, 64)
     for bad in ({"gpdm": {"hidden_dim": 8}}, {"num_points": 10}, {"iclm": {"num_queries": 4}}):
         with pytest.raises(InputError, match="may change only model.gpdm.mask_source"):
             evaluation_config(weights_config, overrides={"model": bad})

@@ -96,7 +96,8 @@ def pair_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-INFERENCE_SETTINGS = {("gpdm", "mask_source"), ("gpdm", "refine_iterations"), ("gpdm", "refine_shrink")}
+INFERENCE_SETTINGS = {("gpdm", "mask_source"), ("gpdm", "refine_iterations"), ("gpdm", "refine_shrink"),
+                      ("gpdm", "refine_points")}
 """(section, key) of the model settings an evaluation may override: they change what the network computes
 with its weights, not the weights."""
 
