@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from i2preg.baselines.matching import MatchingNet, estimate_poses, match, matching_config, mutual_nearest_neighbors
-from i2preg.baselines.matching_loss import matching_loss, token_index
+from i2preg.baselines.matching_loss import info_nce, matching_loss, token_index
 from i2preg.baselines.pnp import pnp_poses, solve_pnp_ransac
 from i2preg.config import load_config
 from i2preg.geometry import invert_transform, project_points, sample_perturbation, transform_points
@@ -77,6 +77,24 @@ def test_mutual_nearest_neighbours_are_exactly_the_mutual_pairs():
 def test_token_index_follows_the_pixel_convention():
     uv = torch.tensor([[-0.5, -0.5], [3.49, 0.0], [3.5, 0.0], [0.0, 4.0], [1000.0, 1000.0]])
     assert token_index(uv, 4, (2, 3)).tolist() == [0, 0, 1, 3, 5]
+
+
+def test_info_nce_is_the_softmax_over_the_positive_and_its_negatives():
+    torch.manual_seed(0)
+    similarity = torch.randn(2, 5, 7, requires_grad=True)
+    positive = torch.randint(0, 7, (2, 5))
+    negative = torch.rand(2, 5, 7) > 0.5
+    negative[0, 0] = False  # a row without negatives: loss 0, finite gradient
+    negative[1, 1, positive[1, 1]] = True  # the positive's own column is not counted twice
+    loss = info_nce(similarity, positive, negative)
+    for b in range(2):
+        for a in range(5):
+            columns = [c for c in range(7) if negative[b, a, c] and c != positive[b, a]] + [int(positive[b, a])]
+            expected = -torch.log_softmax(similarity[b, a, columns], dim=0)[-1]
+            torch.testing.assert_close(loss[b, a], expected)
+    assert loss[0, 0].abs() < 1e-6
+    loss.sum().backward()
+    assert torch.isfinite(similarity.grad).all()
 
 
 def tiny_matching_conf() -> dict:

@@ -32,9 +32,14 @@ def token_index(uv: torch.Tensor, stride: int, grid: tuple[int, int]) -> torch.T
 
 
 def info_nce(similarity: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """-log softmax of the single positive among itself and the negatives, per row: all (B, A, C) -> (B, A)."""
-    logits = similarity.masked_fill(~(positive | negative), float("-inf"))
-    return logits.logsumexp(dim=-1) - (similarity * positive).sum(dim=-1)
+    """-log softmax of the positive among itself and the negatives, per row: similarity (B, A, C), positive (B, A)
+    the column of each row's positive, negative (B, A, C) bool (the positive's own column is never a negative)
+    -> (B, A); 0 where a row has no negative. Masked columns get a finite -1e4 so that such rows keep finite
+    gradients (any similarity / temperature is far above it)."""
+    positive_similarity = similarity.gather(-1, positive[..., None])[..., 0]
+    negative = negative.scatter(-1, positive[..., None], False)
+    negatives = similarity.masked_fill(~negative, -1e4).logsumexp(dim=-1)
+    return torch.logaddexp(negatives, positive_similarity) - positive_similarity
 
 
 def matching_loss(out: dict, batch: dict, token_stride: int, weights: dict | None = None) -> dict[str, torch.Tensor]:
@@ -54,16 +59,15 @@ def matching_loss(out: dict, batch: dict, token_stride: int, weights: dict | Non
             1, token_index(uv_all, token_stride, grid), seen_all.to(out["pixel_logits"].dtype)) > 0
         uv, _, seen = project_pose(out["coarse_xyz"], T_gt, K, H, W)  # (B, M, 2), (B, M)
         cells = token_index(uv, token_stride, grid)  # (B, M)
-        positive = F.one_hot(cells, len(pixel_uv)).bool()  # (B, M, T)
         far_pixels = torch.cdist(uv, pixel_uv[None].expand(len(uv), -1, -1)) > w["negative_margin_px"]
         far_points = ~seen[:, None] | (torch.cdist(pixel_uv[cells], uv) > w["negative_margin_px"])  # (B, M, M)
-        same = torch.eye(uv.shape[1], dtype=torch.bool, device=uv.device).expand_as(far_points)
+        itself = torch.arange(uv.shape[1], device=uv.device).expand_as(cells)  # (B, M): row j's positive is j
 
     similarity = out["point_desc"] @ out["pixel_desc"].transpose(1, 2) / w["temperature"]  # (B, M, T)
-    point_to_pixel = info_nce(similarity, positive, far_pixels)
+    point_to_pixel = info_nce(similarity, cells, far_pixels)
     # Row j, column k: similarity of point k to the token of point j.
     token_to_point = similarity.gather(2, cells[:, None].expand_as(far_points)).transpose(1, 2)
-    pixel_to_point = info_nce(token_to_point, same, far_points)
+    pixel_to_point = info_nce(token_to_point, itself, far_points)
     desc = ((point_to_pixel + pixel_to_point) / 2 * seen).sum() / seen.sum().clamp_min(1)
     losses = {
         "desc": desc,
