@@ -150,6 +150,30 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_root, tmp_path):
     assert any(not torch.equal(initial[k], rank0[k]) for k in initial), "stage 2 changed nothing"
 
 
+def test_finished_run_resumed_with_more_epochs_ends_as_one_trained_that_long(tiny_root, tmp_path):
+    """``--resume --set train.stage1_epochs=2`` on a finished 1-epoch run trains its second epoch from the last
+    checkpoint: the weights of a 2-epoch run. Without a longer schedule a finished run is left alone, and a
+    resumed run refuses any other override."""
+    from i2preg.errors import InputError
+    from i2preg.train import train
+
+    cfg = tiny_config(tiny_root, stages=[1], limit_train_batches=2)
+    whole = load_file(str(train(deep_update(cfg, {"train": {"stage1_epochs": 2}}), tmp_path / "whole")))
+    first = train(deep_update(cfg, {"train": {"stage1_epochs": 1}}), tmp_path / "run")
+    one_epoch = load_file(str(first))
+    assert train(cfg, tmp_path / "run", resume=True) == first
+    assert not (tmp_path / "run" / "stage1" / "version_1").exists(), "a finished run was trained again"
+    with pytest.raises(InputError, match="model.num_points"):
+        train(cfg, tmp_path / "run", resume=True, overrides={"model": {"num_points": 64}})
+    longer = load_file(str(train(cfg, tmp_path / "run", resume=True, overrides={"train": {"stage1_epochs": 2}})))
+    assert any(not torch.equal(one_epoch[k], longer[k]) for k in longer), "the second epoch changed nothing"
+    assert all(torch.equal(whole[k], longer[k]) for k in whole), "extended run differs from the 2-epoch run"
+    rows = (tmp_path / "run" / "stage1" / "version_1" / "metrics.csv").read_text().splitlines()
+    epochs = {row.split(",")[rows[0].split(",").index("epoch")] for row in rows[1:]}
+    assert epochs == {"1"}, f"the extension trained epochs {epochs}, not just the second"
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["stage1_epochs"] == 2
+
+
 def test_stage_two_alone_starts_from_init_weights(tiny_root, tmp_path):
     """How a later session continues: stage 1 in one run, stage 2 in another from its weights."""
     from i2preg.model.icl import ICL

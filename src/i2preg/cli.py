@@ -21,7 +21,8 @@ def _train(args: argparse.Namespace) -> None:
     from .config import load_config
     from .train import train
 
-    cfg = load_config(args.config, _overrides(args.set))
+    overrides = _overrides(args.set)
+    cfg = load_config(args.config, overrides)
     for key in ("devices", "num_nodes", "strategy", "accelerator", "precision"):
         value = getattr(args, key)
         if value is not None:
@@ -33,7 +34,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.stages:
         cfg["train"]["stages"] = args.stages
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-    print(f"final weights: {train(cfg, run_dir, resume=args.resume)}")
+    print(f"final weights: {train(cfg, run_dir, resume=args.resume, overrides=overrides)}")
 
 
 def _overrides(texts: list[str] | None) -> dict:
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="a YAML file or a bundled config name (e.g. synthetic-small)")
     p.add_argument("--data", help="dataset root (overrides data.root)")
     p.add_argument("--run-dir", help="where checkpoints, logs and weights go (default runs/CONFIG)")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint (with its own config; "
+                   "--set train.stage1_epochs=N and the like train it for longer)")
     p.add_argument("--init", help="start from these weights (.safetensors), e.g. an earlier run's")
     p.add_argument("--stages", type=int, nargs="+", choices=[1, 2], help="stages to run (default: 1 2)")
     p.add_argument("--devices", help="Lightning devices (e.g. 1, 4, auto)")

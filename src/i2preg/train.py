@@ -8,7 +8,9 @@ A run lives in ``runs/NAME/``::
     stage1.safetensors          stage-1 weights, written when stage 1 ends (stage 2 starts from them)
     model.safetensors           the final weights (end of stage 2) with their config in the header
 
-``--resume`` continues where a killed run stopped, in the stage it was in. Every random choice of a
+``--resume`` continues where a killed run stopped, in the stage it was in; with a longer schedule
+(``SCHEDULE_KEYS``, e.g. ``--resume --set train.stage1_epochs=15``) it also trains a finished run on from its last
+checkpoint. Every random choice of a
 training sample is a function of (seed, epoch, index), so a run resumed from an epoch-boundary
 checkpoint ends with exactly the weights of an uninterrupted run (CPU, deterministic algorithms).
 """
@@ -33,7 +35,12 @@ from .data.pairs import build_dataset
 from .losses import compute_losses
 from .metrics import registration_errors, summarize
 from .model.icl import ICL
-from .weights import load_weights, save_weights
+from .errors import InputError
+from .files import write_text
+from .weights import load_weights, read_weights_config, save_weights
+
+SCHEDULE_KEYS = ("stage1_epochs", "stage2_epochs", "stage1_max_steps", "stage2_max_steps")
+"""The ``train`` keys that a resumed run may change: how long it trains."""
 
 
 class EpochSampler(Sampler):
@@ -184,20 +191,21 @@ def _trainer(cfg: dict, run_dir: Path, stage: int) -> L.Trainer:
     )
 
 
-def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
-    """Run the stages of ``train.stages`` (stage 1 then 2), or continue a killed run; returns the path of
-    the weights of the last stage run. A config with ``method: matching`` trains the baseline instead."""
+def train(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict | None = None) -> Path:
+    """Run the stages of ``train.stages`` (stage 1 then 2), or continue a killed run (``resume``), for longer
+    when ``overrides`` (``--set``: on resume only ``train.SCHEDULE_KEYS``) say so; returns the path of the
+    weights of the last stage run. A config with ``method: matching`` trains the baseline instead."""
     if cfg.get("method", "icl") == "matching":
         from .baselines.train_matching import train_matching  # it builds on this module
 
-        return train_matching(cfg, run_dir, resume)
+        return train_matching(cfg, run_dir, resume, overrides)
     run_dir = Path(run_dir)
-    cfg = run_config(cfg, run_dir, resume, full_config)
+    cfg = run_config(cfg, run_dir, resume, full_config, overrides)
     torch.set_float32_matmul_precision("high")
     stages = [int(stage) for stage in cfg["train"]["stages"]]
     for stage in stages:
         done = run_dir / ("stage1.safetensors" if stage == 1 else "model.safetensors")
-        if resume and done.exists():
+        if resume and stage_finished(done, cfg):
             continue
         L.seed_everything(int(cfg["train"]["seed"]) + stage, workers=True)
         module = ICLModule(cfg, stage)
@@ -212,16 +220,35 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
     return run_dir / ("model.safetensors" if stages[-1] == 2 else "stage1.safetensors")
 
 
-def run_config(cfg: dict, run_dir: Path, resume: bool, resolve: Callable[[dict], dict]) -> dict:
+def run_config(cfg: dict, run_dir: Path, resume: bool, resolve: Callable[[dict], dict],
+               overrides: dict | None = None) -> dict:
     """The config of a run: on resume the run's own ``config.yaml`` (keys added since get their defaults
-    from ``resolve``), otherwise ``resolve(cfg)``, written there."""
+    from ``resolve``) with the ``train.SCHEDULE_KEYS`` of ``overrides`` over it (any other override is an
+    error), otherwise ``resolve(cfg)``; written there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     if resume and path.exists():
-        return resolve(yaml.safe_load(path.read_text()))
-    cfg = resolve(cfg)
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        cfg = resolve(yaml.safe_load(path.read_text()))
+        schedule = dict((overrides or {}).get("train", {}))
+        other = [f"{section}.{key}" for section, keys in (overrides or {}).items() for key in keys
+                 if section != "train" or key not in SCHEDULE_KEYS]
+        if other:
+            raise InputError(f"a resumed run keeps its config: only train.{{{','.join(SCHEDULE_KEYS)}}} may change, "
+                             f"not {', '.join(other)}", path)
+        cfg["train"].update(schedule)
+    else:
+        cfg = resolve(cfg)
+    write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     return cfg
+
+
+def stage_finished(weights: Path, cfg: dict) -> bool:
+    """Whether a stage's ``weights`` exist and were trained to ``cfg``'s schedule (``SCHEDULE_KEYS``): a resumed
+    run skips such a stage and trains any other on from its last checkpoint."""
+    if not weights.exists():
+        return False
+    trained = read_weights_config(weights)["train"]
+    return all(trained.get(key) == cfg["train"][key] for key in SCHEDULE_KEYS)
 
 
 def fit_stage(module: L.LightningModule, cfg: dict, run_dir: Path, stage: int, weights: Path, resume: bool) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..config import deep_update
-from ..train import ICLModule, fit_stage, run_config
+from ..train import ICLModule, fit_stage, run_config, stage_finished
 from ..weights import load_weights
 from .matching import MatchingNet, estimate_poses, matching_config
 from .matching_loss import matching_loss
@@ -50,13 +50,14 @@ def single_stage(cfg: dict) -> dict:
                                        "stage1_max_steps": -1 if -1 in steps else sum(steps)}})
 
 
-def train_matching(cfg: dict, run_dir: str | Path, resume: bool = False) -> Path:
-    """Train the matching baseline (or continue a killed run), from ``train.init_weights`` when set; returns the
-    final weights' path. ``train.stages`` does not apply: the baseline has one stage."""
+def train_matching(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict | None = None) -> Path:
+    """Train the matching baseline (or continue a killed run, for longer with ``overrides``: ``train.train``),
+    from ``train.init_weights`` when set; returns the final weights' path. ``train.stages`` does not apply: the
+    baseline has one stage."""
     run_dir = Path(run_dir)
-    cfg = run_config(cfg, run_dir, resume, matching_config)
+    cfg = run_config(cfg, run_dir, resume, matching_config, overrides)
     weights = run_dir / "model.safetensors"
-    if resume and weights.exists():
+    if resume and stage_finished(weights, cfg):
         return weights
     torch.set_float32_matmul_precision("high")
     L.seed_everything(int(cfg["train"]["seed"]) + 1, workers=True)
