@@ -32,11 +32,11 @@ from torch.utils.data import DataLoader, Sampler
 from .config import full_config
 from .data.collate import Collate
 from .data.pairs import build_dataset
+from .errors import InputError
+from .files import write_text
 from .losses import compute_losses
 from .metrics import registration_errors, summarize
 from .model.icl import ICL
-from .errors import InputError
-from .files import write_text
 from .weights import load_weights, read_weights_config, save_weights
 
 SCHEDULE_KEYS = ("stage1_epochs", "stage2_epochs", "stage1_max_steps", "stage2_max_steps")
