@@ -15,10 +15,12 @@ from i2preg.losses import (
     compute_losses,
     diversity_loss,
     frustum_loss,
+    heatmap_loss,
     in_frustum_targets,
     residual_target,
 )
 from i2preg.model.gpdm import params_from_pose
+from i2preg.model.image_encoder import token_centres
 
 K = torch.tensor([[[32.0, 0, 31.5], [0, 32, 15.5], [0, 0, 1]]])
 IMAGE_SIZE = (32, 64)
@@ -117,3 +119,32 @@ def test_corr_skips_keypoints_behind_the_camera():
     outputs["kp_3d"] = torch.cat([outputs["kp_3d"], behind], dim=1)
     outputs["kp_2d"] = torch.cat([outputs["kp_2d"], torch.zeros(1, 1, 2)], dim=1)
     assert compute_losses(outputs, batch, stage=2)["corr"] < 1e-3
+
+
+def test_heatmap_loss_is_least_for_the_gaussian_about_the_projected_3d_keypoint():
+    """Stride-4 tokens of the 32 x 64 image (8 x 16 = 128): the cross-entropy is the target's entropy for the
+    target itself, more for a uniform heatmap, most for one peaked a quarter image away; off by default."""
+    T_gt = yaw_poses(2)
+    batch = {"T_gt": T_gt, "K": K.expand(2, 3, 3), "image": torch.zeros(2, 3, *IMAGE_SIZE)}
+    outputs = fake_outputs(T_gt)
+    uv = token_centres(8, 16, 4)
+    target = torch.softmax(-(outputs["kp_2d"][:, :, None] - uv).square().sum(-1) / (2 * 4.0**2), dim=-1)
+    valid = torch.ones(2, 8, dtype=torch.bool)
+
+    def loss(heatmap):
+        return heatmap_loss(heatmap, outputs["kp_2d"], valid, IMAGE_SIZE, sigma_px=4.0)
+
+    entropy = -(target * target.log()).sum(-1).mean()
+    far = torch.softmax(-(outputs["kp_2d"][:, :, None] + torch.tensor([16.0, 0]) - uv).square().sum(-1) / 32, -1)
+    torch.testing.assert_close(loss(target), entropy)
+    assert loss(target) < loss(torch.full_like(target, 1 / 128)) < loss(far)
+    assert heatmap_loss(far, outputs["kp_2d"], torch.zeros_like(valid), IMAGE_SIZE, 4.0) == 0  # nothing valid
+    with pytest.raises(ValueError, match="no stride"):
+        heatmap_loss(target[..., :100], outputs["kp_2d"], valid, IMAGE_SIZE, 4.0)
+
+    outputs["heatmap_2d"] = target
+    assert "heat_2d" not in compute_losses(outputs, batch, stage=2)
+    with_heat = compute_losses(outputs, batch, weights={"heat_2d": 0.5, "heat_sigma_px": 4.0}, stage=2)
+    torch.testing.assert_close(with_heat["heat_2d"], entropy)
+    without = compute_losses(outputs, batch, stage=2)
+    torch.testing.assert_close(with_heat["total"], without["total"] + 0.5 * entropy)

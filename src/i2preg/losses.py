@@ -21,6 +21,7 @@ from .geometry import (
     transform_points,
 )
 from .model.gpdm import params_from_pose
+from .model.image_encoder import token_centres
 
 DEFAULT_WEIGHTS = {
     "cls": 1.0,
@@ -31,6 +32,10 @@ DEFAULT_WEIGHTS = {
     "div_3d": 1.0,
     "div_margin_px": 16.0,  # L_div hinge: keypoints closer than this many pixels are pushed apart
     "cam": 1.0,
+    # Beyond the paper (0: off): cross-entropy of each 2D heatmap against a Gaussian (sigma heat_sigma_px) about
+    # the GT projection of its query's 3D keypoint (detached), so that the pixel branch gets a target per token.
+    "heat_2d": 0.0,
+    "heat_sigma_px": 8.0,
     # The pose search (model.gpdm.yaw_bins > 0), stage 1: cross-entropies of its yaw bins and of its refinement
     # grid against Gaussians about the GT (sigma: one bin; one grid step), and the regressed centre's MSE.
     "yaw": 1.0,
@@ -96,6 +101,20 @@ def diversity_loss(keypoints: torch.Tensor, margin: float) -> torch.Tensor:
     return F.relu(margin - pairwise_distance(keypoints))[:, off_diagonal].mean()
 
 
+def heatmap_loss(heatmap_2d: torch.Tensor, target_px: torch.Tensor, valid: torch.Tensor, image_size, sigma_px: float) -> torch.Tensor:
+    """Mean over the valid queries of the cross-entropy between heatmap_2d (B, Q, T), a softmax over the pixel
+    tokens of an (H, W) = image_size input at a stride that T implies, and a Gaussian of sigma_px about
+    target_px (B, Q, 2) input-image pixels; valid (B, Q) bool."""
+    H, W = image_size
+    stride = round(math.sqrt(H * W / heatmap_2d.shape[-1]))
+    if (H // stride) * (W // stride) != heatmap_2d.shape[-1]:
+        raise ValueError(f"{heatmap_2d.shape[-1]} tokens are no stride's grid over a {H} x {W} image")
+    uv = token_centres(H // stride, W // stride, stride, device=heatmap_2d.device)
+    target = torch.softmax(-(target_px[:, :, None] - uv).square().sum(-1) / (2 * sigma_px**2), dim=-1)
+    cross_entropy = -(target * heatmap_2d.clamp_min(1e-12).log()).sum(-1)
+    return (cross_entropy * valid).sum() / valid.sum().clamp_min(1)
+
+
 def residual_target(frustum_pose: torch.Tensor, T_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """GT residual of a frustum pose: dR = R_gt R_f^T (B, 3, 3), dt = t_gt - dR t_f (B, 3)."""
     dR = T_gt[..., :3, :3] @ frustum_pose[..., :3, :3].transpose(-1, -2)
@@ -114,7 +133,7 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
     """Loss terms of the ICL ``outputs`` (``ICL.forward``; ``ICL.forward_gpdm`` suffices in stage 1) for ``batch``.
 
     Returns cls (BCE), fru, and in stage 2 also corr (mean pixel distance over the 3D keypoints in front of the
-    GT camera), div_2d, div_3d (pixels), cam,
+    GT camera), div_2d, div_3d (pixels), cam, heat_2d when its weight is above 0 (``heatmap_loss``),
     plus total = the weighted sum of the stage's terms with ``weights`` over ``DEFAULT_WEIGHTS``.
     """
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
@@ -141,6 +160,10 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
         losses["corr"] = (distance * in_front).sum() / in_front.sum().clamp_min(1)
         losses["div_2d"] = diversity_loss(outputs["kp_2d"], w["div_margin_px"])
         losses["div_3d"] = diversity_loss(kp_3d_pixels, w["div_margin_px"])
+        if w["heat_2d"] > 0:
+            target, depth = project_points(transform_points(T_gt, outputs["kp_3d"].detach()), K)
+            inside = (depth > MIN_DEPTH) & (target >= 0).all(-1) & (target < target.new_tensor(image_size[::-1])).all(-1)
+            losses["heat_2d"] = heatmap_loss(outputs["heatmap_2d"], target, inside, image_size, w["heat_sigma_px"])
         losses["cam"] = camera_loss(
             outputs["residual_rotation"], outputs["residual_translation"], outputs["frustum_pose"], T_gt
         )

@@ -1,0 +1,97 @@
+"""Has ICLM learned correspondences? Statistics of its keypoints and heatmaps, and of PRM's residual.
+
+    python benchmarks/iclm_diagnostics.py [--weights W] [--data datasets/synthetic-train --split val] [--pairs 48]
+
+Per pair the N_q keypoint pairs (kp_2d, kp_3d) of ICLM are compared with each other through the GT pose: the
+projection error |pi(T_gt kp_3d) - kp_2d| (L_corr, pixels, 3D keypoints in front of the camera only), beside two
+references: the error if every kp_2d sat at the mean of its pair's projected 3D keypoints (what a collapsed 2D
+branch scores), and the share of pairs under 8 px (what PnP-RANSAC would have as inliers). The heatmaps'
+entropy is given against a uniform one (log T over all pixel tokens, log of the masked points). PRM's residual
+(rotation in degrees, translation in metres) is compared with the residual the frustum pose actually needs.
+Prints a Markdown table of means (and medians) over the pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from i2preg.data.collate import Collate
+from i2preg.data.pairs import build_dataset
+from i2preg.evaluate import evaluation_config
+from i2preg.geometry import project_points, rotation_to_axis_angle, transform_points
+from i2preg.losses import MIN_DEPTH, residual_target
+from i2preg.model.icl import ICL
+from i2preg.weights import bundled_weights, load_weights, read_weights_config
+
+
+def entropy(heatmap: torch.Tensor) -> torch.Tensor:
+    """(B, Q, N) rows summing to 1 -> (B,) mean entropy over the queries (nats)."""
+    return -(heatmap * heatmap.clamp_min(1e-12).log()).sum(-1).mean(-1)
+
+
+def pair_statistics(out: dict, batch: dict, inlier_px: float) -> dict[str, np.ndarray]:
+    """Per pair of the batch: the quantities of the module docstring."""
+    pixels, depth = project_points(transform_points(batch["T_gt"], out["kp_3d"]), batch["K"])
+    in_front = (depth > MIN_DEPTH).float()
+    count = in_front.sum(-1).clamp_min(1)
+    error = (out["kp_2d"] - pixels).norm(dim=-1)
+    centre = (pixels * in_front[..., None]).sum(1, keepdim=True) / count[:, None, None]
+    masked = (out["heatmap_3d"] > 0).sum(-1).float().mean(-1)
+    dR_gt, dt_gt = residual_target(out["frustum_pose"], batch["T_gt"])
+    rotation_deg = lambda R: torch.rad2deg(rotation_to_axis_angle(R).norm(dim=-1))  # noqa: E731
+    stats = {
+        "corr_px": (error * in_front).sum(-1) / count,
+        "collapsed_2d_px": ((centre - pixels).norm(dim=-1) * in_front).sum(-1) / count,
+        "under_8px": ((error < inlier_px).float() * in_front).sum(-1) / count,
+        "kp_2d_spread_px": out["kp_2d"].std(1).norm(dim=-1),
+        "kp_3d_spread_px": pixels.std(1).norm(dim=-1),
+        "entropy_2d": entropy(out["heatmap_2d"]),
+        "uniform_2d": torch.full_like(count, math.log(out["heatmap_2d"].shape[-1])),
+        "entropy_3d": entropy(out["heatmap_3d"]),
+        "uniform_3d": masked.clamp_min(1).log(),
+        "prm_rotation_deg": rotation_deg(out["residual_rotation"]),
+        "needed_rotation_deg": rotation_deg(dR_gt),
+        "prm_translation_m": out["residual_translation"].norm(dim=-1),
+        "needed_translation_m": dt_gt.norm(dim=-1),
+    }
+    return {k: v.double().cpu().numpy() for k, v in stats.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=bundled_weights())
+    parser.add_argument("--data", default="datasets/synthetic-train")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--pairs", type=int, default=48)
+    parser.add_argument("--inlier-px", type=float, default=8.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cfg = evaluation_config(read_weights_config(args.weights))
+    dataset = build_dataset(cfg, args.split, args.data)
+    loader = DataLoader(Subset(dataset, range(min(args.pairs, len(dataset)))), batch_size=8,
+                        collate_fn=Collate(cfg["model"]))
+    model = ICL(cfg["model"])
+    load_weights(model, args.weights)
+    model.eval()
+    parts: list[dict[str, np.ndarray]] = []
+    with torch.no_grad():
+        for batch in loader:
+            parts.append(pair_statistics(model(batch), batch, args.inlier_px))
+    stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    print(f"{args.weights} on {len(stats['corr_px'])} {args.split} pairs of {args.data}\n")
+    print("| quantity | mean | median |\n|---|---|---|")
+    for key, values in stats.items():
+        print(f"| {key} | {values.mean():.3f} | {np.median(values):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
