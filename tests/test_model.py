@@ -11,7 +11,7 @@ from i2preg.geometry import invert_transform, make_transform, rotation_6d_to_mat
 from i2preg.losses import compute_losses, residual_target
 from i2preg.model import ICL
 from i2preg.model.gpdm import params_from_pose, pose_from_params
-from i2preg.model.iclm import ICLM
+from i2preg.model.iclm import ICLM, anchor_grid
 from i2preg.model.prm import compose_residual
 
 H, W, N = 32, 64, 1024
@@ -114,6 +114,27 @@ def test_masked_points_get_zero_weight_and_never_move_keypoints():
     moved = iclm(**args, point_feats=moved_feats, point_xyz=moved_xyz, point_xyz_frustum=moved_xyz, mask=mask)
     torch.testing.assert_close(moved["kp_3d"], out["kp_3d"], atol=1e-7, rtol=0)
     torch.testing.assert_close(moved["kp_2d"], out["kp_2d"], atol=1e-7, rtol=0)
+
+
+def test_anchored_queries_start_at_their_anchors_in_both_modalities():
+    """anchor_sigma > 0: with a tight prior an untrained ICLM's 2D keypoints sit on the grid of anchors and its 3D
+    keypoints at the points whose frustum-pose projections are nearest them (one point a cell here)."""
+    torch.manual_seed(0)
+    B, C, H, W = 2, 8, 32, 64
+    iclm = ICLM(C, C, {"dim": 16, "num_queries": 8, "num_iterations": 2, "num_heads": 4, "anchor_sigma": 0.01})
+    anchors = anchor_grid(8, H, W)
+    assert anchors.tolist() == [[8, 8], [24, 8], [40, 8], [56, 8], [8, 24], [24, 24], [40, 24], [56, 24]]
+    v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    pixel_uv = torch.stack([u, v], -1).reshape(-1, 2).float()
+    point_uv = (anchors + torch.rand(8, 2) * 4 - 2).expand(B, -1, -1)  # each point within 2 px of an anchor
+    xyz = torch.randn(B, 8, 3)
+    out = iclm(torch.randn(B, H * W, C), pixel_uv, (H, W), torch.randn(B, 8, C), xyz, xyz,
+               torch.ones(B, 8, dtype=torch.bool), point_uv)
+    torch.testing.assert_close(out["kp_2d"], anchors.expand(B, -1, -1), atol=0.5, rtol=0)
+    torch.testing.assert_close(out["kp_3d"], xyz, atol=1e-3, rtol=0)
+    paper = ICLM(C, C, {"dim": 16, "num_queries": 8, "num_iterations": 2, "num_heads": 4})
+    free = paper(torch.randn(B, H * W, C), pixel_uv, (H, W), torch.randn(B, 8, C), xyz, xyz, torch.ones(B, 8, dtype=torch.bool))
+    assert (free["kp_2d"] - anchors).norm(dim=-1).mean() > 5  # without anchors they gather near the centre
 
 
 def test_keypoints_inside_image_and_masked_bounding_box():

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import deep_update
-from ..geometry import transform_points
+from ..geometry import project_points, transform_points
 from .gpdm import GPDM
 from .iclm import ICLM
 from .image_encoder import ImageDecoder, ImageEncoder, token_centres
@@ -59,7 +59,8 @@ class ICL(nn.Module):
             "refine_shrink": 0.5,  # each further grid's steps: this times the last one's
             "refine_points": 0,  # > 0: a grid scores only this many coarse points, those nearest its view
         },
-        "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4},
+        "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4,
+                 "anchor_sigma": 0.0},  # > 0: anchored queries (iclm.py; beyond the paper)
         "prm": {"dim": 128},
     }
 
@@ -110,6 +111,7 @@ class ICL(nn.Module):
         token_map = self.image_decoder(image_features)
         pixel_uv = token_centres(*token_map.shape[-2:], self.token_stride, device=token_map.device)
         frustum_pose = out["frustum_pose"].detach()
+        xyz_frustum = transform_points(frustum_pose, out["coarse_xyz"])
         out.update(
             self.iclm(
                 token_map.flatten(2).transpose(1, 2),
@@ -117,8 +119,9 @@ class ICL(nn.Module):
                 image_size,
                 coarse_feats,
                 out["coarse_xyz"],
-                transform_points(frustum_pose, out["coarse_xyz"]),
+                xyz_frustum,
                 out["mask"],
+                project_points(xyz_frustum, batch["K"])[0],
             )
         )
         prm_inputs = [out["kp_2d"], out["kp_3d"], out["desc_2d"], out["desc_3d"]]

@@ -3,6 +3,12 @@
 N_q learnable queries alternate attention over themselves, the pixel tokens and the masked point tokens; each
 query then reads a 2D keypoint (soft-argmax over the token centres) and a 3D keypoint (soft-argmax over the
 masked coarse points).
+
+Beyond the paper (``anchor_sigma`` > 0; 0 is the paper's ICLM): query q gets an anchor pixel a_q, the centre of
+its cell of a grid over the image, added to it as the pixels' positional encoding of a_q; its 2D heatmap
+logits get log N(uv_t; a_q, s^2) and its 3D heatmap logits log N(pi(T_f p_j); a_q, s^2), with s = anchor_sigma
+x image width and pi(T_f p_j) the point's projection through the frustum pose. The queries start spread over
+the image and paired through the frustum pose, instead of being free to collapse onto one pair.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ class ICLM(nn.Module):
     def __init__(self, image_dim: int, point_dim: int, conf: dict):
         super().__init__()
         d, heads, iterations = conf["dim"], conf["num_heads"], conf["num_iterations"]
+        self.anchor_sigma = float(conf.get("anchor_sigma", 0.0))
         self.queries = nn.Parameter(torch.randn(conf["num_queries"], d))
         self.image_proj = nn.Linear(image_dim, d)
         self.point_proj = nn.Linear(point_dim, d)
@@ -40,10 +47,12 @@ class ICLM(nn.Module):
         point_xyz: torch.Tensor,
         point_xyz_frustum: torch.Tensor,
         mask: torch.Tensor,
+        point_uv_frustum: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """pixel_feats: (B, T, Ci) tokens, pixel_uv: (T, 2) their centres in input-image pixels, image_size (H, W);
         point_feats: (B, M, Cp), point_xyz: (B, M, 3) cloud frame, point_xyz_frustum: (B, M, 3) the same points in
-        the frustum-pose camera frame (positional encoding); mask: (B, M) bool, points that may be attended.
+        the frustum-pose camera frame (positional encoding); mask: (B, M) bool, points that may be attended;
+        point_uv_frustum: (B, M, 2) their projections through the frustum pose (needed with ``anchor_sigma``).
 
         Returns kp_2d (B, Nq, 2) pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T); heatmap_3d (B, Nq, M)
         (exactly 0 on masked-out points); desc_2d, desc_3d (B, Nq, d): the queries after the last pixel / point
@@ -53,6 +62,13 @@ class ICLM(nn.Module):
         pixel_tokens = self.image_proj(pixel_feats) + self.pixel_pos(pixel_uv / pixel_uv.new_tensor([W, H]))
         point_tokens = self.point_proj(point_feats) + self.point_pos(point_xyz_frustum / 10)
         x = self.queries.expand(pixel_feats.shape[0], -1, -1)
+        prior_2d = prior_3d = 0.0
+        if self.anchor_sigma > 0:
+            anchors = anchor_grid(len(self.queries), H, W).to(x)
+            x = x + self.pixel_pos(anchors / anchors.new_tensor([W, H]))
+            variance = 2 * (self.anchor_sigma * W) ** 2
+            prior_2d = -(anchors[:, None] - pixel_uv).square().sum(-1) / variance  # (Nq, T)
+            prior_3d = -(anchors[:, None] - point_uv_frustum[:, None]).square().sum(-1) / variance  # (B, Nq, M)
         for self_1, pixel, self_2, point in zip(
             self.self_attention_1, self.pixel_attention, self.self_attention_2, self.point_attention
         ):
@@ -62,9 +78,11 @@ class ICLM(nn.Module):
             x = desc_3d = point(x, point_tokens, mask)
 
         scale = 1 / math.sqrt(x.shape[-1])
-        heatmap_2d = masked_softmax(self.heat_query_2d(desc_2d) @ self.heat_key_2d(pixel_tokens).transpose(1, 2) * scale, None)
+        heatmap_2d = masked_softmax(
+            self.heat_query_2d(desc_2d) @ self.heat_key_2d(pixel_tokens).transpose(1, 2) * scale + prior_2d, None
+        )
         heatmap_3d = masked_softmax(
-            self.heat_query_3d(desc_3d) @ self.heat_key_3d(point_tokens).transpose(1, 2) * scale, mask[:, None]
+            self.heat_query_3d(desc_3d) @ self.heat_key_3d(point_tokens).transpose(1, 2) * scale + prior_3d, mask[:, None]
         )
         return {
             "kp_2d": heatmap_2d @ pixel_uv,
@@ -74,3 +92,12 @@ class ICLM(nn.Module):
             "desc_2d": desc_2d,
             "desc_3d": desc_3d,
         }
+
+
+def anchor_grid(num: int, height: int, width: int) -> torch.Tensor:
+    """(num, 2) input-image pixels (u, v): the centres of the first ``num`` cells, row-major, of a grid of about
+    square cells over a height x width image with at least ``num`` cells."""
+    rows = max(1, round(math.sqrt(num * height / width)))
+    cols = math.ceil(num / rows)
+    v, u = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([(u + 0.5) * width / cols, (v + 0.5) * height / rows], dim=-1).reshape(-1, 2)[:num].float()
