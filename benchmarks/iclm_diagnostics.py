@@ -5,7 +5,9 @@
 Per pair the N_q keypoint pairs (kp_2d, kp_3d) of ICLM are compared with each other through the GT pose: the
 projection error |pi(T_gt kp_3d) - kp_2d| (L_corr, pixels, 3D keypoints in front of the camera only), beside two
 references: the error if every kp_2d sat at the mean of its pair's projected 3D keypoints (what a collapsed 2D
-branch scores), and the share of pairs under 8 px (what PnP-RANSAC would have as inliers). The heatmaps'
+branch scores) and the error if every kp_2d were its 3D keypoint projected through the frustum pose instead of
+the GT one (what pairing through GPDM's pose alone scores: below it, ICLM sees more than GPDM); and the share of
+pairs under 8 px (what PnP-RANSAC would have as inliers). The heatmaps'
 entropy is given against a uniform one (log T over all pixel tokens, log of the masked points). PRM's residual
 (rotation in degrees, translation in metres) is compared with the residual the frustum pose actually needs.
 Prints a Markdown table of means (and medians) over the pairs.
@@ -48,6 +50,8 @@ def pair_statistics(out: dict, batch: dict, inlier_px: float) -> dict[str, np.nd
     stats = {
         "corr_px": (error * in_front).sum(-1) / count,
         "collapsed_2d_px": ((centre - pixels).norm(dim=-1) * in_front).sum(-1) / count,
+        "frustum_pairing_px": ((project_points(transform_points(out["frustum_pose"], out["kp_3d"]), batch["K"])[0]
+                                - pixels).norm(dim=-1) * in_front).sum(-1) / count,
         "under_8px": ((error < inlier_px).float() * in_front).sum(-1) / count,
         "kp_2d_spread_px": out["kp_2d"].std(1).norm(dim=-1),
         "kp_3d_spread_px": pixels.std(1).norm(dim=-1),
