@@ -51,7 +51,7 @@ def single_stage(cfg: dict) -> dict:
 
 
 def train_matching(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict | None = None) -> Path:
-    """Train the matching baseline (or continue a killed run, for longer with ``overrides``: ``train.train``),
+    """Train the matching baseline (or continue a killed run, for longer with ``overrides`` as in ``train.train``),
     from ``train.init_weights`` when set; returns the final weights' path. ``train.stages`` does not apply: the
     baseline has one stage."""
     run_dir = Path(run_dir)

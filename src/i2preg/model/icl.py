@@ -121,7 +121,7 @@ class ICL(nn.Module):
                 out["coarse_xyz"],
                 xyz_frustum,
                 out["mask"],
-                project_points(xyz_frustum, batch["K"])[0],
+                project_points(xyz_frustum, batch["K"])[0] if self.iclm.anchor_sigma > 0 else None,
             )
         )
         prm_inputs = [out["kp_2d"], out["kp_3d"], out["desc_2d"], out["desc_3d"]]
