@@ -42,17 +42,22 @@ def pair_statistics(out: dict, batch: dict, inlier_px: float) -> dict[str, np.nd
     pixels, depth = project_points(transform_points(batch["T_gt"], out["kp_3d"]), batch["K"])
     in_front = (depth > MIN_DEPTH).float()
     count = in_front.sum(-1).clamp_min(1)
+
+    def front_mean(values: torch.Tensor) -> torch.Tensor:
+        """(B, Q) -> (B,) mean over the queries whose 3D keypoint is in front of the GT camera."""
+        return (values * in_front).sum(-1) / count
+
     error = (out["kp_2d"] - pixels).norm(dim=-1)
     centre = (pixels * in_front[..., None]).sum(1, keepdim=True) / count[:, None, None]
+    frustum_pixels = project_points(transform_points(out["frustum_pose"], out["kp_3d"]), batch["K"])[0]
     masked = (out["heatmap_3d"] > 0).sum(-1).float().mean(-1)
     dR_gt, dt_gt = residual_target(out["frustum_pose"], batch["T_gt"])
     rotation_deg = lambda R: torch.rad2deg(rotation_to_axis_angle(R).norm(dim=-1))  # noqa: E731
     stats = {
-        "corr_px": (error * in_front).sum(-1) / count,
-        "collapsed_2d_px": ((centre - pixels).norm(dim=-1) * in_front).sum(-1) / count,
-        "frustum_pairing_px": ((project_points(transform_points(out["frustum_pose"], out["kp_3d"]), batch["K"])[0]
-                                - pixels).norm(dim=-1) * in_front).sum(-1) / count,
-        "under_8px": ((error < inlier_px).float() * in_front).sum(-1) / count,
+        "corr_px": front_mean(error),
+        "collapsed_2d_px": front_mean((centre - pixels).norm(dim=-1)),
+        "frustum_pairing_px": front_mean((frustum_pixels - pixels).norm(dim=-1)),
+        f"under_{inlier_px:g}px": front_mean((error < inlier_px).float()),
         "kp_2d_spread_px": out["kp_2d"].std(1).norm(dim=-1),
         "kp_3d_spread_px": pixels.std(1).norm(dim=-1),
         "entropy_2d": entropy(out["heatmap_2d"]),
