@@ -39,7 +39,7 @@ def setup(tmp_path_factory) -> dict:
     other = tiny_weights(tmp / "icl-2x4.safetensors", {"model": {"iclm": {"num_iterations": 2, "num_queries": 4}}})
     matching = tiny_weights(tmp / "matching.safetensors", matching=True)
     methods = [f"icl={icl}", f"icl+pnp={icl}:solver=pnp", f"icl-cls={icl}:mask=classifier", f"icl-2x4={other}",
-               f"gpdm={icl}:solver=frustum", f"matching={matching}"]
+               f"gpdm={icl}:solver=frustum", f"icl-q4={icl}:queries=4:iterations=1:solver=pnp", f"matching={matching}"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         rows = compare(methods, root, tmp / "out", limit=3, batch_size=2, device="cpu", overrides=ON_SEQUENCE_00,
@@ -51,10 +51,11 @@ def test_one_row_per_method_on_the_same_pairs(setup):
     with open(setup["out"] / "comparison.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == CSV_COLUMNS
-    assert [r["method"] for r in rows] == ["icl", "icl+pnp", "icl-cls", "icl-2x4", "gpdm", "matching"]
-    assert [(r["solver"], r["mask"]) for r in rows] == [("prm", "geometric"), ("pnp", "geometric"),
-                                                       ("prm", "classifier"), ("prm", "geometric"),
-                                                       ("frustum", "geometric"), ("pnp", "")]
+    assert [r["method"] for r in rows] == ["icl", "icl+pnp", "icl-cls", "icl-2x4", "gpdm", "icl-q4", "matching"]
+    assert [(r["solver"], r["mask"], r["iterations"], r["queries"]) for r in rows] == [
+        ("prm", "geometric", "1", "8"), ("pnp", "geometric", "1", "8"), ("prm", "classifier", "1", "8"),
+        ("prm", "geometric", "2", "4"), ("frustum", "geometric", "1", "8"), ("pnp", "geometric", "1", "4"),
+        ("pnp", "", "", "")]
     assert {r["pairs"] for r in rows} == {"3"}
     assert all(float(r["network_ms"]) > 0 and float(r["solver_ms"]) >= 0 and 0 <= float(r["acc"]) <= 1 for r in rows)
     assert all(0 <= int(r["failures"]) <= 3 for r in rows) and rows[0]["failures"] == "0"
@@ -85,7 +86,10 @@ def test_method_syntax():
     assert parse_method("icl=w/a.safetensors") == MethodSpec("icl", Path("w/a.safetensors"))
     assert parse_method("x=a.safetensors:solver=pnp:mask=classifier") == MethodSpec(
         "x", Path("a.safetensors"), "pnp", "classifier")
-    for bad in ("a.safetensors", "=a.safetensors", "x=a.safetensors:solver=ransac", "x=a.safetensors:seed=1"):
+    assert parse_method("x=a.safetensors:queries=16:iterations=2") == MethodSpec(
+        "x", Path("a.safetensors"), iterations=2, queries=16)
+    for bad in ("a.safetensors", "=a.safetensors", "x=a.safetensors:solver=ransac", "x=a.safetensors:seed=1",
+                "x=a.safetensors:iterations=0", "x=a.safetensors:queries=half", "x=a.safetensors:queries=-4"):
         with pytest.raises(InputError):
             parse_method(bad)
 
@@ -94,6 +98,10 @@ def test_bad_combinations_are_refused(setup, tmp_path):
     matching = tiny_weights(tmp_path / "m.safetensors", matching=True)
     with pytest.raises(InputError, match="matching baseline"):
         compare([f"m={matching}:solver=prm"], setup["root"], tmp_path, overrides=ON_SEQUENCE_00, progress=False)
+    with pytest.raises(InputError, match="matching baseline"):
+        compare([f"m={matching}:queries=2"], setup["root"], tmp_path, overrides=ON_SEQUENCE_00, progress=False)
+    with pytest.raises(InputError, match="iterations=2, but the weights have 1"):
+        compare([f"a={setup['icl']}:iterations=2"], setup["root"], tmp_path, overrides=ON_SEQUENCE_00, progress=False)
     with pytest.raises(InputError, match="distinct"):
         compare([f"a={setup['icl']}", f"a={setup['icl']}"], setup["root"], tmp_path, progress=False)
     with pytest.raises(InputError, match="i2preg compare"):

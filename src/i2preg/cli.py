@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="ICL, its ablations and the matching baseline on one test set, one table")
     p.add_argument("--method", action="append", required=True,
-                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier]",
-                   help="a method to run (repeat); the weights' header says which model it is")
+                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier][:iterations=N][:queries=K]",
+                   help="a method to run (repeat); the weights' header says which model it is; iterations and "
+                        "queries keep part of a trained ICLM")
     p.add_argument("--data", help="dataset root (default: the config's data.root)")
     p.add_argument("--config", help="YAML file or bundled name whose data and eval sections all methods use")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")

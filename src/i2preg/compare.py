@@ -6,9 +6,14 @@ A method is ``NAME=WEIGHTS[:OPTION=VALUE]...`` (the weights' header says which m
     icl+pnp=runs/a/model.safetensors:solver=pnp       ICL, PnP-RANSAC on its own pairs kp_2d <-> kp_3d
     icl-cls=runs/a/model.safetensors:mask=classifier  ICL, ICLM's point mask from the classifier alone
     gpdm=runs/a/model.safetensors:solver=frustum      GPDM's frustum pose alone (no ICLM, no PRM)
+    it1=runs/a/model.safetensors:iterations=1         ICL with only the first of its trained attention iterations
+    q16=runs/a/model.safetensors:queries=16           ICL with 16 of its trained queries, evenly spaced
     matching=runs/m/model.safetensors                 the explicit-matching baseline (method: matching)
 
-Options (ICL only): ``solver`` = prm | pnp | frustum, ``mask`` = geometric | classifier (default: the weights' own).
+Options (ICL only): ``solver`` = prm | pnp | frustum, ``mask`` = geometric | classifier (default: the weights' own);
+``iterations`` = N and ``queries`` = K prune the trained ICLM at evaluation (``ICLM.prune``; default: all). Those
+are ablations of one trained model; the paper's ablations train each count (``model.iclm.num_iterations``,
+``model.iclm.num_queries``) and compare the weights.
 Every method reads the same pairs (the data is seeded per pair) with the same ``data`` and ``eval`` settings:
 those of ``config`` when given, else of the first method's weights.
 
@@ -60,8 +65,10 @@ from .model.icl import ICL
 from .weights import load_weights, read_weights_config
 
 OPTIONS = {"solver": ("prm", "pnp", "frustum"), "mask": ("geometric", "classifier")}
+COUNT_OPTIONS = ("iterations", "queries")  # positive integers
+OPTIONS_HELP = "solver=prm|pnp|frustum, mask=geometric|classifier, iterations=N, queries=K"
 
-CSV_COLUMNS = ["method", "weights", "solver", "mask", "pairs", "rte_mean", "rte_std", "rte_median", "rre_mean",
+CSV_COLUMNS = ["method", "weights", "solver", "mask", "iterations", "queries", "pairs", "rte_mean", "rte_std", "rte_median", "rre_mean",
                "rre_std", "rre_median", "rre_geodesic_mean", "rre_geodesic_median", "acc", "failures", "network_ms",
                "solver_ms", "peak_mib", "device", "batch_size"]
 
@@ -92,21 +99,26 @@ class MethodSpec:
     weights: Path
     solver: str | None = None  # None: "prm" for ICL, "pnp" for the matching baseline
     mask: str | None = None  # None: the weights' own gpdm.mask_source ("" for the matching baseline)
+    iterations: int | None = None  # None: all the trained ICLM iterations (None for the matching baseline)
+    queries: int | None = None  # None: all the trained queries
 
 
 def parse_method(text: str) -> MethodSpec:
-    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier]"`` -> MethodSpec (module docstring)."""
+    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier][:iterations=N][:queries=K]"`` ->
+    MethodSpec (module docstring)."""
     name, _, rest = text.partition("=")
     weights, *options = rest.split(":")
     if not name.strip() or not weights:
         raise InputError(f"method {text!r} must look like NAME=WEIGHTS[:solver=pnp][:mask=classifier]")
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for option in options:
         key, _, value = option.partition("=")
-        if value not in OPTIONS.get(key, ()):
-            raise InputError(f"method {text!r}: unknown option {option!r} (options: solver=prm|pnp|frustum, "
-                             "mask=geometric|classifier)")
-        values[key] = value
+        if key in COUNT_OPTIONS and value.isdigit() and int(value) > 0:
+            values[key] = int(value)
+        elif value in OPTIONS.get(key, ()):
+            values[key] = value
+        else:
+            raise InputError(f"method {text!r}: unknown option {option!r} (options: {OPTIONS_HELP})")
     return MethodSpec(name.strip(), Path(weights), **values)
 
 
@@ -115,8 +127,9 @@ def method_config(spec: MethodSpec, reference: dict) -> tuple[MethodSpec, dict]:
     the shared ``data`` and ``eval`` sections)."""
     weights_config = read_weights_config(spec.weights)
     method = weights_config.get("method", "icl")
-    if method == "matching" and (spec.solver == "prm" or spec.mask is not None):
-        raise InputError(f"method {spec.name}: the matching baseline takes no solver=prm or mask option", spec.weights)
+    if method == "matching" and (spec.solver == "prm" or spec.mask or spec.iterations or spec.queries):
+        raise InputError(f"method {spec.name}: the matching baseline takes no solver=prm, mask, iterations or queries "
+                         "option", spec.weights)
     if method == "matching":
         weights_config = matching_config(weights_config)
     cfg = evaluation_config({**weights_config, "data": reference["data"], "eval": reference["eval"]})
@@ -124,7 +137,12 @@ def method_config(spec: MethodSpec, reference: dict) -> tuple[MethodSpec, dict]:
         return replace(spec, solver="pnp", mask=""), cfg
     if spec.mask is not None:
         cfg["model"]["gpdm"]["mask_source"] = spec.mask
-    return replace(spec, solver=spec.solver or "prm", mask=cfg["model"]["gpdm"]["mask_source"]), cfg
+    trained = {"iterations": cfg["model"]["iclm"]["num_iterations"], "queries": cfg["model"]["iclm"]["num_queries"]}
+    counts = {key: getattr(spec, key) or trained[key] for key in COUNT_OPTIONS}
+    for key, count in counts.items():
+        if count > trained[key]:
+            raise InputError(f"method {spec.name}: {key}={count}, but the weights have {trained[key]}", spec.weights)
+    return replace(spec, solver=spec.solver or "prm", mask=cfg["model"]["gpdm"]["mask_source"], **counts), cfg
 
 
 class PeakMemory:
@@ -194,6 +212,8 @@ def run_method(spec: MethodSpec, cfg: dict, pairs: Subset, batch_size: int, devi
     cv2.setRNGSeed(0)
     model = MatchingNet(cfg["model"]) if cfg.get("method", "icl") == "matching" else ICL(cfg["model"])
     load_weights(model, spec.weights)
+    if isinstance(model, ICL):
+        model.iclm.prune(spec.iterations, spec.queries)
     loader = DataLoader(pairs, batch_size=batch_size, collate_fn=Collate(cfg["model"]),
                         num_workers=int(cfg["train"]["num_workers"]))
     poses, truths, successes, network_s, solver_s = [], [], [], 0.0, 0.0
@@ -213,6 +233,7 @@ def run_method(spec: MethodSpec, cfg: dict, pairs: Subset, batch_size: int, devi
     stats = summarize(registration_errors(np.concatenate(poses), np.concatenate(truths)), **cfg["eval"]["thresholds"])
     return {
         "method": spec.name, "weights": str(spec.weights), "solver": spec.solver, "mask": spec.mask,
+        "iterations": spec.iterations or "", "queries": spec.queries or "",
         **{key: stats[key] for key in CSV_COLUMNS if key in stats},
         "failures": int((~np.concatenate(successes)).sum()),
         "network_ms": 1000 * network_s / len(pairs), "solver_ms": 1000 * solver_s / len(pairs),

@@ -9,6 +9,8 @@ its cell of a grid over the image, added to it as the pixels' positional encodin
 logits get log N(uv_t; a_q, s^2) and its 3D heatmap logits log N(pi(T_f p_j); a_q, s^2), with s = anchor_sigma
 x image width and pi(T_f p_j) the point's projection through the frustum pose. The queries start spread over
 the image and paired through the frustum pose, instead of being free to collapse onto one pair.
+
+``ICLM.prune`` is an eval-time ablation of trained weights: fewer attention iterations or fewer queries.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class ICLM(nn.Module):
         d, heads, iterations = conf["dim"], conf["num_heads"], conf["num_iterations"]
         self.anchor_sigma = float(conf.get("anchor_sigma", 0.0))
         self.queries = nn.Parameter(torch.randn(conf["num_queries"], d))
+        self.anchor_cells = conf["num_queries"]  # the anchor grid's cell count, fixed by training
+        self.register_buffer("query_cells", torch.arange(conf["num_queries"]), persistent=False)  # each query's cell
         self.image_proj = nn.Linear(image_dim, d)
         self.point_proj = nn.Linear(point_dim, d)
         self.pixel_pos = mlp([2, d, d])
@@ -64,7 +68,7 @@ class ICLM(nn.Module):
         x = self.queries.expand(pixel_feats.shape[0], -1, -1)
         prior_2d = prior_3d = 0.0
         if self.anchor_sigma > 0:
-            anchors = anchor_grid(len(self.queries), H, W).to(x)
+            anchors = anchor_grid(self.anchor_cells, H, W).to(x)[self.query_cells]
             x = x + self.pixel_pos(anchors / anchors.new_tensor([W, H]))
             variance = 2 * (self.anchor_sigma * W) ** 2
             prior_2d = -(anchors[:, None] - pixel_uv).square().sum(-1) / variance  # (Nq, T)
@@ -92,6 +96,22 @@ class ICLM(nn.Module):
             "desc_2d": desc_2d,
             "desc_3d": desc_3d,
         }
+
+    def prune(self, num_iterations: int | None = None, num_queries: int | None = None) -> None:
+        """Keep the first ``num_iterations`` attention iterations and ``num_queries`` of the queries, evenly spaced
+        over the trained ones (query (i * N_q) // num_queries; anchored queries keep their anchors). None keeps all."""
+        iterations = len(self.pixel_attention)
+        if num_iterations is not None:
+            if not 1 <= num_iterations <= iterations:
+                raise ValueError(f"num_iterations must be 1..{iterations} (trained), got {num_iterations}")
+            for name in ("self_attention_1", "pixel_attention", "self_attention_2", "point_attention"):
+                setattr(self, name, getattr(self, name)[:num_iterations])
+        if num_queries is not None:
+            if not 1 <= num_queries <= len(self.queries):
+                raise ValueError(f"num_queries must be 1..{len(self.queries)} (trained), got {num_queries}")
+            keep = torch.arange(num_queries) * len(self.queries) // num_queries
+            self.queries = nn.Parameter(self.queries.detach()[keep])
+            self.query_cells = self.query_cells[keep]
 
 
 def anchor_grid(num: int, height: int, width: int) -> torch.Tensor:
