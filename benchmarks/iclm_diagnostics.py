@@ -10,7 +10,8 @@ the GT one (what pairing through GPDM's pose alone scores: below it, ICLM sees m
 pairs under 8 px (what PnP-RANSAC would have as inliers). The heatmaps'
 entropy is given against a uniform one (log T over all pixel tokens, log of the masked points). PRM's residual
 (rotation in degrees, translation in metres) is compared with the residual the frustum pose actually needs.
-Prints a Markdown table of means (and medians) over the pairs.
+Prints a Markdown table of means (and medians) over the pairs; with ``--per-query``, also each query's median
+projection error and share under the inlier threshold, laid out as the anchor grid (``iclm.anchor_grid``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from i2preg.evaluate import evaluation_config
 from i2preg.geometry import project_points, rotation_to_axis_angle, transform_points
 from i2preg.losses import MIN_DEPTH, residual_target
 from i2preg.model.icl import ICL
+from i2preg.model.iclm import anchor_grid
 from i2preg.weights import bundled_weights, load_weights, read_weights_config
 
 
@@ -68,6 +70,7 @@ def pair_statistics(out: dict, batch: dict, inlier_px: float) -> dict[str, np.nd
         "needed_rotation_deg": rotation_deg(dR_gt),
         "prm_translation_m": out["residual_translation"].norm(dim=-1),
         "needed_translation_m": dt_gt.norm(dim=-1),
+        "query_error_px": torch.where(in_front.bool(), error, torch.nan),  # (B, Q), NaN: behind the GT camera
     }
     return {k: v.double().cpu().numpy() for k, v in stats.items()}
 
@@ -80,6 +83,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--inlier-px", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-query", action="store_true", help="each query's errors, as the anchor grid")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -95,11 +99,30 @@ def main() -> None:
         for batch in loader:
             parts.append(pair_statistics(model(batch), batch, args.inlier_px))
     stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    query_error = stats.pop("query_error_px")
 
     print(f"{args.weights} on {len(stats['corr_px'])} {args.split} pairs of {args.data}\n")
     print("| quantity | mean | median |\n|---|---|---|")
     for key, values in stats.items():
         print(f"| {key} | {values.mean():.3f} | {np.median(values):.3f} |")
+    if args.per_query:
+        print_query_grid(query_error, cfg["model"]["image_size"], args.inlier_px)
+
+
+def print_query_grid(query_error: np.ndarray, image_size: list[int], inlier_px: float) -> None:
+    """query_error: (pairs, Q) pixels, NaN where the 3D keypoint is behind the camera. One Markdown table a
+    statistic, a row per row of anchors (top first), a column per column (left first)."""
+    anchors = anchor_grid(query_error.shape[1], *image_size).numpy()
+    rows, cols = len(np.unique(anchors[:, 1])), len(np.unique(anchors[:, 0]))
+    median = np.nanmedian(query_error, axis=0)
+    inliers = 100 * np.nanmean(np.where(np.isnan(query_error), np.nan, query_error < inlier_px), axis=0)
+    for title, values, fmt in (("median error (px)", median, "{:.1f}"), (f"% under {inlier_px:g} px", inliers, "{:.0f}")):
+        grid = np.full(rows * cols, np.nan)
+        grid[: len(values)] = values
+        print(f"\n{title}, query q at row q // {cols}, column q % {cols} of the anchor grid\n")
+        print("| row | " + " | ".join(str(c) for c in range(cols)) + " |\n|---" * 1 + "|---" * cols + "|")
+        for r, line in enumerate(grid.reshape(rows, cols)):
+            print(f"| {r} | " + " | ".join(fmt.format(v) for v in line) + " |")
 
 
 if __name__ == "__main__":
