@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from i2preg.config import deep_update, parse_override
 from i2preg.data.collate import Collate
 from i2preg.data.pairs import build_dataset
 from i2preg.evaluate import evaluation_config
@@ -84,10 +85,15 @@ def main() -> None:
     parser.add_argument("--inlier-px", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-query", action="store_true", help="each query's errors, as the anchor grid")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override an inference setting (evaluate.INFERENCE_SETTINGS)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = evaluation_config(read_weights_config(args.weights))
+    overrides: dict = {}
+    for text in args.set or []:
+        overrides = deep_update(overrides, parse_override(text))
+    cfg = evaluation_config(read_weights_config(args.weights), overrides=overrides)
     dataset = build_dataset(cfg, args.split, args.data)
     loader = DataLoader(Subset(dataset, range(min(args.pairs, len(dataset)))), batch_size=8,
                         collate_fn=Collate(cfg["model"]))
