@@ -137,25 +137,6 @@ def test_anchored_queries_start_at_their_anchors_in_both_modalities():
     assert (free["kp_2d"] - anchors).norm(dim=-1).mean() > 5  # without anchors they gather near the centre
 
 
-def test_local_prior_puts_each_2d_keypoint_at_the_frustum_projection_of_its_3d_keypoint():
-    """local_sigma > 0: with tight priors, query q's 3D keypoint is the point nearest its anchor and its 2D
-    keypoint that point's frustum-pose projection, not the anchor."""
-    torch.manual_seed(0)
-    B, C, H, W = 2, 8, 32, 64
-    conf = {"dim": 16, "num_queries": 8, "num_iterations": 1, "num_heads": 4, "anchor_sigma": 0.01,
-            "local_sigma": 0.02}
-    anchors = anchor_grid(8, H, W)
-    v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    pixel_uv = torch.stack([u, v], -1).reshape(-1, 2).float()
-    point_uv = anchors + torch.rand(B, 8, 2) * 6 - 3  # each point within 3 px of an anchor
-    xyz = torch.randn(B, 8, 3)
-    out = ICLM(C, C, conf)(torch.randn(B, H * W, C), pixel_uv, (H, W), torch.randn(B, 8, C), xyz, xyz,
-                           torch.ones(B, 8, dtype=torch.bool), point_uv)
-    torch.testing.assert_close(out["kp_3d"], xyz, atol=1e-3, rtol=0)
-    torch.testing.assert_close(out["kp_2d"], point_uv, atol=0.3, rtol=0)
-    assert (out["kp_2d"] - anchors).norm(dim=-1).mean() > 1
-
-
 def test_pruned_iclm_is_its_first_iterations_and_keeps_the_anchors_of_its_queries():
     """prune(num_iterations=1) gives what an ICLM built with one iteration computes from the same weights;
     prune(num_queries=4) of 8 keeps queries 0, 2, 4, 6 with their own anchors."""

@@ -97,7 +97,7 @@ def pair_list(text: str) -> list[int]:
 
 
 INFERENCE_SETTINGS = {("gpdm", "mask_source"), ("gpdm", "refine_iterations"), ("gpdm", "refine_shrink"),
-                      ("gpdm", "refine_points"), ("iclm", "local_sigma")}
+                      ("gpdm", "refine_points")}
 """(section, key) of the model settings an evaluation may override: they change what the network computes
 with its weights, not the weights."""
 

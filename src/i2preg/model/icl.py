@@ -60,8 +60,7 @@ class ICL(nn.Module):
             "refine_points": 0,  # > 0: a grid scores only this many coarse points, those nearest its view
         },
         "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4,
-                 "anchor_sigma": 0.0,  # > 0: anchored queries (iclm.py; beyond the paper)
-                 "local_sigma": 0.0},  # > 0: 2D prior about the frustum-pose pairing (iclm.py; beyond the paper)
+                 "anchor_sigma": 0.0},  # > 0: anchored queries (iclm.py; beyond the paper)
         "prm": {"dim": 128},
     }
 
@@ -122,7 +121,7 @@ class ICL(nn.Module):
                 out["coarse_xyz"],
                 xyz_frustum,
                 out["mask"],
-                project_points(xyz_frustum, batch["K"])[0] if self.iclm.anchor_sigma or self.iclm.local_sigma else None,
+                project_points(xyz_frustum, batch["K"])[0] if self.iclm.anchor_sigma > 0 else None,
             )
         )
         prm_inputs = [out["kp_2d"], out["kp_3d"], out["desc_2d"], out["desc_3d"]]

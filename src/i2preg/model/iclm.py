@@ -10,10 +10,6 @@ logits get log N(uv_t; a_q, s^2) and its 3D heatmap logits log N(pi(T_f p_j); a_
 x image width and pi(T_f p_j) the point's projection through the frustum pose. The queries start spread over
 the image and paired through the frustum pose, instead of being free to collapse onto one pair.
 
-Beyond the paper (``local_sigma`` > 0): the 2D heatmap's prior is centred instead at c_q = sum_j H_P[q, j]
-pi(T_f p_j), where the query's 3D keypoint projects through the frustum pose, with s = local_sigma x image
-width: each pair starts as its frustum-pose pairing and the 2D branch only has to correct it locally.
-
 ``ICLM.prune`` is an eval-time ablation of trained weights: fewer attention iterations or fewer queries.
 """
 
@@ -32,7 +28,6 @@ class ICLM(nn.Module):
         super().__init__()
         d, heads, iterations = conf["dim"], conf["num_heads"], conf["num_iterations"]
         self.anchor_sigma = float(conf.get("anchor_sigma", 0.0))
-        self.local_sigma = float(conf.get("local_sigma", 0.0))
         self.queries = nn.Parameter(torch.randn(conf["num_queries"], d))
         self.anchor_cells = conf["num_queries"]  # the anchor grid's cell count, fixed by training
         self.register_buffer("query_cells", torch.arange(conf["num_queries"]), persistent=False)  # each query's cell
@@ -61,8 +56,7 @@ class ICLM(nn.Module):
         """pixel_feats: (B, T, Ci) tokens, pixel_uv: (T, 2) their centres in input-image pixels, image_size (H, W);
         point_feats: (B, M, Cp), point_xyz: (B, M, 3) cloud frame, point_xyz_frustum: (B, M, 3) the same points in
         the frustum-pose camera frame (positional encoding); mask: (B, M) bool, points that may be attended;
-        point_uv_frustum: (B, M, 2) their projections through the frustum pose (needed with ``anchor_sigma`` or
-        ``local_sigma``).
+        point_uv_frustum: (B, M, 2) their projections through the frustum pose (needed with ``anchor_sigma``).
 
         Returns kp_2d (B, Nq, 2) pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T); heatmap_3d (B, Nq, M)
         (exactly 0 on masked-out points); desc_2d, desc_3d (B, Nq, d): the queries after the last pixel / point
@@ -88,14 +82,11 @@ class ICLM(nn.Module):
             x = desc_3d = point(x, point_tokens, mask)
 
         scale = 1 / math.sqrt(x.shape[-1])
-        heatmap_3d = masked_softmax(
-            self.heat_query_3d(desc_3d) @ self.heat_key_3d(point_tokens).transpose(1, 2) * scale + prior_3d, mask[:, None]
-        )
-        if self.local_sigma > 0:
-            centre = (heatmap_3d @ point_uv_frustum).detach()  # (B, Nq, 2) pixels
-            prior_2d = -(centre[:, :, None] - pixel_uv).square().sum(-1) / (2 * (self.local_sigma * W) ** 2)
         heatmap_2d = masked_softmax(
             self.heat_query_2d(desc_2d) @ self.heat_key_2d(pixel_tokens).transpose(1, 2) * scale + prior_2d, None
+        )
+        heatmap_3d = masked_softmax(
+            self.heat_query_3d(desc_3d) @ self.heat_key_3d(point_tokens).transpose(1, 2) * scale + prior_3d, mask[:, None]
         )
         return {
             "kp_2d": heatmap_2d @ pixel_uv,
