@@ -68,9 +68,9 @@ OPTIONS = {"solver": ("prm", "pnp", "frustum"), "mask": ("geometric", "classifie
 COUNT_OPTIONS = ("iterations", "queries")  # positive integers
 OPTIONS_HELP = "solver=prm|pnp|frustum, mask=geometric|classifier, iterations=N, queries=K"
 
-CSV_COLUMNS = ["method", "weights", "solver", "mask", "iterations", "queries", "pairs", "rte_mean", "rte_std", "rte_median", "rre_mean",
-               "rre_std", "rre_median", "rre_geodesic_mean", "rre_geodesic_median", "acc", "failures", "network_ms",
-               "solver_ms", "peak_mib", "device", "batch_size"]
+CSV_COLUMNS = ["method", "weights", "solver", "mask", "iterations", "queries", "pairs", "rte_mean", "rte_std",
+               "rte_median", "rre_mean", "rre_std", "rre_median", "rre_geodesic_mean", "rre_geodesic_median", "acc",
+               "failures", "network_ms", "solver_ms", "peak_mib", "device", "batch_size"]
 
 PUBLISHED_KITTI = """\
 ## Reference: published KITTI figures (not measured here)
