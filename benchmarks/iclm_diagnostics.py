@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from i2preg.config import deep_update, parse_override
+from i2preg.config import parse_overrides
 from i2preg.data.collate import Collate
 from i2preg.data.pairs import build_dataset
 from i2preg.evaluate import evaluation_config
@@ -90,10 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    overrides: dict = {}
-    for text in args.set or []:
-        overrides = deep_update(overrides, parse_override(text))
-    cfg = evaluation_config(read_weights_config(args.weights), overrides=overrides)
+    cfg = evaluation_config(read_weights_config(args.weights), overrides=parse_overrides(args.set))
     dataset = build_dataset(cfg, args.split, args.data)
     loader = DataLoader(Subset(dataset, range(min(args.pairs, len(dataset)))), batch_size=8,
                         collate_fn=Collate(cfg["model"]))

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import parse_overrides
 from .errors import InputError
 
 
@@ -21,7 +22,7 @@ def _train(args: argparse.Namespace) -> None:
     from .config import load_config
     from .train import train
 
-    overrides = _overrides(args.set)
+    overrides = parse_overrides(args.set)
     cfg = load_config(args.config, overrides)
     for key in ("devices", "num_nodes", "strategy", "accelerator", "precision"):
         value = getattr(args, key)
@@ -37,28 +38,19 @@ def _train(args: argparse.Namespace) -> None:
     print(f"final weights: {train(cfg, run_dir, resume=args.resume, overrides=overrides)}")
 
 
-def _overrides(texts: list[str] | None) -> dict:
-    from .config import deep_update, parse_override
-
-    overrides: dict = {}
-    for text in texts or []:
-        overrides = deep_update(overrides, parse_override(text))
-    return overrides
-
-
 def _eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
     evaluate(args.weights, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
              batch_size=args.batch_size, device=args.device, figure_pairs=args.figure_pairs,
-             overrides=_overrides(args.set), solver=args.solver)
+             overrides=parse_overrides(args.set), solver=args.solver)
 
 
 def _compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
     compare(args.method, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
-            batch_size=args.batch_size, device=args.device, overrides=_overrides(args.set))
+            batch_size=args.batch_size, device=args.device, overrides=parse_overrides(args.set))
 
 
 def _register(args: argparse.Namespace) -> None:
@@ -71,7 +63,7 @@ def _register(args: argparse.Namespace) -> None:
 def _prepare_nuscenes(args: argparse.Namespace) -> None:
     from .data.nuscenes import prepare_nuscenes
 
-    s = prepare_nuscenes(args.root, args.version, args.out, _overrides(args.set), progress=print)
+    s = prepare_nuscenes(args.root, args.version, args.out, parse_overrides(args.set), progress=print)
     print(f"{s.pairs} pairs; dropped: {s.no_camera} without a camera image within reach, {s.few_points} with too few"
           f" points in view; {len(s.night_scenes)} night scenes excluded; train with --config {s.config}")
 

@@ -134,3 +134,11 @@ def parse_override(text: str) -> dict:
         node = node.setdefault(part, {})
     node[parts[-1]] = load_yaml(value)
     return out
+
+
+def parse_overrides(texts: list[str] | None) -> dict:
+    """Several ``parse_override`` texts (repeated ``--set``) merged into one nested dict, later ones winning."""
+    overrides: dict = {}
+    for text in texts or []:
+        overrides = deep_update(overrides, parse_override(text))
+    return overrides
