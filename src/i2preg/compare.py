@@ -66,7 +66,8 @@ from .weights import load_weights, read_weights_config
 
 OPTIONS = {"solver": ("prm", "pnp", "frustum"), "mask": ("geometric", "classifier")}
 COUNT_OPTIONS = ("iterations", "queries")  # positive integers
-OPTIONS_HELP = "solver=prm|pnp|frustum, mask=geometric|classifier, iterations=N, queries=K"
+OPTIONS_HELP = ", ".join([f"{key}={'|'.join(values)}" for key, values in OPTIONS.items()]
+                         + [f"{key}=N" for key in COUNT_OPTIONS])
 
 CSV_COLUMNS = ["method", "weights", "solver", "mask", "iterations", "queries", "pairs", "rte_mean", "rte_std",
                "rte_median", "rre_mean", "rre_std", "rre_median", "rre_geodesic_mean", "rre_geodesic_median", "acc",
