@@ -72,6 +72,16 @@ def _index_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _add_test_set_arguments(p: argparse.ArgumentParser, config_help: str) -> None:
+    """The test set and how to run on it, as ``eval`` and ``compare`` share them."""
+    p.add_argument("--data", help="dataset root (KITTI Odometry layout; default: the config's data.root)")
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--limit", type=int, help="the first N pairs only")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -110,12 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate weights with the benchmark protocol: table, pairs.csv, summary.json, figures")
     p.add_argument("--weights", required=True, help="a .safetensors file written by i2preg train")
-    p.add_argument("--data", help="dataset root (KITTI Odometry layout; default: the config's data.root)")
-    p.add_argument("--config", help="YAML file or bundled name whose data and eval sections replace the weights'")
-    p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--limit", type=int, help="evaluate the first N pairs only")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    _add_test_set_arguments(p, config_help="YAML file or bundled name whose data and eval sections replace the weights'")
     p.add_argument("--out", default="outputs/eval", help="folder for pairs.csv, summary.json and the figures")
     p.add_argument("--figure-pairs", dest="figure_pairs", type=_index_list, metavar="I,J,...",
                    help="indices of the pairs to draw (default: the first 3; '' for none)")
@@ -129,12 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier][:iterations=N][:queries=K]",
                    help="a method to run (repeat); the weights' header says which model it is; iterations and "
                         "queries keep part of a trained ICLM")
-    p.add_argument("--data", help="dataset root (default: the config's data.root)")
-    p.add_argument("--config", help="YAML file or bundled name whose data and eval sections all methods use")
-    p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--limit", type=int, help="the first N pairs only")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    _add_test_set_arguments(p, config_help="YAML file or bundled name whose data and eval sections all methods use")
     p.add_argument("--out", default="outputs/compare", help="folder for comparison.md and comparison.csv")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=_compare)
