@@ -94,12 +94,15 @@ def test_two_stages_write_loadable_weights_with_config(tiny_root, tmp_path):
         assert "val/acc" in header and "val/rte" in header and "train/total" in header
 
 
-@pytest.mark.parametrize("kill_at", ["2:2", "2:3"], ids=["epoch-boundary", "mid-epoch"])
+@pytest.mark.parametrize("kill_at", ["2:2", "2:1"], ids=["epoch-boundary", "mid-epoch"])
 def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path, kill_at):
     """Stage 1 for 2 epochs and stage 2 for 2 epochs of 2 steps; a second run is killed in stage 2 at
-    global step 2 (the start of its second epoch: the last checkpoint is an epoch-end one) or 3
-    (mid-epoch: the last checkpoint is a step one), then resumed."""
-    cfg = tiny_config(tiny_root, stage1_epochs=2, stage2_epochs=2, limit_train_batches=2, checkpoint_every_n_steps=1)
+    global step 2 (the start of its second epoch: the last checkpoint is an epoch-end one) or 1
+    (inside its first epoch: the last checkpoint is a step one), then resumed. With a loader worker, which
+    draws batches before Lightning's on_train_* hooks run (it once resumed in epoch 0's order and cut the
+    following epoch short)."""
+    cfg = tiny_config(tiny_root, stage1_epochs=2, stage2_epochs=2, limit_train_batches=2, checkpoint_every_n_steps=1,
+                      num_workers=1)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     whole = run_script(tmp_path, KILLABLE_TRAIN, str(config), str(tmp_path / "whole"))

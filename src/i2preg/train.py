@@ -11,7 +11,7 @@ A run lives in ``runs/NAME/``::
 ``--resume`` continues where a killed run stopped, in the stage it was in; with a longer schedule
 (``SCHEDULE_KEYS``, e.g. ``--resume --set train.stage1_epochs=15``) it also trains a finished run on from its last
 checkpoint. Every random choice of a
-training sample is a function of (seed, epoch, index), so a run resumed from an epoch-boundary
+training sample is a function of (seed, epoch, index), so a run resumed from an epoch-end or a mid-epoch
 checkpoint ends with exactly the weights of an uninterrupted run (CPU, deterministic algorithms).
 """
 
@@ -87,12 +87,24 @@ class ICLModule(L.LightningModule):
     def forward(self, batch: dict) -> dict:
         return self.model(batch) if self.stage == 2 else self.model.forward_gpdm(batch)
 
-    def on_train_start(self) -> None:
-        """Resumed mid-epoch: skip the batches of this epoch that the checkpoint already trained on."""
-        loop = self.trainer.fit_loop
-        if loop.restarted_mid_epoch:
-            done = loop.epoch_loop.batch_progress.current.processed
-            self.trainer.train_dataloader.sampler.skip = done * int(self.cfg["train"]["batch_size"])
+    def train_dataloader(self) -> DataLoader:
+        """The training pairs, from where the restored loop stands: its epoch, after the batches of that epoch
+        a mid-epoch checkpoint trained on. Lightning asks for the loader once the checkpoint is restored and
+        draws its first batches before any ``on_train_*`` hook, so the sampler must know both here."""
+        loader = make_loader(self.cfg, "train")
+        epochs, batches = self.trainer.fit_loop.epoch_progress.current, self.trainer.fit_loop.epoch_loop.batch_progress
+        epoch, skip = epochs.processed, 0
+        if epochs.started > epochs.processed:  # saved inside epoch ``processed``: after a batch...
+            if batches.is_last_batch:  # ...its last (Lightning goes on with the next epoch)
+                epoch += 1
+            else:
+                skip = batches.current.processed * int(self.cfg["train"]["batch_size"])
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.skip = skip
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.cfg, "val", limit=self.cfg["train"]["val_pairs"])
 
     def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         """The loss terms of this stage, with ``total``."""
@@ -252,16 +264,11 @@ def stage_finished(weights: Path, cfg: dict) -> bool:
 
 
 def fit_stage(module: L.LightningModule, cfg: dict, run_dir: Path, stage: int, weights: Path, resume: bool) -> None:
-    """Fit ``module`` for one stage as ``cfg`` sets the trainer and data (from the stage's last checkpoint on
-    resume) and save its weights with the module's own config."""
+    """Fit ``module`` (its own ``train_dataloader`` and ``val_dataloader``) for one stage with the trainer ``cfg``
+    sets (from the stage's last checkpoint on resume) and save its weights with the module's own config."""
     last = run_dir / f"stage{stage}" / "last.ckpt"
     trainer = _trainer(cfg, run_dir, stage)
-    trainer.fit(
-        module,
-        make_loader(cfg, "train"),
-        make_loader(cfg, "val", limit=cfg["train"]["val_pairs"]),
-        ckpt_path=str(last) if resume and last.exists() else None,
-    )
+    trainer.fit(module, ckpt_path=str(last) if resume and last.exists() else None)
     if trainer.interrupted:
         raise KeyboardInterrupt
     if trainer.is_global_zero:
