@@ -47,12 +47,18 @@ KILLABLE_TRAIN = """
     from i2preg import train as training
 
     cfg = yaml.safe_load(open(sys.argv[1]))
-    kill_stage, kill_step = (int(x) for x in sys.argv[3].split(":")) if len(sys.argv) > 3 else (0, 0)
+    kill_stage, kill_step, kill_hook = (sys.argv[3] if len(sys.argv) > 3 else "0:0:batch").split(":")
 
     class Kill(L.Callback):
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if module.stage == kill_stage and trainer.global_step == kill_step:
+        def kill(self, trainer, module, hook):
+            if (module.stage, trainer.global_step, hook) == (int(kill_stage), int(kill_step), kill_hook):
                 os._exit(17)  # as abrupt as a kill -9: nothing is saved on the way out
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.kill(trainer, module, "batch")
+
+        def on_validation_start(self, trainer, module):
+            self.kill(trainer, module, "val")
 
     make_trainer = training._trainer
     def with_kill(cfg, run_dir, stage):
@@ -94,13 +100,15 @@ def test_two_stages_write_loadable_weights_with_config(tiny_root, tmp_path):
         assert "val/acc" in header and "val/rte" in header and "train/total" in header
 
 
-@pytest.mark.parametrize("kill_at", ["2:2", "2:1"], ids=["epoch-boundary", "mid-epoch"])
+@pytest.mark.parametrize("kill_at", ["2:2:batch", "2:1:batch", "2:2:val"],
+                         ids=["epoch-boundary", "mid-epoch", "validation-after-last-batch"])
 def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path, kill_at):
     """Stage 1 for 2 epochs and stage 2 for 2 epochs of 2 steps; a second run is killed in stage 2 at
-    global step 2 (the start of its second epoch: the last checkpoint is an epoch-end one) or 1
-    (inside its first epoch: the last checkpoint is a step one), then resumed. With a loader worker, which
-    draws batches before Lightning's on_train_* hooks run (it once resumed in epoch 0's order and cut the
-    following epoch short)."""
+    global step 2 (the start of its second epoch: the last checkpoint is an epoch-end one), at step 1
+    (inside its first epoch: the last checkpoint is a step one) or in the first epoch's validation (the last
+    checkpoint is the step one of the epoch's last batch: the resumed run goes on with the next epoch), then
+    resumed. With a loader worker, which draws batches before Lightning's on_train_* hooks run (it once
+    resumed in epoch 0's order and cut the following epoch short)."""
     cfg = tiny_config(tiny_root, stage1_epochs=2, stage2_epochs=2, limit_train_batches=2, checkpoint_every_n_steps=1,
                       num_workers=1)
     config = tmp_path / "config.yaml"
