@@ -60,13 +60,7 @@ KILLABLE_TRAIN = """
         def on_validation_start(self, trainer, module):
             self.kill(trainer, module, "val")
 
-    make_trainer = training._trainer
-    def with_kill(cfg, run_dir, stage):
-        trainer = make_trainer(cfg, run_dir, stage)
-        trainer.callbacks.append(Kill())
-        return trainer
-    training._trainer = with_kill
-    training.train(cfg, sys.argv[2], resume=True)
+    training.train(cfg, sys.argv[2], resume=True, callbacks=[Kill()])
 """
 
 
@@ -143,13 +137,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_root, tmp_path):
             def on_train_end(self, trainer, module):
                 torch.save(module.model.state_dict(), f"{sys.argv[2]}/rank{trainer.global_rank}_stage{module.stage}.pt")
 
-        make_trainer = training._trainer
-        def with_save(cfg, run_dir, stage):
-            trainer = make_trainer(cfg, run_dir, stage)
-            trainer.callbacks.append(SaveRankWeights())
-            return trainer
-        training._trainer = with_save
-        training.train(yaml.safe_load(open(sys.argv[1])), sys.argv[2])
+        training.train(yaml.safe_load(open(sys.argv[1])), sys.argv[2], callbacks=[SaveRankWeights()])
     """
     result = run_script(tmp_path, body, str(config), str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]

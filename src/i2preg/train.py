@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -166,7 +166,7 @@ def make_loader(cfg: dict, split: str, limit: int | None = None) -> DataLoader:
     )
 
 
-def _trainer(cfg: dict, run_dir: Path, stage: int) -> L.Trainer:
+def _trainer(cfg: dict, run_dir: Path, stage: int, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     train = cfg["train"]
     stage_dir = run_dir / f"stage{stage}"
     # Both write last.ckpt (the newest of a step and an epoch-end checkpoint), which --resume reads.
@@ -175,6 +175,7 @@ def _trainer(cfg: dict, run_dir: Path, stage: int) -> L.Trainer:
         ModelCheckpoint(filename="step{step:07d}", every_n_train_steps=int(train["checkpoint_every_n_steps"]),
                         save_top_k=1, **common),
         ModelCheckpoint(filename="epoch{epoch:03d}", save_on_train_epoch_end=True, save_top_k=-1, **common),
+        *callbacks,
     ]
     # One log version per launch (stage1/version_0, version_1 after a resume...): CSVLogger would delete
     # the metrics.csv of an earlier launch in the same folder.
@@ -203,14 +204,16 @@ def _trainer(cfg: dict, run_dir: Path, stage: int) -> L.Trainer:
     )
 
 
-def train(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict | None = None) -> Path:
+def train(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict | None = None,
+          callbacks: Sequence[L.Callback] = ()) -> Path:
     """Run the stages of ``train.stages`` (stage 1 then 2), or continue a killed run (``resume``), for longer
     when ``overrides`` (``--set``: on resume only ``train.SCHEDULE_KEYS``) say so; returns the path of the
-    weights of the last stage run. A config with ``method: matching`` trains the baseline instead."""
+    weights of the last stage run. ``callbacks`` join every stage's Trainer. A config with ``method: matching``
+    trains the baseline instead."""
     if cfg.get("method", "icl") == "matching":
         from .baselines.train_matching import train_matching  # it builds on this module
 
-        return train_matching(cfg, run_dir, resume, overrides)
+        return train_matching(cfg, run_dir, resume, overrides, callbacks)
     run_dir = Path(run_dir)
     cfg = run_config(cfg, run_dir, resume, full_config, overrides)
     torch.set_float32_matmul_precision("high")
@@ -228,7 +231,7 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict 
             unmatched = load_weights(module.model, Path(start), strict=bool(cfg["train"]["init_strict"]))
             if unmatched:
                 print(f"warm start from {start}: {len(unmatched)} tensors not shared with the model: {', '.join(unmatched)}")
-        fit_stage(module, cfg, run_dir, stage, done, resume)
+        fit_stage(module, cfg, run_dir, stage, done, resume, callbacks)
     return run_dir / ("model.safetensors" if stages[-1] == 2 else "stage1.safetensors")
 
 
@@ -263,11 +266,13 @@ def stage_finished(weights: Path, cfg: dict) -> bool:
     return all(trained.get(key) == cfg["train"][key] for key in SCHEDULE_KEYS)
 
 
-def fit_stage(module: L.LightningModule, cfg: dict, run_dir: Path, stage: int, weights: Path, resume: bool) -> None:
+def fit_stage(module: L.LightningModule, cfg: dict, run_dir: Path, stage: int, weights: Path, resume: bool,
+              callbacks: Sequence[L.Callback] = ()) -> None:
     """Fit ``module`` (its own ``train_dataloader`` and ``val_dataloader``) for one stage with the trainer ``cfg``
-    sets (from the stage's last checkpoint on resume) and save its weights with the module's own config."""
+    sets and ``callbacks`` (from the stage's last checkpoint on resume) and save its weights with the module's
+    own config."""
     last = run_dir / f"stage{stage}" / "last.ckpt"
-    trainer = _trainer(cfg, run_dir, stage)
+    trainer = _trainer(cfg, run_dir, stage, callbacks)
     trainer.fit(module, ckpt_path=str(last) if resume and last.exists() else None)
     if trainer.interrupted:
         raise KeyboardInterrupt

@@ -9,7 +9,7 @@ and learning-rate schedule as ICL, in one stage as long as ICL's two together. A
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
@@ -50,10 +50,11 @@ def single_stage(cfg: dict) -> dict:
                                        "stage1_max_steps": -1 if -1 in steps else sum(steps)}})
 
 
-def train_matching(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict | None = None) -> Path:
-    """Train the matching baseline (or continue a killed run, for longer with ``overrides`` as in ``train.train``),
-    from ``train.init_weights`` when set; returns the final weights' path. ``train.stages`` does not apply: the
-    baseline has one stage."""
+def train_matching(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict | None = None,
+                   callbacks: Sequence[L.Callback] = ()) -> Path:
+    """Train the matching baseline (or continue a killed run, for longer with ``overrides``, with ``callbacks``,
+    as in ``train.train``), from ``train.init_weights`` when set; returns the final weights' path.
+    ``train.stages`` does not apply: the baseline has one stage."""
     run_dir = Path(run_dir)
     cfg = run_config(cfg, run_dir, resume, matching_config, overrides)
     weights = run_dir / "model.safetensors"
@@ -64,5 +65,5 @@ def train_matching(cfg: dict, run_dir: str | Path, resume: bool = False, overrid
     module = MatchingModule(cfg)
     if cfg["train"]["init_weights"]:
         load_weights(module.model, Path(cfg["train"]["init_weights"]))
-    fit_stage(module, single_stage(cfg), run_dir, 1, weights, resume)
+    fit_stage(module, single_stage(cfg), run_dir, 1, weights, resume, callbacks)
     return weights
