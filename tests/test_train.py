@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,17 +95,19 @@ def test_two_stages_write_loadable_weights_with_config(tiny_root, tmp_path):
         assert "val/acc" in header and "val/rte" in header and "train/total" in header
 
 
-@pytest.mark.parametrize("kill_at", ["2:2:batch", "2:1:batch", "2:2:val"],
-                         ids=["epoch-boundary", "mid-epoch", "validation-after-last-batch"])
-def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path, kill_at):
+@pytest.mark.parametrize(("kill_at", "max_steps"), [("2:2:batch", -1), ("2:1:batch", -1), ("2:2:val", -1),
+                                                     ("2:2:batch", 3)],
+                         ids=["epoch-boundary", "mid-epoch", "validation-after-last-batch", "epoch-boundary-step-limit"])
+def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path, kill_at, max_steps):
     """Stage 1 for 2 epochs and stage 2 for 2 epochs of 2 steps; a second run is killed in stage 2 at
     global step 2 (the start of its second epoch: the last checkpoint is an epoch-end one), at step 1
     (inside its first epoch: the last checkpoint is a step one) or in the first epoch's validation (the last
     checkpoint is the step one of the epoch's last batch: the resumed run goes on with the next epoch), then
     resumed. With a loader worker, which draws batches before Lightning's on_train_* hooks run (it once
-    resumed in epoch 0's order and cut the following epoch short)."""
+    resumed in epoch 0's order and cut the following epoch short). With a step limit (3: each stage stops one
+    step into its second epoch), which once made Lightning close the restored epoch a second time."""
     cfg = tiny_config(tiny_root, stage1_epochs=2, stage2_epochs=2, limit_train_batches=2, checkpoint_every_n_steps=1,
-                      num_workers=1)
+                      num_workers=1, stage1_max_steps=max_steps, stage2_max_steps=max_steps)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     whole = run_script(tmp_path, KILLABLE_TRAIN, str(config), str(tmp_path / "whole"))
@@ -120,6 +123,9 @@ def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path, kill_at):
     assert (tmp_path / "killed" / "stage2" / "version_1" / "metrics.csv").exists() and first_launch.exists()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    for run in ("whole", "killed"):
+        with safe_open(str(tmp_path / run / "model.safetensors"), "pt") as f:
+            assert json.loads(f.metadata()["extra"])["global_step"] == (4 if max_steps == -1 else max_steps)
 
 
 def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_root, tmp_path):

@@ -27,6 +27,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
 from .config import full_config
@@ -166,6 +167,28 @@ def make_loader(cfg: dict, split: str, limit: int | None = None) -> DataLoader:
     )
 
 
+class StepLimit(L.Callback):
+    """Stops training once ``max_steps`` optimizer steps are done (-1: no limit), after the validation Lightning
+    runs when it is told to stop. Lightning's own ``Trainer(max_steps=...)`` is not used: it makes every restore
+    a restart (2.6: ``_FitLoop.restarting``), so a run resumed from an epoch-end checkpoint closes that epoch a
+    second time (one epoch counted too many: ``max_epochs`` ends early and the sampler's epoch is one ahead).
+    A run stopped by the limit inside an epoch and continued with a higher one starts the next epoch."""
+
+    def __init__(self, max_steps: int):
+        self.max_steps = max_steps
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if 0 <= self.max_steps <= trainer.global_step and not trainer.should_stop:
+            trainer.should_stop = True
+            rank_zero_info(f"training stopped: max_steps={self.max_steps} reached")
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer)  # a restored run already at the limit trains no further step
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        self._check(trainer)
+
+
 def _trainer(cfg: dict, run_dir: Path, stage: int, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     train = cfg["train"]
     stage_dir = run_dir / f"stage{stage}"
@@ -175,6 +198,7 @@ def _trainer(cfg: dict, run_dir: Path, stage: int, callbacks: Sequence[L.Callbac
         ModelCheckpoint(filename="step{step:07d}", every_n_train_steps=int(train["checkpoint_every_n_steps"]),
                         save_top_k=1, **common),
         ModelCheckpoint(filename="epoch{epoch:03d}", save_on_train_epoch_end=True, save_top_k=-1, **common),
+        StepLimit(int(train[f"stage{stage}_max_steps"])),
         *callbacks,
     ]
     # One log version per launch (stage1/version_0, version_1 after a resume...): CSVLogger would delete
@@ -185,7 +209,6 @@ def _trainer(cfg: dict, run_dir: Path, stage: int, callbacks: Sequence[L.Callbac
     return L.Trainer(
         default_root_dir=stage_dir,
         max_epochs=int(train[f"stage{stage}_epochs"]),
-        max_steps=int(train[f"stage{stage}_max_steps"]),
         accelerator=train["accelerator"],
         devices=train["devices"],
         num_nodes=int(train["num_nodes"]),
