@@ -31,6 +31,7 @@ from ..geometry import (
     sample_perturbation,
     transform_points,
 )
+from .augment import PHOTOMETRIC_DEFAULTS, photometric_augment
 from .kitti import KittiObject, KittiOdometry
 from .ops import sample_indices, voxel_downsample
 
@@ -47,8 +48,13 @@ PAIR_DEFAULTS: dict[str, Any] = {
     "train_sequences": ["00", "01", "02", "03", "04", "05", "06", "07", "08"],
     "val_sequences": ["09", "10"],
     "test_sequences": ["09", "10"],
+    "photometric": PHOTOMETRIC_DEFAULTS,  # training-time camera-response augmentation (augment.py), off by default
 }
 """The ``data`` config section: the KITTI protocol. A 6-DoF variant only changes ``amplitudes``."""
+
+PHOTOMETRIC_STREAM = 1
+"""Appended to a training pair's seed for its photometric draws, so they leave the pair's other draws as
+they were without augmentation."""
 
 
 @dataclass
@@ -176,6 +182,8 @@ class KittiPairs(torch.utils.data.Dataset):
     by (seed, index). A training key is either an index, drawn from torch's generator (so DataLoader
     workers differ and ``torch.manual_seed`` reproduces a run), or an ``(epoch, index)`` tuple, drawn
     from (seed, epoch, index) alone, which makes a resumed run exactly repeat an uninterrupted one.
+    With ``photometric.enabled``, training images also go through ``augment.photometric_augment``, drawn
+    from the same seed (and ``PHOTOMETRIC_STREAM``).
     """
 
     def __init__(self, frames: KittiOdometry | KittiObject, cfg: dict[str, Any], train: bool = False):
@@ -208,6 +216,9 @@ class KittiPairs(torch.utils.data.Dataset):
             self.frames.image(frame_index, camera), scan[:, :3], scan[:, 3],
             calibration.K, calibration.T_cam_velo, self.cfg, rng, self.train, perturbation,
         )
+        if self.train and self.cfg["photometric"]["enabled"]:
+            photometric_rng = np.random.default_rng([*np.ravel(seed), PHOTOMETRIC_STREAM])
+            pair.image = photometric_augment(pair.image, pair.K, self.cfg["photometric"], photometric_rng)
         sequence, frame = self.frames.frames[frame_index]
         return pair, {"sequence": sequence, "frame": frame, "camera": camera, "index": index}
 
