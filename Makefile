@@ -1,7 +1,11 @@
 # Two commands on a fresh machine: `make test` and `make demo` (both set up .venv first).
 PYTHON ?= python3
 VENV ?= .venv
+# PyTorch is installed first, on its own: plain pip takes it from PyPI, which on Linux is the CUDA build
+# (a few GB with its NVIDIA libraries). For the CPU-only build, pass its wheel index:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -12,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
