@@ -1,10 +1,10 @@
 """Speed of the synthetic street generator on ONE CPU core, for both sensor presets.
 
-Usage: python benchmarks/synth_speed.py [--frames 8] [--seed 0]
+Usage: python benchmarks/synth_speed.py [--frames 8] [--seed 0] [--appearance default varied]
 
 Pins the process to one core before Embree starts, generates a few frames per preset exactly as
-``i2preg synth`` does (both camera images, the LiDAR scan, PNG/bin writing) and prints a Markdown
-table. World building (route, mesh, Embree BVH) is timed separately, also for a long sequence, whose
+``i2preg synth`` does (both camera images, the LiDAR scan, PNG/bin writing), per appearance, and prints
+a Markdown table. World building (route, mesh, Embree BVH) is timed separately, also for a long sequence, whose
 per-frame share is what it adds to a real dataset.
 """
 
@@ -22,6 +22,7 @@ os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before any thread poo
 import numpy as np  # noqa: E402
 
 from i2preg.data.synthetic import SyntheticSequence  # noqa: E402
+from i2preg.data.synthetic.world import APPEARANCES  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -40,9 +41,9 @@ def points_in_view(seq: SyntheticSequence, points: np.ndarray) -> int:
     return int(inside.sum())
 
 
-def build(seed: int, frames: int, sensor: str) -> tuple[SyntheticSequence, float]:
+def build(seed: int, frames: int, sensor: str, appearance: str = "default") -> tuple[SyntheticSequence, float]:
     start = time.perf_counter()
-    seq = SyntheticSequence(seed, 0, frames, sensor)
+    seq = SyntheticSequence(seed, 0, frames, sensor, appearance)
     seq.caster  # noqa: B018 - builds the world and its BVH
     return seq, time.perf_counter() - start
 
@@ -52,14 +53,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--long", type=int, default=1000, help="frames of the long sequence whose world build is timed")
+    parser.add_argument("--appearance", nargs="+", choices=APPEARANCES, default=["default"])
     args = parser.parse_args()
 
     print(f"CPU: {cpu_model()}; {os.cpu_count()} cores, running on {len(os.sched_getaffinity(0))}; "
           f"Python {platform.python_version()}, NumPy {np.__version__}\n")
-    print("| sensor | image | world build (s) | s / frame | rays / s | points / scan | points in view |")
-    print("|---|---|---|---|---|---|---|")
-    for sensor in ("kitti", "nuscenes"):
-        seq, build_s = build(args.seed, args.frames, sensor)
+    print("| appearance | sensor | image | world build (s) | s / frame | rays / s | points / scan | points in view |")
+    print("|---|---|---|---|---|---|---|---|")
+    for appearance, sensor in ((a, s) for a in args.appearance for s in ("kitti", "nuscenes")):
+        seq, build_s = build(args.seed, args.frames, sensor, appearance)
         seq.camera  # noqa: B018 - per-rig ray table, built once per process
         times, sizes, in_view = [], [], []
         with tempfile.TemporaryDirectory() as out:
@@ -75,12 +77,15 @@ def main() -> None:
         rig = seq.rig
         rays = 2 * rig.width * rig.height + len(rig.elevations) * rig.azimuth_steps
         per_frame = float(np.mean(times))
-        print(f"| {sensor} | {rig.width} x {rig.height} | {build_s:.2f} ({args.frames} frames) | {per_frame:.3f} "
+        print(f"| {appearance} | {sensor} | {rig.width} x {rig.height} | {build_s:.2f} ({args.frames} frames) | {per_frame:.3f} "
               f"| {rays / per_frame / 1e6:.2f} M | {np.mean(sizes):,.0f} | {np.mean(in_view):,.0f} |")
 
-    _, long_s = build(args.seed, args.long, "kitti")
-    print(f"\nWorld build for a {args.long}-frame sequence: {long_s:.1f} s ({1000 * long_s / args.long:.1f} ms per frame "
-          "amortised). Rays / s counts both images and the LiDAR scan per frame, end to end.")
+    print()
+    for appearance in args.appearance:
+        _, long_s = build(args.seed, args.long, "kitti", appearance)
+        print(f"World build ({appearance}) for a {args.long}-frame sequence: {long_s:.1f} s "
+              f"({1000 * long_s / args.long:.1f} ms per frame amortised).")
+    print("Rays / s counts both images and the LiDAR scan per frame (not the varied world's shadow rays), end to end.")
 
 
 if __name__ == "__main__":

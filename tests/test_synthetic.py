@@ -1,6 +1,7 @@
 """The synthetic street generator: KITTI layout and formats, determinism, LiDAR-camera geometric
 consistency, the route, and the nuScenes preset."""
 
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,11 @@ from i2preg.data.synthetic import SyntheticSequence, generate_dataset
 from i2preg.errors import InputError
 
 SEED, FRAMES = 7, 2
+# sha256 (see tree_digest) of the default appearance's output, written by the generator as it was before
+# the varied appearance existed (commit 834febd): the bundled model's training data and the 200-pair test
+# set are defined by those bytes.
+KITTI_DIGEST = "0043692cd202f76c11075a3c8b0a2f843dbc67ddc54b778a2f618e2930be4fd2"  # sequence 0, 2 frames, seed 7
+NUSCENES_DIGEST = "68a40714d1a5d40a3094fdaa348fa5b46ba5822034c7cc2fa1c7b456638f7545"  # 1 sequence of 1 frame, seed 7
 
 
 def read_calib(path: Path) -> dict[str, np.ndarray]:
@@ -21,6 +27,16 @@ def read_calib(path: Path) -> dict[str, np.ndarray]:
 def sequence_files(root: Path, sequence: str = "00") -> dict[str, bytes]:
     files = [*(root / "sequences" / sequence).rglob("*"), root / "poses" / f"{sequence}.txt"]
     return {str(f.relative_to(root)): f.read_bytes() for f in sorted(files) if f.is_file()}
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over every file under root, in path order: its relative path, then its bytes."""
+    digest = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            digest.update(str(f.relative_to(root)).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()
 
 
 def camera_pixels(points: np.ndarray, calib: dict[str, np.ndarray], height: int, width: int):
@@ -64,6 +80,35 @@ def test_kitti_layout_and_formats(kitti_root):
     times = np.loadtxt(folder / "times.txt", ndmin=1)
     assert times.shape == (FRAMES,) and times[0] == 0 and np.all(np.diff(times) > 0)
     assert not [f for f in kitti_root.rglob("*") if f.name.endswith(".tmp")]
+
+
+def test_default_appearance_writes_the_old_generators_bytes(kitti_root):
+    assert tree_digest(kitti_root) == KITTI_DIGEST
+
+
+def test_varied_appearance_changes_the_world_not_the_drive(kitti_root, tmp_path):
+    generate_dataset(tmp_path, [0], FRAMES, SEED, progress=False, appearance="varied")
+    varied, default = sequence_files(tmp_path), sequence_files(kitti_root)
+    assert varied.keys() == default.keys()
+    for name in ("poses/00.txt", "sequences/00/calib.txt", "sequences/00/times.txt"):
+        assert varied[name] == default[name]
+    assert all(varied[name] != default[name] for name in varied if name.endswith((".png", ".bin")))
+    seq, plain = SyntheticSequence(SEED, 0, FRAMES, appearance="varied"), SyntheticSequence(SEED, 0, FRAMES)
+    assert seq.world.varied and not plain.world.varied
+    assert len(seq.world.faces) > len(plain.world.faces)  # the clutter
+    assert seq.world.lighting.clouds > 0 and plain.world.lighting.clouds == 0
+    rgb, _ = seq.render(1, 3)
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "sequences" / "00" / "image_3" / "000001.png")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(rgb, written)  # camera responses are seeded per frame and camera
+
+
+def test_varied_scan_agrees_with_its_camera_depth(tmp_path):
+    seq = SyntheticSequence(SEED, 0, FRAMES, appearance="varied")
+    calib = {f"P{i}": seq.rig.P[i] for i in range(4)} | {"Tr": seq.rig.Tr[:3]}
+    uv, z = camera_pixels(seq.scan(0), calib, 376, 1241)
+    _, depth = seq.render(0, 2)
+    error = np.abs(depth[uv[:, 1], uv[:, 0]] - z)
+    assert np.median(error) < 0.1 and np.mean(error < 0.3) > 0.85
 
 
 def test_same_seed_same_bytes_whatever_else_is_generated(kitti_root, tmp_path):
@@ -118,6 +163,7 @@ def test_route_moves_forward_along_the_road():
 
 def test_nuscenes_preset(tmp_path):
     generate_dataset(tmp_path, 1, 1, SEED, sensor="nuscenes", progress=False)
+    assert tree_digest(tmp_path) == NUSCENES_DIGEST
     folder = tmp_path / "sequences" / "00"
     for camera in (2, 3):
         assert cv2.imread(str(folder / f"image_{camera}" / "000000.png")).shape == (900, 1600, 3)
@@ -130,7 +176,8 @@ def test_nuscenes_preset(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(sensor="lidar-only"), dict(sequences=[100]), dict(sequences=[1, 1]), dict(frames=0)]
+    "kwargs", [dict(sensor="lidar-only"), dict(sequences=[100]), dict(sequences=[1, 1]), dict(frames=0),
+               dict(appearance="photoreal")]
 )
 def test_bad_arguments(tmp_path, kwargs):
     args = dict(out_dir=tmp_path, sequences=1, frames=1, seed=0) | kwargs

@@ -8,7 +8,10 @@
     OUT/poses/SS.txt                      3x4 pose of cam0 in the frame of cam0 at frame 0, per frame
 
 Every file is written to a temporary name and renamed, so an interrupted run leaves no partial file.
-A sequence is a pure function of (seed, sequence id, number of frames, sensor).
+A sequence is a pure function of (seed, sequence id, number of frames, sensor, appearance). The ``varied``
+appearance adds street clutter, clouds, sun shadows and facade weathering to the world (world.py), and
+passes every image through a random camera response (``CAMERA_RESPONSE``); ``default`` is the world the
+bundled model and the test set were made with, byte for byte.
 """
 
 from __future__ import annotations
@@ -24,26 +27,36 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from i2preg.data.augment import photometric_augment
 from i2preg.errors import InputError
 from i2preg.files import write_bytes
 from i2preg.geometry import invert_transform, make_transform
 
 from .route import Route
 from .sensors import RIGS, Camera, Lidar, RayCaster, SensorRig
-from .world import StreetGrid, World, build_world
+from .world import APPEARANCES, StreetGrid, World, build_world
 
 _CHUNK = 16  # frames per worker task
+
+CAMERA_RESPONSE = {
+    "exposure": [-0.5, 1.0], "white_balance": 0.1, "vignetting": [0.0, 0.5], "blur": [0.0, 0.9],
+    "shot_noise": [0.0, 0.012], "read_noise": [0.0, 0.004], "gamma": [1.0, 1.6], "saturation": [0.9, 1.6],
+    "jpeg_probability": 0.3, "jpeg_quality": [60, 95],
+}
+"""Ranges of the varied world's camera response per image (``augment.photometric_augment``), milder than
+the training augmentation's."""
 
 
 class SyntheticSequence:
     """One synthetic drive: route, frame poses and times are planned at construction (cheap); the
     world mesh and the sensors are built on first use.
 
-    ``T_world_cam0`` (N, 4, 4): cam0 poses in the world frame; ``times`` (N,) seconds.
+    ``T_world_cam0`` (N, 4, 4): cam0 poses in the world frame; ``times`` (N,) seconds. ``appearance``:
+    one of ``world.APPEARANCES``.
     """
 
-    def __init__(self, seed: int, sequence: int, frames: int, sensor: str = "kitti"):
-        self.seed, self.sequence, self.frames = seed, sequence, frames
+    def __init__(self, seed: int, sequence: int, frames: int, sensor: str = "kitti", appearance: str = "default"):
+        self.seed, self.sequence, self.frames, self.appearance = seed, sequence, frames, appearance
         self.rig: SensorRig = RIGS[sensor]
         self.key = int(np.random.SeedSequence([seed, sequence]).generate_state(1)[0])
         rng = np.random.default_rng([self.key, 0])
@@ -63,7 +76,7 @@ class SyntheticSequence:
 
     @cached_property
     def world(self) -> World:
-        return build_world(self.key, self.grid, self.route.points)
+        return build_world(self.key, self.grid, self.route.points, appearance=self.appearance)
 
     @cached_property
     def caster(self) -> RayCaster:
@@ -82,8 +95,13 @@ class SyntheticSequence:
         return self.T_world_cam0[frame] @ self.rig.T_cam0_cam(camera)
 
     def render(self, frame: int, camera: int) -> tuple[np.ndarray, np.ndarray]:
-        """RGB (H, W, 3) uint8 and z-depth (H, W) float32 of camera 2 or 3 at ``frame``."""
-        return self.camera.render(self.world, self.caster, self.T_world_cam(frame, camera))
+        """RGB (H, W, 3) uint8 and z-depth (H, W) float32 of camera 2 or 3 at ``frame`` (the varied
+        appearance: through a camera response drawn from (key, frame, camera))."""
+        rgb, depth = self.camera.render(self.world, self.caster, self.T_world_cam(frame, camera))
+        if self.appearance == "varied":
+            rng = np.random.default_rng([self.key, 4, frame, camera])
+            rgb = photometric_augment(rgb, self.rig.K, CAMERA_RESPONSE, rng)
+        return rgb, depth
 
     def scan(self, frame: int) -> np.ndarray:
         """LiDAR points (N, 4) float32 (x, y, z, reflectance) at ``frame``, same instant as the images."""
@@ -120,9 +138,10 @@ def _camera_pose(xy: np.ndarray, yaw: float, height: float) -> np.ndarray:
 
 
 def generate_dataset(out_dir, sequences: int | list[int], frames: int, seed: int, sensor: str = "kitti",
-                     workers: int = 1, progress: bool = True) -> Path:
+                     workers: int = 1, progress: bool = True, appearance: str = "default") -> Path:
     """Write ``sequences`` (a count S for ids 0..S-1, or a list of ids 0..99) of ``frames`` frames each
-    under ``out_dir`` in the KITTI Odometry layout; returns the output folder.
+    under ``out_dir`` in the KITTI Odometry layout; returns the output folder. ``appearance``: one of
+    ``world.APPEARANCES`` (``varied``: clutter, clouds, shadows, weathering and camera responses).
 
     Sequence k with a given seed is the same whatever other sequences are written with it;
     ``workers`` > 1 renders chunks of frames in that many processes (same bytes as one process).
@@ -135,9 +154,11 @@ def generate_dataset(out_dir, sequences: int | list[int], frames: int, seed: int
         raise InputError(f"need frames >= 1, seed >= 0 and workers >= 1, got {frames}, {seed}, {workers}")
     if sensor not in RIGS:
         raise InputError(f"unknown sensor {sensor!r}; choose one of {', '.join(RIGS)}")
+    if appearance not in APPEARANCES:
+        raise InputError(f"unknown appearance {appearance!r}; choose one of {', '.join(APPEARANCES)}")
 
     for s in ids:
-        plan = SyntheticSequence(seed, s, frames, sensor)
+        plan = SyntheticSequence(seed, s, frames, sensor, appearance)
         folder = out / "sequences" / f"{s:02d}"
         for sub in ("image_2", "image_3", "velodyne"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -146,7 +167,7 @@ def generate_dataset(out_dir, sequences: int | list[int], frames: int, seed: int
         write_bytes(folder / "times.txt", plan.times_text().encode())
         write_bytes(out / "poses" / f"{s:02d}.txt", plan.poses_text().encode())
 
-    tasks = [(str(out), seed, s, frames, sensor, start, min(start + _CHUNK, frames))
+    tasks = [(str(out), seed, s, frames, sensor, appearance, start, min(start + _CHUNK, frames))
              for s in ids for start in range(0, frames, _CHUNK)]
     bar = tqdm(total=len(ids) * frames, unit="frame", disable=not progress, file=sys.stderr)
     if workers == 1:
@@ -163,12 +184,13 @@ def generate_dataset(out_dir, sequences: int | list[int], frames: int, seed: int
 _cache: dict[tuple, SyntheticSequence] = {}
 
 
-def _write_frames(out: str, seed: int, sequence: int, frames: int, sensor: str, start: int, stop: int) -> int:
+def _write_frames(out: str, seed: int, sequence: int, frames: int, sensor: str, appearance: str, start: int,
+                  stop: int) -> int:
     """Render and write frames start..stop-1 of one sequence; the last sequence built is kept."""
-    key = (seed, sequence, frames, sensor)
+    key = (seed, sequence, frames, sensor, appearance)
     if key not in _cache:
         _cache.clear()
-        _cache[key] = SyntheticSequence(seed, sequence, frames, sensor)
+        _cache[key] = SyntheticSequence(seed, sequence, frames, sensor, appearance)
     folder = Path(out) / "sequences" / f"{sequence:02d}"
     for frame in range(start, stop):
         _cache[key].write_frame(folder, frame)

@@ -46,6 +46,12 @@ _BLIND = _rgb(0.62, 0.56, 0.46)
 _PLAIN = {Surface.KERB: _rgb(0.62, 0.62, 0.60), Surface.ROOF: _rgb(0.30, 0.29, 0.29),
           Surface.CAR_GLASS: _rgb(0.07, 0.08, 0.10)}  # other plain classes take the instance colour
 
+# The varied world's albedo grain per surface class: the albedo is scaled by 1 + g (u - 0.5), u uniform
+# per 8 cm cell (asphalt and paving grain, leaves and the gaps between them, bark).
+_GRAIN = np.zeros(len(Surface), np.float32)
+_GRAIN[[Surface.ROAD, Surface.SLAB, Surface.KERB, Surface.WALL, Surface.ROOF, Surface.TRUNK, Surface.FOLIAGE]] = (
+    0.5, 0.6, 0.4, 0.25, 0.4, 0.8, 1.6)
+
 # LiDAR reflectance of the classes whose pattern does not change it.
 _REFLECTANCE = {
     Surface.KERB: 0.35, Surface.ROOF: 0.2, Surface.POLE: 0.45, Surface.SIGN: 0.9, Surface.TRUNK: 0.3,
@@ -55,7 +61,7 @@ _REFLECTANCE = {
 
 def surface(world: World, prim: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Albedo (3, N) float32 in [0, 1] and LiDAR reflectance (N,) float32 in [0, 1] of hits on faces
-    prim (N,) at world points (3, N)."""
+    prim (N,) at world points (3, N). The varied world adds fine grain to the albedo (``_GRAIN``)."""
     classes = world.face_class[prim]
     albedo = np.empty((3, len(prim)), np.float32)
     reflectance = np.empty(len(prim), np.float32)
@@ -77,6 +83,10 @@ def surface(world: World, prim: np.ndarray, points: np.ndarray) -> tuple[np.ndar
             a = colour * (0.9 + 0.2 * cell_noise(world.key, p[0] + p[2], p[1] - p[2], 0.5))
             r = np.full(len(rows), _REFLECTANCE[Surface(surface_class)], np.float32)
         albedo[:, rows], reflectance[rows] = a, r
+    if world.varied:
+        cells = np.floor(points / np.float32(0.08)).astype(np.int64)
+        grain = hash_uniform(world.key + 70, cells[0], cells[1], cells[2]) - np.float32(0.5)
+        albedo *= 1 + _GRAIN[classes] * grain
     return albedo, reflectance
 
 
@@ -191,6 +201,8 @@ def _facade(world: World, face: np.ndarray, inst: np.ndarray, p: np.ndarray) -> 
     glass = np.flatnonzero((window | shop | ground_window) & ~frame & ~door)
 
     dirt = (0.88 + 0.24 * value_noise(key + 8, s + 131.0 * inst, h, 2.5)) * (0.82 + 0.18 * np.clip(h / 1.5, 0, 1))
+    if world.varied:
+        dirt = dirt * _weathering(key, inst, s, h, floor_h)
     albedo = np.take(world.inst_colour, inst, axis=1) * dirt
     trim = np.where(hash_uniform(key, 42, inst) < 0.5, np.float32(0.85), np.float32(0.2))
     albedo = np.where(frame, trim, np.where(door, _DOOR * (0.6 + 0.8 * hash_uniform(key, 43, inst)), albedo))
@@ -202,6 +214,16 @@ def _facade(world: World, face: np.ndarray, inst: np.ndarray, p: np.ndarray) -> 
     reflectance = 0.15 + 0.4 * albedo.mean(0)
     reflectance[glass] = 0.04
     return albedo, reflectance
+
+
+def _weathering(key: int, inst: np.ndarray, s: np.ndarray, h: np.ndarray, floor_h: np.ndarray) -> np.ndarray:
+    """The varied world's facade texture, a brightness factor (N,): rain streaks (features 0.4 m wide,
+    3 m tall) and, on half the buildings, cladding panels with dark seams at every floor."""
+    streaks = 0.78 + 0.3 * value_noise(key + 9, 8.0 * s + 1009.0 * inst, h, 3.0)
+    panel_w = 1.2 + 1.8 * hash_uniform(key, 46, inst)
+    seam = (np.mod(s, panel_w) < 0.05) | (np.mod(h, floor_h) < 0.05)
+    cladding = hash_uniform(key, 47, inst) < 0.5
+    return streaks * np.where(cladding & seam, np.float32(0.6), np.float32(1.0))
 
 
 def _foliage(world: World, inst: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

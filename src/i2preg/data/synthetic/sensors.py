@@ -18,6 +18,7 @@ from embreex.mesh_construction import TriangleMesh
 from i2preg.geometry import make_transform, rot_z
 
 from .materials import surface
+from .noise import value_noise
 from .world import Lighting, World
 
 # LiDAR axes in the camera frame: x_lidar (forward) = z_cam, y_lidar (left) = -x_cam, z_lidar (up) = -y_cam.
@@ -91,8 +92,8 @@ class RayCaster:
         TriangleMesh(scene=self._scene, vertices=world.vertices, indices=world.faces)
 
     def cast(self, origin: np.ndarray, directions: np.ndarray, max_distance: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
-        """Rays from origin (3,) along unit directions (N, 3): hit face (N,) int (-1 for none) and
-        distance (N,) float32 (inf for none)."""
+        """Rays from origin (3,) or origins (N, 3) along unit directions (N, 3): hit face (N,) int (-1 for
+        none) and distance (N,) float32 (inf for none)."""
         n = len(directions)
         origins = np.broadcast_to(np.asarray(origin, np.float32), (n, 3)).copy()
         limit = np.full(n, max_distance, np.float32)
@@ -121,31 +122,48 @@ class Camera:
         hit = prim >= 0
         colour = np.empty(directions.shape, np.float32)
         sky = np.flatnonzero(~hit)
-        colour[:, sky] = _sky(world.lighting, np.take(directions, sky, axis=1))
+        colour[:, sky] = _sky(world.lighting, np.take(directions, sky, axis=1), world.key)
         rows = np.flatnonzero(hit)
         t = distance[rows]
         points = origin[:, None] + np.take(directions, rows, axis=1) * t
-        colour[:, rows] = _shade(world, prim[rows], points, t)
+        colour[:, rows] = _shade(world, caster, prim[rows], points, t)
         planes = (255 * np.sqrt(np.clip(colour, 0, 1)) + 0.5).astype(np.uint8)  # gamma 2
         rgb = cv2.merge([plane.reshape(self.height, self.width) for plane in planes])
         depth = np.where(hit, distance * self.depth_per_range, 0).astype(np.float32)
         return rgb, depth.reshape(self.height, self.width)
 
 
-def _sky(light: Lighting, directions: np.ndarray) -> np.ndarray:
-    """Sky colour (3, N) along view directions (3, N): horizon-to-zenith gradient and a sun glow."""
+def _sky(light: Lighting, directions: np.ndarray, key: int) -> np.ndarray:
+    """Sky colour (3, N) along view directions (3, N): horizon-to-zenith gradient and a sun glow, and
+    with cloud cover, clouds: two octaves of value noise on a layer 1 km up (features 150-400 m),
+    thresholded by the cover, lit from the side of the sun."""
     up = np.clip(directions[2], 0, 1) ** 0.6
     glow = np.clip(light.sun_dir @ directions, 0, 1) ** 48
-    return light.horizon[:, None] + (light.zenith - light.horizon)[:, None] * up + 0.6 * light.sun[:, None] * glow
+    sky = light.horizon[:, None] + (light.zenith - light.horizon)[:, None] * up + 0.6 * light.sun[:, None] * glow
+    if light.clouds == 0:
+        return sky
+    height = np.maximum(directions[2], np.float32(0.03))
+    x, y = 1000 * directions[0] / height, 1000 * directions[1] / height
+    density = 0.65 * value_noise(key + 61, x, y, 400.0) + 0.35 * value_noise(key + 62, x, y, 150.0)
+    cover = np.clip((density - (1 - light.clouds)) / 0.25, 0, 1) * np.clip(directions[2] / 0.05, 0, 1)
+    lit = 0.75 + 0.25 * np.clip(light.sun_dir @ directions, 0, 1)
+    cloud = (light.ambient + 0.45 * light.sun)[:, None] * (lit * (1.15 - 0.4 * density))
+    return sky + (cloud - sky) * cover
 
 
-def _shade(world: World, prim: np.ndarray, points: np.ndarray, distance: np.ndarray) -> np.ndarray:
+def _shade(world: World, caster: RayCaster, prim: np.ndarray, points: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """Lambertian sun and ambient light on the surface albedo at points (3, N), faded into the horizon
     colour with distance (N,) (haze); (3, N) linear RGB. Every mesh is closed, so the camera sees
-    front faces only."""
+    front faces only. In the varied world a ray towards the sun from each sunlit point casts shadows."""
     light = world.lighting
     albedo, _ = surface(world, prim, points)
-    irradiance = light.ambient[:, None] + light.sun[:, None] * world.face_sun[prim]
+    sunlit = world.face_sun[prim]
+    if world.varied:
+        facing = np.flatnonzero(sunlit > 0)
+        start = np.take(points, facing, axis=1).T + 0.03 * np.take(world.face_normal, prim[facing], axis=0)
+        blocked, _ = caster.cast(start, np.broadcast_to(light.sun_dir, start.shape), 300.0)
+        sunlit[facing[blocked >= 0]] = 0
+    irradiance = light.ambient[:, None] + light.sun[:, None] * sunlit
     haze = 1 - np.exp(distance * np.float32(-1 / light.haze))
     return albedo * irradiance * (1 - haze) + light.horizon[:, None] * haze
 

@@ -1,6 +1,8 @@
 """The synthetic street world: an irregular street grid whose blocks hold buildings, parks, parking
 lots or open lots, with sidewalks, street trees, street lights, signs and parked cars, lit by a
-per-sequence sun and sky.
+per-sequence sun and sky. The varied appearance (``APPEARANCES``) adds street clutter (bollards, bins,
+bushes, hedges, fences, pedestrians, vans) and clouds; the renderer then also casts sun shadows, and
+facades get panel seams and weathering (materials.py, sensors.py).
 
 World frame: x east, y north, z up, metres. The road surface is z = 0; every block (sidewalk
 included) is a 0.15 m high slab. A world is a pure function of its ``key`` (seed and sequence) and
@@ -9,6 +11,7 @@ of the route it is built around (only blocks near the route are populated).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from enum import IntEnum
@@ -24,6 +27,11 @@ LANE_WIDTH = 3.3
 PARKING_WIDTH = 2.2
 _INDEX_OFFSET = 1 << 20  # keeps grid indices positive in random-generator seeds
 _NO_INSTANCE = 0
+
+APPEARANCES = ("default", "varied")
+"""World appearances: ``default`` is the world the bundled model and the test set were made with;
+``varied`` adds clutter, clouds, shadows and facade weathering, each from random streams of its own, so
+the default world's every byte stays as it was."""
 
 
 class Surface(IntEnum):
@@ -133,7 +141,8 @@ def _nearest(lines: np.ndarray, v: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Lighting:
     """Sun direction (3,) (unit, towards the sun), linear RGB colours (3,) of the sun, the ambient
-    light and the sky at zenith and horizon (all float32), and the haze distance (m)."""
+    light and the sky at zenith and horizon (all float32), the haze distance (m) and the cloud cover
+    (0: clear sky; the varied appearance only)."""
 
     sun_dir: np.ndarray
     sun: np.ndarray
@@ -141,6 +150,7 @@ class Lighting:
     zenith: np.ndarray
     horizon: np.ndarray
     haze: float
+    clouds: float = 0.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Lighting:
@@ -158,6 +168,12 @@ class Lighting:
         rgb = [np.asarray(c, np.float32) * tint.astype(np.float32) for c in (sun, ambient, zenith, horizon)]
         return cls(sun_dir.astype(np.float32), np.float32(gain) * rgb[0], *rgb[1:], haze * rng.uniform(0.8, 1.2))
 
+    def varied(self, rng: np.random.Generator) -> Lighting:
+        """The varied world's light: cloud cover up to 0.9 and a weaker sky fill (ambient times 0.4-1), so
+        that shadows are darker beside the sun."""
+        return dataclasses.replace(self, ambient=self.ambient * np.float32(rng.uniform(0.4, 1.0)),
+                                   clouds=float(rng.uniform(0.0, 0.9)))
+
 
 @dataclass
 class World:
@@ -168,7 +184,7 @@ class World:
     the face along its horizontal tangent (-n_y, n_x), its height range z0, z1 (F,) and its
     sunlit fraction max(0, n . sun_dir) (F,). Per instance, planar: colour and second colour (3, I)
     (walls: wall and glass; others: only the first) and params (8, I) (buildings: rows FLOOR_H ...
-    SHOPFRONT).
+    SHOPFRONT). varied: the varied appearance (shadows, facade weathering).
     """
 
     grid: StreetGrid
@@ -186,6 +202,7 @@ class World:
     inst_colour: np.ndarray
     inst_colour2: np.ndarray
     inst_params: np.ndarray
+    varied: bool = False
 
     @property
     def key(self) -> int:
@@ -205,9 +222,11 @@ class _Instances:
         return len(self.colour) - 1
 
 
-def build_world(key: int, grid: StreetGrid, route: np.ndarray, radius: float = 140.0) -> World:
+def build_world(key: int, grid: StreetGrid, route: np.ndarray, radius: float = 140.0,
+                appearance: str = "default") -> World:
     """Build the world around a route (P, 2) (x, y points along it): every block within ``radius`` m
-    of the route is populated, each from its own random stream (key, block index)."""
+    of the route is populated, each from its own random stream (key, block index); ``appearance``
+    (one of APPEARANCES) ``varied`` adds clutter from a second stream per block, and clouds."""
     builder, inst = MeshBuilder(), _Instances()
     inst.new((0.0, 0.0, 0.0))  # _NO_INSTANCE, for faces whose pattern ignores instances
     lo, hi = route.min(0) - radius - 200.0, route.max(0) + radius + 200.0
@@ -222,6 +241,9 @@ def build_world(key: int, grid: StreetGrid, route: np.ndarray, radius: float = 1
     for i, j in zip(ci.ravel()[near], cj.ravel()[near]):
         rng = np.random.default_rng([key, 1, i - grid.centre[0] + _INDEX_OFFSET, j - grid.centre[1] + _INDEX_OFFSET])
         _block(builder, inst, grid, int(i), int(j), rng)
+        if appearance == "varied":
+            clutter_rng = np.random.default_rng([key, 5, i - grid.centre[0] + _INDEX_OFFSET, j - grid.centre[1] + _INDEX_OFFSET])
+            _clutter(builder, inst, grid, int(i), int(j), clutter_rng)
 
     vertices, faces, classes, instances = builder.build()
     tri = vertices[faces].astype(np.float64)
@@ -230,12 +252,14 @@ def build_world(key: int, grid: StreetGrid, route: np.ndarray, radius: float = 1
     tangent = np.stack([-normal[:, 1], normal[:, 0]], -1)
     s = np.einsum("fvk,fk->fv", tri[..., :2], tangent)
     lighting = Lighting.sample(np.random.default_rng([key, 2]))
+    if appearance == "varied":
+        lighting = lighting.varied(np.random.default_rng([key, 6]))
     return World(
         grid, lighting, vertices, faces, classes, instances, normal.astype(np.float32),
         s.min(1).astype(np.float32), np.ptp(s, 1).astype(np.float32), tri[..., 2].min(1).astype(np.float32),
         tri[..., 2].max(1).astype(np.float32), np.clip(normal @ lighting.sun_dir, 0, 1).astype(np.float32),
         np.array(inst.colour, np.float32).T.copy(), np.array(inst.colour2, np.float32).T.copy(),
-        np.array(inst.params, np.float32).T.copy(),
+        np.array(inst.params, np.float32).T.copy(), appearance == "varied",
     )
 
 
@@ -407,3 +431,75 @@ def _car(builder: MeshBuilder, inst: _Instances, xy: np.ndarray, along_x: bool, 
               for a in (-0.32 * length, 0.32 * length) for c in (-width / 2 + 0.1, width / 2 - 0.1)]
     lo, hi = map(np.array, zip(*wheels))
     builder.boxes(lo, hi, Surface.TYRE, inst.new((0.04, 0.04, 0.04)))
+
+
+_CLUTTER_COLOURS = np.array(
+    [[0.15, 0.15, 0.16], [0.45, 0.46, 0.47], [0.20, 0.35, 0.22], [0.55, 0.35, 0.15], [0.80, 0.78, 0.72],
+     [0.12, 0.20, 0.40], [0.60, 0.12, 0.10]]
+)
+_CLOTHES = np.array([[0.10, 0.10, 0.12], [0.25, 0.28, 0.40], [0.55, 0.50, 0.42], [0.70, 0.15, 0.15], [0.85, 0.85, 0.85]])
+
+
+def _clutter(builder: MeshBuilder, inst: _Instances, grid: StreetGrid, i: int, j: int, rng: np.random.Generator) -> None:
+    """The varied world's street furniture on block (i, j): along each kerb a run of bollards, bins,
+    bushes, pedestrians and now and then a fence or hedge on the sidewalk's inner edge, and a parked
+    van in the parking lane."""
+    x0, x1, y0, y1 = grid.block_rect(i, j)
+    sw = grid.sidewalk
+    edges = [((x0, y0), (x1, y0), (0, -1)), ((x0, y1), (x1, y1), (0, 1)),
+             ((x0, y0), (x0, y1), (-1, 0)), ((x1, y0), (x1, y1), (1, 0))]
+    for start, end, outward in edges:
+        start, end, outward = np.array(start), np.array(end), np.array(outward, float)
+        direction = (end - start) / np.linalg.norm(end - start)
+        length = float(np.linalg.norm(end - start))
+        along_x = abs(direction[0]) > 0.5
+        a = rng.uniform(2.0, 6.0)
+        while a < length - 3.0:
+            at = start + direction * a
+            kind = rng.choice(5, p=[0.3, 0.15, 0.25, 0.2, 0.1])
+            if kind == 0:  # a row of bollards at the kerb
+                for k in range(int(rng.integers(3, 8))):
+                    builder.prisms(at + direction * 1.5 * k - outward * 0.35, KERB_HEIGHT, KERB_HEIGHT + rng.uniform(0.8, 1.1),
+                                   0.08, Surface.POLE, inst.new(_CLUTTER_COLOURS[rng.integers(len(_CLUTTER_COLOURS))]), sides=6)
+            elif kind == 1:  # a bin
+                xy = at - outward * rng.uniform(0.4, 1.0)
+                half = rng.uniform(0.25, 0.45)
+                builder.boxes([xy[0] - half, xy[1] - half, KERB_HEIGHT], [xy[0] + half, xy[1] + half, KERB_HEIGHT + rng.uniform(0.8, 1.3)],
+                              Surface.POLE, inst.new(_CLUTTER_COLOURS[rng.integers(len(_CLUTTER_COLOURS))]))
+            elif kind == 2:  # a bush
+                r = rng.uniform(0.4, 1.0)
+                crown = inst.new(np.array([0.20, 0.33, 0.12]) * rng.uniform(0.6, 1.3, 3))
+                centre = at - outward * min(sw - r, rng.uniform(0.8, 2.0))
+                builder.blob(np.array([centre[0], centre[1], KERB_HEIGHT + 0.7 * r]), r * rng.uniform(0.8, 1.2, 3),
+                             Surface.FOLIAGE, crown, rng)
+            elif kind == 3:  # a pedestrian: legs, torso, head
+                xy = at - outward * rng.uniform(0.5, sw - 0.5)
+                height = rng.uniform(1.55, 1.9)
+                clothes = inst.new(_CLOTHES[rng.integers(len(_CLOTHES))] * rng.uniform(0.8, 1.2))
+                for lo, hi, half in ((0.0, 0.47, 0.14), (0.47, 0.82, 0.2), (0.82, 0.9, 0.06), (0.9, 1.0, 0.1)):
+                    builder.boxes([xy[0] - half, xy[1] - half, KERB_HEIGHT + lo * height],
+                                  [xy[0] + half, xy[1] + half, KERB_HEIGHT + hi * height], Surface.CAR_BODY,
+                                  clothes if hi < 0.9 else inst.new((0.55, 0.42, 0.33)))
+            else:  # a fence or hedge along the sidewalk's inner edge
+                run = min(rng.uniform(6.0, 20.0), length - 3.0 - a)
+                inner = at - outward * (sw - 0.15)
+                tip = inner + direction * run
+                lo, hi = np.minimum(inner, tip) - 0.1, np.maximum(inner, tip) + 0.1
+                hedge = rng.random() < 0.5
+                top = KERB_HEIGHT + (rng.uniform(0.8, 1.6) if hedge else rng.uniform(0.9, 1.8))
+                colour = np.array([0.18, 0.32, 0.12]) * rng.uniform(0.7, 1.2, 3) if hedge else _CLUTTER_COLOURS[rng.integers(len(_CLUTTER_COLOURS))]
+                if not hedge:
+                    lo, hi = np.minimum(inner, tip) - 0.03, np.maximum(inner, tip) + 0.03
+                builder.boxes([lo[0], lo[1], KERB_HEIGHT], [hi[0], hi[1], top], Surface.FOLIAGE if hedge else Surface.POLE,
+                              inst.new(colour))
+                a += run
+            a += rng.uniform(4.0, 14.0)
+        if rng.random() < 0.25:  # a van in the parking lane
+            van_length = rng.uniform(5.2, 6.8)
+            a = rng.uniform(6.0, max(6.5, length - van_length - 6.0))
+            xy = start + outward * (PARKING_WIDTH / 2 + 0.05) + direction * (a + van_length / 2)
+            half_len, half_w = van_length / 2, rng.uniform(0.95, 1.1)
+            extent = np.array([half_len, half_w]) if along_x else np.array([half_w, half_len])
+            body = inst.new(_CAR_COLOURS[rng.integers(len(_CAR_COLOURS))] * rng.uniform(0.9, 1.1))
+            builder.boxes([xy[0] - extent[0], xy[1] - extent[1], 0.3], [xy[0] + extent[0], xy[1] + extent[1], rng.uniform(2.2, 2.8)],
+                          Surface.CAR_BODY, body, bottom=True)
