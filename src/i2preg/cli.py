@@ -14,7 +14,8 @@ def _synth(args: argparse.Namespace) -> None:
     from .data.synthetic import generate_dataset
 
     ids = list(range(args.first_sequence, args.first_sequence + args.sequences))
-    out = generate_dataset(args.out, ids, args.frames, seed=args.seed, sensor=args.sensor, workers=args.workers)
+    out = generate_dataset(args.out, ids, args.frames, seed=args.seed, sensor=args.sensor, workers=args.workers,
+                           appearance=args.appearance)
     print(f"wrote {out}")
 
 
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=20, help="frames per sequence")
     p.add_argument("--seed", type=int, default=0, help="world seed; with the sequence id it fixes a sequence")
     p.add_argument("--sensor", choices=["kitti", "nuscenes"], default="kitti")
+    p.add_argument("--appearance", choices=["default", "varied"], default="default",
+                   help="default: the world of the bundled model and test set, byte for byte; varied adds street "
+                        "clutter (bollards, bins, bushes, hedges, fences, pedestrians, vans), clouds, sun shadows, "
+                        "facade weathering and a random camera response per image (exposure, white balance, "
+                        "vignetting, blur, noise, gamma, saturation, JPEG)")
     p.add_argument("--workers", type=int, default=1, help="processes")
     p.set_defaults(func=_synth)
 
