@@ -92,14 +92,21 @@ class RayCaster:
         TriangleMesh(scene=self._scene, vertices=world.vertices, indices=world.faces)
 
     def cast(self, origin: np.ndarray, directions: np.ndarray, max_distance: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
-        """Rays from origin (3,) or origins (N, 3) along unit directions (N, 3): hit face (N,) int (-1 for
-        none) and distance (N,) float32 (inf for none)."""
+        """Rays from origin (3,) along unit directions (N, 3): hit face (N,) int (-1 for none) and
+        distance (N,) float32 (inf for none)."""
         n = len(directions)
         origins = np.broadcast_to(np.asarray(origin, np.float32), (n, 3)).copy()
         limit = np.full(n, max_distance, np.float32)
         hit = self._scene.run(origins, np.ascontiguousarray(directions, np.float32), dists=limit, output=1)
         prim = np.where(hit["geomID"] >= 0, hit["primID"], -1)
         return prim, np.where(prim >= 0, hit["tfar"], np.float32(np.inf))
+
+    def occluded(self, origins: np.ndarray, directions: np.ndarray, max_distance: float) -> np.ndarray:
+        """Whether rays from origins (N, 3) along unit directions (N, 3) hit anything within max_distance:
+        (N,) bool (Embree's any-hit query, cheaper than ``cast``)."""
+        limit = np.full(len(origins), max_distance, np.float32)
+        return self._scene.run(np.ascontiguousarray(origins, np.float32), np.ascontiguousarray(directions, np.float32),
+                               dists=limit, query="OCCLUDED") >= 0
 
 
 class Camera:
@@ -161,8 +168,7 @@ def _shade(world: World, caster: RayCaster, prim: np.ndarray, points: np.ndarray
     if world.varied:
         facing = np.flatnonzero(sunlit > 0)
         start = np.take(points, facing, axis=1).T + 0.03 * np.take(world.face_normal, prim[facing], axis=0)
-        blocked, _ = caster.cast(start, np.broadcast_to(light.sun_dir, start.shape), 300.0)
-        sunlit[facing[blocked >= 0]] = 0
+        sunlit[facing[caster.occluded(start, np.broadcast_to(light.sun_dir, start.shape), 300.0)]] = 0
     irradiance = light.ambient[:, None] + light.sun[:, None] * sunlit
     haze = 1 - np.exp(distance * np.float32(-1 / light.haze))
     return albedo * irradiance * (1 - haze) + light.horizon[:, None] * haze

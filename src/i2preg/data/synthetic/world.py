@@ -443,55 +443,64 @@ _CLOTHES = np.array([[0.10, 0.10, 0.12], [0.25, 0.28, 0.40], [0.55, 0.50, 0.42],
 def _clutter(builder: MeshBuilder, inst: _Instances, grid: StreetGrid, i: int, j: int, rng: np.random.Generator) -> None:
     """The varied world's street furniture on block (i, j): along each kerb a run of bollards, bins,
     bushes, pedestrians and now and then a fence or hedge on the sidewalk's inner edge, and a parked
-    van in the parking lane."""
+    van in the parking lane. Boxes are collected and added at once (world building stays fast)."""
     x0, x1, y0, y1 = grid.block_rect(i, j)
     sw = grid.sidewalk
+    lows, highs, classes, instances = [], [], [], []
+
+    def box(lo, hi, surface: int, instance: int) -> None:
+        lows.append(lo)
+        highs.append(hi)
+        classes.append(surface)
+        instances.append(instance)
+
     edges = [((x0, y0), (x1, y0), (0, -1)), ((x0, y1), (x1, y1), (0, 1)),
              ((x0, y0), (x0, y1), (-1, 0)), ((x1, y0), (x1, y1), (1, 0))]
     for start, end, outward in edges:
         start, end, outward = np.array(start), np.array(end), np.array(outward, float)
         direction = (end - start) / np.linalg.norm(end - start)
         length = float(np.linalg.norm(end - start))
-        along_x = abs(direction[0]) > 0.5
         a = rng.uniform(2.0, 6.0)
         while a < length - 3.0:
             at = start + direction * a
             kind = rng.choice(5, p=[0.3, 0.15, 0.25, 0.2, 0.1])
             if kind == 0:  # a row of bollards at the kerb
-                for k in range(int(rng.integers(3, 8))):
-                    builder.prisms(at + direction * 1.5 * k - outward * 0.35, KERB_HEIGHT, KERB_HEIGHT + rng.uniform(0.8, 1.1),
-                                   0.08, Surface.POLE, inst.new(_CLUTTER_COLOURS[rng.integers(len(_CLUTTER_COLOURS))]), sides=6)
+                count = int(rng.integers(3, 8))
+                centres = at + direction * 1.5 * np.arange(count)[:, None] - outward * 0.35
+                builder.prisms(centres, KERB_HEIGHT, KERB_HEIGHT + rng.uniform(0.8, 1.1), 0.08, Surface.POLE,
+                               inst.new(_CLUTTER_COLOURS[rng.integers(len(_CLUTTER_COLOURS))]), sides=6)
             elif kind == 1:  # a bin
                 xy = at - outward * rng.uniform(0.4, 1.0)
                 half = rng.uniform(0.25, 0.45)
-                builder.boxes([xy[0] - half, xy[1] - half, KERB_HEIGHT], [xy[0] + half, xy[1] + half, KERB_HEIGHT + rng.uniform(0.8, 1.3)],
-                              Surface.POLE, inst.new(_CLUTTER_COLOURS[rng.integers(len(_CLUTTER_COLOURS))]))
+                box([xy[0] - half, xy[1] - half, KERB_HEIGHT], [xy[0] + half, xy[1] + half, KERB_HEIGHT + rng.uniform(0.8, 1.3)],
+                    Surface.POLE, inst.new(_CLUTTER_COLOURS[rng.integers(len(_CLUTTER_COLOURS))]))
             elif kind == 2:  # a bush
                 r = rng.uniform(0.4, 1.0)
                 crown = inst.new(np.array([0.20, 0.33, 0.12]) * rng.uniform(0.6, 1.3, 3))
                 centre = at - outward * min(sw - r, rng.uniform(0.8, 2.0))
                 builder.blob(np.array([centre[0], centre[1], KERB_HEIGHT + 0.7 * r]), r * rng.uniform(0.8, 1.2, 3),
                              Surface.FOLIAGE, crown, rng)
-            elif kind == 3:  # a pedestrian: legs, torso, head
+            elif kind == 3:  # a pedestrian: legs, torso, neck and head
                 xy = at - outward * rng.uniform(0.5, sw - 0.5)
                 height = rng.uniform(1.55, 1.9)
                 clothes = inst.new(_CLOTHES[rng.integers(len(_CLOTHES))] * rng.uniform(0.8, 1.2))
-                for lo, hi, half in ((0.0, 0.47, 0.14), (0.47, 0.82, 0.2), (0.82, 0.9, 0.06), (0.9, 1.0, 0.1)):
-                    builder.boxes([xy[0] - half, xy[1] - half, KERB_HEIGHT + lo * height],
-                                  [xy[0] + half, xy[1] + half, KERB_HEIGHT + hi * height], Surface.CAR_BODY,
-                                  clothes if hi < 0.9 else inst.new((0.55, 0.42, 0.33)))
+                skin = inst.new((0.55, 0.42, 0.33))
+                for lo, hi, half, part in ((0.0, 0.47, 0.14, clothes), (0.47, 0.82, 0.2, clothes),
+                                           (0.82, 0.9, 0.06, skin), (0.9, 1.0, 0.1, skin)):
+                    box([xy[0] - half, xy[1] - half, KERB_HEIGHT + lo * height],
+                        [xy[0] + half, xy[1] + half, KERB_HEIGHT + hi * height], Surface.CAR_BODY, part)
             else:  # a fence or hedge along the sidewalk's inner edge
                 run = min(rng.uniform(6.0, 20.0), length - 3.0 - a)
                 inner = at - outward * (sw - 0.15)
                 tip = inner + direction * run
-                lo, hi = np.minimum(inner, tip) - 0.1, np.maximum(inner, tip) + 0.1
                 hedge = rng.random() < 0.5
+                thickness = 0.1 if hedge else 0.03
+                colour = (np.array([0.18, 0.32, 0.12]) * rng.uniform(0.7, 1.2, 3) if hedge
+                          else _CLUTTER_COLOURS[rng.integers(len(_CLUTTER_COLOURS))])
                 top = KERB_HEIGHT + (rng.uniform(0.8, 1.6) if hedge else rng.uniform(0.9, 1.8))
-                colour = np.array([0.18, 0.32, 0.12]) * rng.uniform(0.7, 1.2, 3) if hedge else _CLUTTER_COLOURS[rng.integers(len(_CLUTTER_COLOURS))]
-                if not hedge:
-                    lo, hi = np.minimum(inner, tip) - 0.03, np.maximum(inner, tip) + 0.03
-                builder.boxes([lo[0], lo[1], KERB_HEIGHT], [hi[0], hi[1], top], Surface.FOLIAGE if hedge else Surface.POLE,
-                              inst.new(colour))
+                lo, hi = np.minimum(inner, tip) - thickness, np.maximum(inner, tip) + thickness
+                box([lo[0], lo[1], KERB_HEIGHT], [hi[0], hi[1], top], Surface.FOLIAGE if hedge else Surface.POLE,
+                    inst.new(colour))
                 a += run
             a += rng.uniform(4.0, 14.0)
         if rng.random() < 0.25:  # a van in the parking lane
@@ -499,7 +508,9 @@ def _clutter(builder: MeshBuilder, inst: _Instances, grid: StreetGrid, i: int, j
             a = rng.uniform(6.0, max(6.5, length - van_length - 6.0))
             xy = start + outward * (PARKING_WIDTH / 2 + 0.05) + direction * (a + van_length / 2)
             half_len, half_w = van_length / 2, rng.uniform(0.95, 1.1)
-            extent = np.array([half_len, half_w]) if along_x else np.array([half_w, half_len])
+            extent = np.array([half_len, half_w]) if abs(direction[0]) > 0.5 else np.array([half_w, half_len])
             body = inst.new(_CAR_COLOURS[rng.integers(len(_CAR_COLOURS))] * rng.uniform(0.9, 1.1))
             builder.boxes([xy[0] - extent[0], xy[1] - extent[1], 0.3], [xy[0] + extent[0], xy[1] + extent[1], rng.uniform(2.2, 2.8)],
                           Surface.CAR_BODY, body, bottom=True)
+    if lows:
+        builder.boxes(np.array(lows), np.array(highs), np.repeat(np.array(classes)[:, None], 6, 1), np.array(instances))
