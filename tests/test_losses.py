@@ -13,8 +13,10 @@ from i2preg.losses import (
     DEFAULT_WEIGHTS,
     camera_loss,
     compute_losses,
+    correspondence_loss,
     diversity_loss,
     frustum_loss,
+    frustum_pose_right,
     heatmap_loss,
     in_frustum_targets,
     residual_target,
@@ -148,3 +150,47 @@ def test_heatmap_loss_is_least_for_the_gaussian_about_the_projected_3d_keypoint(
     torch.testing.assert_close(with_heat["heat_2d"], entropy)
     without = compute_losses(outputs, batch, stage=2)
     torch.testing.assert_close(with_heat["total"], without["total"] + 0.5 * entropy)
+
+
+def test_bounded_corr_drops_far_keypoints_and_bounds_the_gradient():
+    """A 3D keypoint projecting 3,000 px off the image adds nothing with a margin; within it, Huber caps each
+    query's gradient at 1 (per pixel of error, over the counted queries); without bounds it dominates the mean."""
+    T_gt = yaw_poses(1)
+    outputs = fake_outputs(T_gt)
+    far = transform_points(torch.linalg.inv(T_gt), torch.tensor([[[3000 / 32 * 4.0, 0, 4]]]))  # u = 3031.5 px
+    kp_3d = torch.cat([outputs["kp_3d"], far], dim=1).requires_grad_(True)
+    kp_2d = torch.cat([outputs["kp_2d"] + torch.tensor([20.0, 0]), torch.tensor([[[31.5, 15.5]]])], dim=1)
+    kp_2d.requires_grad_(True)
+    every = torch.ones(1, dtype=torch.bool)
+
+    def loss(margin, cap, huber):
+        return correspondence_loss(kp_2d, kp_3d, T_gt, K, IMAGE_SIZE, every, margin, cap, huber)
+
+    unbounded = loss(math.inf, math.inf, 0.0)
+    torch.testing.assert_close(unbounded, torch.tensor((8 * 20 + 3000) / 9), atol=1e-2, rtol=0)
+    torch.testing.assert_close(loss(math.inf, 1000.0, 0.0), torch.tensor(20.0))  # the reference code's cap
+    bounded = loss(64.0, math.inf, 8.0)
+    torch.testing.assert_close(bounded, torch.tensor(20.0 - 4.0))  # Huber(20; 8) = 20 - 8 / 2, the far one dropped
+    gradient_3d, gradient_2d = torch.autograd.grad(bounded, (kp_3d, kp_2d))
+    assert gradient_3d[0, -1].abs().max() == 0 and gradient_2d[0, -1].abs().max() == 0
+    torch.testing.assert_close(gradient_2d[0, :8].norm(dim=-1), torch.full((8,), 1 / 8))
+
+
+def test_corr_and_heat_2d_skip_pairs_whose_frustum_pose_is_wrong():
+    T_gt = yaw_poses(2)
+    batch = {"T_gt": T_gt, "K": K.expand(2, 3, 3), "image": torch.zeros(2, 3, *IMAGE_SIZE)}
+    outputs = fake_outputs(T_gt)
+    outputs["kp_2d"] = outputs["kp_2d"] + torch.tensor([[[4.0, 0]], [[12.0, 0]]])  # pair 1 is 12 px off
+    outputs["heatmap_2d"] = torch.full((2, 8, 128), 1 / 128)
+    shift = torch.eye(4).expand(2, 4, 4).clone()
+    shift[1, 0, 3] = 3.0  # pair 1's frustum pose is 3 m off: wrong by the protocol's 2 m
+    outputs["frustum_pose"] = shift @ T_gt
+    assert frustum_pose_right(outputs["frustum_pose"], T_gt).tolist() == [True, False]
+    weights = {"heat_2d": 1.0}
+    both = compute_losses(outputs, batch, weights, stage=2)
+    torch.testing.assert_close(both["corr"], torch.tensor(8.0))
+    skipped = compute_losses(outputs, batch, {**weights, "corr_skip_wrong_frustum": True}, stage=2)
+    torch.testing.assert_close(skipped["corr"], torch.tensor(4.0))
+    first = {k: v[:1] for k, v in outputs.items()}
+    first_only = compute_losses(first, {k: v[:1] for k, v in batch.items()}, weights, stage=2)
+    torch.testing.assert_close(skipped["heat_2d"], first_only["heat_2d"])

@@ -13,13 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import (
+    invert_transform,
     pose_to_frustum_params,
     project_points,
     project_pose,
     rotation_6d_to_matrix,
+    rotation_angle,
     rotation_to_axis_angle,
     transform_points,
 )
+from .metrics import ACC_RRE_DEG, ACC_RTE_M
 from .model.gpdm import params_from_pose
 from .model.image_encoder import token_centres
 
@@ -28,6 +31,14 @@ DEFAULT_WEIGHTS = {
     "fru": 1.0,
     "fru_centre": 0.1,  # inside L_fru: MSE(rotation) + fru_centre * MSE(centre in metres)
     "corr": 0.1,
+    # L_corr's bounds: a query counts only if its 3D keypoint lies in front of the GT camera and projects within
+    # corr_margin_px of the image, its error is below corr_cap_px (the reference code: 1,000 px), and its pair's
+    # frustum pose is right (RTE < 2 m, RRE < 5 deg against the GT) when corr_skip_wrong_frustum; each counted
+    # error d costs Huber(d; corr_huber_px) (0: d itself).
+    "corr_margin_px": float("inf"),
+    "corr_cap_px": float("inf"),
+    "corr_huber_px": 0.0,
+    "corr_skip_wrong_frustum": False,
     "div_2d": 1.0,
     "div_3d": 1.0,
     "div_margin_px": 16.0,  # L_div hinge: keypoints closer than this many pixels are pushed apart
@@ -129,6 +140,29 @@ def camera_loss(dR: torch.Tensor, dt: torch.Tensor, frustum_pose: torch.Tensor, 
     return ((rotation_error.square().sum(-1) + 1e-12).sqrt() + (translation_error.square().sum(-1) + 1e-12).sqrt()).mean()
 
 
+def frustum_pose_right(frustum_pose: torch.Tensor, T_gt: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the frustum poses (B, 4, 4) within the protocol's Acc thresholds of T_gt (RTE, geodesic RRE)."""
+    difference = invert_transform(frustum_pose) @ T_gt
+    rte = difference[:, :3, 3].norm(dim=-1)
+    return (rte < ACC_RTE_M) & (torch.rad2deg(rotation_angle(difference[:, :3, :3])) < ACC_RRE_DEG)
+
+
+def correspondence_loss(kp_2d: torch.Tensor, kp_3d: torch.Tensor, T_gt: torch.Tensor, K: torch.Tensor, image_size,
+                        pair_valid: torch.Tensor, margin_px: float, cap_px: float, huber_px: float) -> torch.Tensor:
+    """L_corr: mean over the counted queries of Huber(|pi(T_gt kp_3d) - kp_2d|; huber_px) (the distance itself when
+    huber_px is 0), pixels. kp_2d (B, Q, 2) pixels, kp_3d (B, Q, 3) cloud frame, pair_valid (B,) bool. A query
+    counts if its pair is valid, its 3D keypoint is deeper than MIN_DEPTH in the GT camera and projects within
+    margin_px of the H x W = image_size image, and its distance is below cap_px."""
+    pixels, depth = project_points(transform_points(T_gt, kp_3d), K)
+    distance = ((kp_2d - pixels).square().sum(-1) + 1e-8).sqrt()
+    size = pixels.new_tensor(image_size[::-1])
+    near_image = ((pixels > -margin_px) & (pixels < size + margin_px)).all(-1)
+    counted = (depth > MIN_DEPTH) & near_image & (distance < cap_px) & pair_valid[:, None]
+    if huber_px > 0:
+        distance = torch.where(distance < huber_px, 0.5 * distance.square() / huber_px, distance - 0.5 * huber_px)
+    return torch.where(counted, distance, 0).sum() / counted.sum().clamp_min(1)
+
+
 def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stage: int = 2) -> dict[str, torch.Tensor]:
     """Loss terms of the ICL ``outputs`` (``ICL.forward``; ``ICL.forward_gpdm`` suffices in stage 1) for ``batch``.
 
@@ -154,15 +188,18 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
             for i, steps in enumerate(outputs["refine_steps"][0].tolist())
         ) / outputs["refine_steps"].shape[1]
     if stage == 2:
-        kp_3d_pixels, kp_3d_depth = project_points(transform_points(T_gt, outputs["kp_3d"]), K)
-        distance = ((outputs["kp_2d"] - kp_3d_pixels).square().sum(-1) + 1e-8).sqrt()
-        in_front = kp_3d_depth > MIN_DEPTH
-        losses["corr"] = (distance * in_front).sum() / in_front.sum().clamp_min(1)
+        kp_3d_pixels = project_points(transform_points(T_gt, outputs["kp_3d"]), K)[0]
+        pair_valid = torch.ones_like(T_gt[:, 0, 0], dtype=torch.bool)
+        if w["corr_skip_wrong_frustum"]:
+            pair_valid = frustum_pose_right(outputs["frustum_pose"].detach(), T_gt)
+        losses["corr"] = correspondence_loss(outputs["kp_2d"], outputs["kp_3d"], T_gt, K, image_size, pair_valid,
+                                             w["corr_margin_px"], w["corr_cap_px"], w["corr_huber_px"])
         losses["div_2d"] = diversity_loss(outputs["kp_2d"], w["div_margin_px"])
         losses["div_3d"] = diversity_loss(kp_3d_pixels, w["div_margin_px"])
         if w["heat_2d"] > 0:
             target, depth = project_points(transform_points(T_gt, outputs["kp_3d"].detach()), K)
             inside = (depth > MIN_DEPTH) & (target >= 0).all(-1) & (target < target.new_tensor(image_size[::-1])).all(-1)
+            inside &= pair_valid[:, None]
             losses["heat_2d"] = heatmap_loss(outputs["heatmap_2d"], target, inside, image_size, w["heat_sigma_px"])
         losses["cam"] = camera_loss(
             outputs["residual_rotation"], outputs["residual_translation"], outputs["frustum_pose"], T_gt
