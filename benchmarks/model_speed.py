@@ -1,40 +1,59 @@
-"""Speed and memory of the ICL model at the paper size and the CPU size.
+"""Speed and memory of the ICL model, alone or side by side with another git revision.
 
-    python benchmarks/model_speed.py [--configs kitti synthetic-small] [--device cpu|cuda] [--threads 2]
+    python benchmarks/model_speed.py [--configs synthetic-small kitti] [--against REV] [--rounds 3]
+        [--repeats 3] [--threads 2] [--device cpu|cuda] [--forward-batches 1 8] [--train-batches 8]
 
-Per config: parameters; forward time per pair (inference, batch 1 and 8); the peak memory of that forward
-(CPU: growth of the process's max RSS over model + batch, each measurement in a fresh process; CUDA:
-torch.cuda.max_memory_allocated); the collate time per pair (pyramid construction, measured separately); and the
-time of one training step (forward + backward + Adam) at batch 2 and 8 in stage 1 (GPDM) and stage 2. Medians
-over ``--repeats`` runs after one warm-up. Prints a Markdown table.
+Measures, per bundled config: the forward time per pair (inference: eval mode, no_grad) at each forward batch
+size; the collate time per pair (the point pyramid, built on the data side); one training step (forward +
+losses + backward + Adam, as ``train`` sets up each stage: stage 1 trains GPDM, stage 2 the rest with GPDM
+frozen) at each training batch size; and the peak memory of each (CPU: the growth of the process's max RSS over
+model + batch; CUDA: torch.cuda.max_memory_allocated). Inputs are random images and KITTI-like clouds of the
+config's input size; times do not depend on the weights.
+
+Each measurement runs in a fresh subprocess whose PYTHONPATH points at a tree's ``src``, and reports the median
+of ``--repeats`` runs after one warm-up. ``--against REV`` checks REV out into a temporary git worktree and
+measures both trees in turn, ``--rounds`` times, interleaved (this tree, REV, this tree, REV...), so that both
+see the same machine load; the table gives the median over the rounds and the ratio REV / this tree (above 1:
+this tree is faster). Speed claims in this project are such ratios: absolute times on shared machines move by
+30 % and more. Prints Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
-import torch
 
-from i2preg.config import load_config
-from i2preg.data.collate import Collate
-from i2preg.geometry import invert_transform, sample_perturbation
-from i2preg.losses import compute_losses
-from i2preg.model import ICL
+REPO = Path(__file__).resolve().parents[1]
 
 
-def model_config(name: str) -> dict:
-    """The model section of a bundled config (kitti: the paper's sizes; synthetic-small: the CPU model)."""
-    return load_config(name)["model"]
+def full_config(name: str) -> dict:
+    """A bundled config with every default filled in, as the tree on ``sys.path`` defines them (the function that
+    does so moved between revisions)."""
+    from i2preg.config import load_config
+
+    try:
+        from i2preg.assembly import full_config as fill
+    except ImportError:  # revisions before i2preg.assembly
+        from i2preg.config import full_config as fill
+    return fill(load_config(name))
 
 
-def synthetic_samples(conf: dict, batch_size: int, seed: int = 0) -> list[dict]:
-    """Random images and KITTI-like extents of points (60 m x 3 m x 60 m around the camera), perturbed."""
-    (H, W), N = conf["image_size"], conf["num_points"]
+def synthetic_samples(cfg: dict, batch_size: int, seed: int = 0) -> list[dict]:
+    """Random images and KITTI-like extents of points (60 m x 3 m x 60 m around the camera), perturbed, at the
+    config's input size (data.crop, data.num_points)."""
+    from i2preg.geometry import invert_transform, sample_perturbation
+
+    (H, W), N = cfg["data"]["crop"], cfg["data"]["num_points"]
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(batch_size):
@@ -52,33 +71,35 @@ def synthetic_samples(conf: dict, batch_size: int, seed: int = 0) -> list[dict]:
     return samples
 
 
-def to_device(batch: dict, device: str) -> dict:
-    def move(x):
-        return x.to(device) if isinstance(x, torch.Tensor) else x
-
-    return {k: [move(x) for x in v] if isinstance(v, list) else move(v) for k, v in batch.items()}
-
-
 def current_rss_kb() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
 def measure(name: str, mode: str, batch_size: int, device: str, threads: int, repeats: int) -> dict:
-    """One measurement, meant to run in a fresh process. mode: forward, collate, stage1 or stage2."""
+    """One measurement of the tree on sys.path, meant for a fresh process. mode: forward, collate, stage1 or
+    stage2. Returns the median seconds per run and the peak memory in MB."""
+    import torch
+
+    from i2preg.data.collate import Collate
+    from i2preg.losses import compute_losses
+    from i2preg.model import ICL
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = ICL(model_config(name)).to(device)
-    samples = synthetic_samples(model.conf, batch_size)
-    collate = Collate(model_config(name))
+    cfg = full_config(name)
+    model = ICL(cfg["model"]).to(device)
+    samples = synthetic_samples(cfg, batch_size)
+    collate = Collate(cfg["model"])
     if mode == "collate":
         times = []
-        for _ in range(repeats):
+        for _ in range(repeats + 1):
             start = time.perf_counter()
             collate(samples)
             times.append(time.perf_counter() - start)
-        return {"seconds": statistics.median(times)}
-    batch = to_device(collate(samples), device)
+        return {"seconds": statistics.median(times[1:]), "peak_mb": 0.0}
+    batch = {k: [x.to(device) for x in v] if isinstance(v, list) and isinstance(v[0], torch.Tensor)
+             else v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate(samples).items()}
     if mode == "forward":
         model.eval()
 
@@ -87,14 +108,17 @@ def measure(name: str, mode: str, batch_size: int, device: str, threads: int, re
             model(batch)
     else:
         stage = int(mode[-1])
-        if stage == 2:
-            model.freeze_gpdm()
+        gpdm = {id(p) for p in model.gpdm_parameters()}
+        for parameter in model.parameters():  # as training: stage 1 trains GPDM alone, stage 2 all but GPDM
+            parameter.requires_grad_((id(parameter) in gpdm) == (stage == 1))
         forward = model.forward_gpdm if stage == 1 else model
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        train = cfg["train"]
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=train["lr"], weight_decay=train["weight_decay"])
 
         def step():
             optimizer.zero_grad()
-            compute_losses(forward(batch), batch, stage=stage)["total"].backward()
+            compute_losses(forward(batch), batch, cfg["loss"], stage=stage)["total"].backward()
             optimizer.step()
 
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
@@ -116,37 +140,73 @@ def measure(name: str, mode: str, batch_size: int, device: str, threads: int, re
     return {"seconds": statistics.median(times[1:]), "peak_mb": peak_mb}
 
 
-def run_isolated(*args) -> dict:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure, args)
+def measure_tree(src: Path, *args) -> dict:
+    """``measure(*args)`` in a fresh Python process that imports i2preg from ``src``."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import model_speed; " \
+           f"print(json.dumps(model_speed.measure(*{list(args)!r})))"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"measurement {args} under {src} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measurements(args) -> list[tuple[str, str, int, str]]:
+    """(config, mode, batch size, row label) of every measurement the arguments ask for."""
+    rows = []
+    for name in args.configs:
+        rows += [(name, "forward", b, f"forward ms/pair, batch {b}") for b in args.forward_batches]
+        rows.append((name, "collate", max(args.forward_batches), "collate ms/pair"))
+        for b in args.train_batches:
+            rows += [(name, f"stage{s}", b, f"train step s, stage {s}, batch {b}") for s in (1, 2)]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["kitti", "synthetic-small"], help="bundled config names")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--configs", nargs="+", default=["synthetic-small", "kitti"], help="bundled config names")
+    parser.add_argument("--against", help="git revision to time side by side with this tree")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement after one warm-up")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --against")
     parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--train-batches", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--train-batches", type=int, nargs="+", default=[8])
     args = parser.parse_args()
-    common = (args.device, args.threads, args.repeats)
-    print(f"device {args.device}, {args.threads} threads, median of {args.repeats} runs after one warm-up\n")
-    print("| config | params | forward ms/pair (batch) | peak forward MB | collate ms/pair | train step s, stage 1 / stage 2 (batch) |")
-    print("|---|---|---|---|---|---|")
-    for name in args.configs:
-        params = sum(p.numel() for p in ICL(model_config(name)).parameters())
-        forward, peak, train = [], [], []
-        for b in args.forward_batches:
-            result = run_isolated(name, "forward", b, *common)
-            forward.append(f"{1e3 * result['seconds'] / b:.0f} ({b})")
-            peak.append(f"{result['peak_mb']:.0f} ({b})")
-        collate = run_isolated(name, "collate", max(args.forward_batches), *common)["seconds"]
-        collate /= max(args.forward_batches)
-        for b in args.train_batches:
-            stage_1, stage_2 = (run_isolated(name, f"stage{s}", b, *common)["seconds"] for s in (1, 2))
-            train.append(f"{stage_1:.2f} / {stage_2:.2f} ({b})")
-        print(f"| {name} | {params / 1e6:.2f} M | {', '.join(forward)} | {', '.join(peak)} | {1e3 * collate:.0f} | {', '.join(train)} |")
+
+    trees = {"this tree": REPO / "src"}
+    with tempfile.TemporaryDirectory(prefix="model_speed_") as scratch:
+        if args.against:
+            worktree = Path(scratch) / "against"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(worktree),
+                            args.against], check=True)
+            trees[args.against] = worktree / "src"
+        try:
+            rounds = args.rounds if args.against else 1
+            print(f"{args.device}, {args.threads} threads; each cell: median over {rounds} interleaved round(s) of the"
+                  f" median of {args.repeats} runs after one warm-up\n")
+            header = " | ".join(f"{tree} | peak MB" for tree in trees)
+            ratio = f" {args.against} / this tree |" if args.against else ""
+            print(f"| config | measure | {header} |{ratio}")
+            print("|---|---|" + "---|---|" * len(trees) + ("---|" if args.against else ""))
+            for name, mode, batch_size, label in measurements(args):
+                results = {tree: [] for tree in trees}
+                for _ in range(rounds):
+                    for tree, src in trees.items():
+                        results[tree].append(measure_tree(src, name, mode, batch_size, args.device, args.threads,
+                                                          args.repeats))
+                cells, seconds = [], {}
+                for tree, runs in results.items():
+                    seconds[tree] = statistics.median(r["seconds"] for r in runs)
+                    value = 1e3 * seconds[tree] / batch_size if mode in ("forward", "collate") else seconds[tree]
+                    peak = statistics.median(r["peak_mb"] for r in runs)
+                    cells += [f"{value:.0f}" if mode in ("forward", "collate") else f"{value:.2f}",
+                              f"{peak:.0f}" if mode != "collate" else ""]
+                speedup = f" {seconds[args.against] / seconds['this tree']:.2f} |" if args.against else ""
+                print(f"| {name} | {label} | {' | '.join(cells)} |{speedup}", flush=True)
+        finally:
+            if args.against:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ up to ``coarse_level``, whose points are the coarse points (point tokens) of GPD
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,33 +37,83 @@ def kernel_point_layout(num_points: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, 3, dtype=torch.float64), 0.66 * shell]).float()
 
 
+class Influence(NamedTuple):
+    """The nonzero kernel influences of one convolution's neighbourhoods, E entries sorted by kernel point.
+
+    Entry e says that support row ``support[e]`` (a flat index into B * S) reaches query row ``query[e]`` (into
+    B * M) through kernel point k with weight ``weight[e]``; ``counts[k]`` entries belong to kernel point k.
+    KPConv's linear influence is zero beyond sigma of every kernel point, which most neighbours of a kNN
+    neighbourhood are, so the convolution touches only these entries.
+    """
+
+    query: torch.Tensor
+    support: torch.Tensor
+    weight: torch.Tensor
+    counts: list[int]
+    num_queries: int
+
+
 @torch.no_grad()
-def kernel_influence(offsets: torch.Tensor, kernel_points: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Linear influence max(0, 1 - |r - x_k| / sigma) of kernel points x_k (K, 3) on neighbour offsets r
-    (B, M, k, 3) from their query point -> (B, M, k, K). Distances come from one matmul of augmented vectors;
-    geometry only, so no gradient flows to the point coordinates."""
-    offsets, kernel_points = offsets / sigma, kernel_points / sigma
-    ones = torch.ones_like(offsets[..., :1])
-    lhs = torch.cat([offsets, offsets.square().sum(-1, keepdim=True), ones], dim=-1)
-    rhs = torch.cat([-2 * kernel_points, ones.new_ones(len(kernel_points), 1), kernel_points.square().sum(-1, keepdim=True)], -1)
-    distance = (lhs @ rhs.T).clamp_min_(0).sqrt_()
-    return distance.neg_().add_(1).relu_()
+def kernel_influence(offsets: torch.Tensor, neighbors: torch.Tensor, kernel_points: torch.Tensor, sigma: float,
+                     num_supports: int) -> Influence:
+    """Linear influences max(0, 1 - |r - x_k| / sigma) of kernel points x_k (K, 3) on the neighbour offsets r
+    (B, M, k, 3) from their query point, for the neighbour indices (B, M, k) into S = ``num_supports`` support
+    points: their nonzero entries (``Influence``). Geometry only: no gradient flows to the point coordinates.
+
+    Only the neighbours within reach of a kernel point are scored, their squared distances to the kernel points
+    from one matmul of (K, E0) layout, so that the nonzero entries come out sorted by kernel point.
+    """
+    B, M, k = neighbors.shape
+    kernel_points = kernel_points / sigma
+    reach = kernel_points.norm(dim=-1).max() + 1
+    offsets = offsets.div(sigma).flatten(0, 2)  # (B M k, 3) in units of sigma
+    near = (offsets.square().sum(-1) < reach**2).nonzero()[:, 0]  # (E0,) the (b, m, n) within reach
+    offsets = offsets[near]
+    squared = torch.addmm(kernel_points.square().sum(-1)[:, None], kernel_points, offsets.T, alpha=-2)
+    squared += offsets.square().sum(-1)  # (K, E0) |r - x_k|^2
+    inside = (squared < 1).flatten().nonzero()[:, 0]  # sorted by kernel point
+    kernel, entry = inside // len(near), near[inside % len(near)]
+    batch_offsets = (torch.arange(B, device=neighbors.device) * num_supports).view(B, 1, 1)
+    return Influence(
+        query=entry // k,
+        support=(neighbors + batch_offsets).flatten()[entry],
+        weight=1 - squared.flatten()[inside].clamp_min(0).sqrt(),
+        counts=torch.bincount(kernel, minlength=len(kernel_points)).tolist(),
+        num_queries=B * M,
+    )
 
 
 class KPConv(nn.Module):
-    """Rigid kernel point convolution. The kernel influences come precomputed (``KPConvEncoder.influence``),
-    so convolutions over the same neighbourhoods share them."""
+    """Rigid kernel point convolution over the nonzero kernel influences (``KPConvEncoder.influence``), which
+    convolutions over the same neighbourhoods share: per kernel point, gather the support rows it reaches,
+    scale them by their influence, multiply by that kernel point's weight matrix and add them into their queries.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, num_kernel_points: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_kernel_points * in_dim, out_dim))
+        self.weight = nn.Parameter(torch.empty(num_kernel_points * in_dim, out_dim))  # rows: (kernel point, channel)
         bound = 1 / math.sqrt(self.weight.shape[0])  # as nn.Linear with fan-in K * in_dim
         nn.init.uniform_(self.weight, -bound, bound)
 
-    def forward(self, support_feats: torch.Tensor, neighbors: torch.Tensor, influence: torch.Tensor) -> torch.Tensor:
-        """support_feats: (B, S, C), neighbors: (B, M, k) into S, influence: (B, M, k, K) -> (B, M, out_dim)."""
-        weighted = influence.transpose(-1, -2) @ gather(support_feats, neighbors)  # (B, M, K, C)
-        return weighted.flatten(2) @ self.weight
+    def forward(self, support_feats: torch.Tensor, influence: Influence) -> torch.Tensor:
+        """support_feats: (B, S, C), influence: over those S supports and M queries -> (B, M, out_dim)."""
+        B, _, C = support_feats.shape
+        rows = support_feats.reshape(-1, C).index_select(0, influence.support) * influence.weight[:, None]
+        weights = self.weight.view(-1, C, self.weight.shape[1])
+        out = rows.new_zeros(influence.num_queries, self.weight.shape[1])
+        for part, query, weight in zip(rows.split(influence.counts), influence.query.split(influence.counts), weights):
+            out.index_add_(0, query, part @ weight)
+        return out.view(B, -1, out.shape[1])
+
+
+def max_pool(feats: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
+    """Channel-wise max over each neighbourhood: feats (B, S, C), neighbors (B, M, k) into S -> (B, M, C).
+
+    The maximum is read back from feats by its index, so that the gradient goes to the (first) maximal
+    neighbour through a (B, M, C) scatter instead of through every gathered (B, M, k, C) entry."""
+    with torch.no_grad():
+        source = neighbors.gather(2, gather(feats, neighbors).argmax(dim=2))  # (B, M, C) row of each maximum
+    return feats.gather(1, source)
 
 
 class PointNorm(nn.GroupNorm):
@@ -97,10 +148,10 @@ class ResnetBlock(nn.Module):
         self.expand = Unary(mid, out_dim, activation=False)
         self.shortcut = nn.Identity() if in_dim == out_dim else Unary(in_dim, out_dim, activation=False)
 
-    def forward(self, support_feats, neighbors, influence, strided: bool = False):
-        """support_feats: (B, S, C); neighbors: (B, M, k) into S; influence: (B, M, k, K) -> (B, M, out_dim)."""
-        x = self.conv_norm(self.conv(self.reduce(support_feats), neighbors, influence))
-        skip = gather(support_feats, neighbors).amax(dim=2) if strided else support_feats
+    def forward(self, support_feats, neighbors, influence: Influence, strided: bool = False):
+        """support_feats: (B, S, C); neighbors: (B, M, k) into S; influence: of these neighbourhoods -> (B, M, out_dim)."""
+        x = self.conv_norm(self.conv(self.reduce(support_feats), influence))
+        skip = max_pool(support_feats, neighbors) if strided else support_feats
         return F.leaky_relu(self.expand(x) + self.shortcut(skip), 0.1)
 
 
@@ -128,11 +179,12 @@ class KPConvEncoder(nn.Module):
         )  # coarsest first
         self.out_dim = widths[self.coarse_level]
 
-    def influence(self, query_xyz, support_xyz, neighbors, level: int) -> torch.Tensor:
-        """Kernel influences (B, M, k, K) of a convolution at the voxel size of ``level``."""
+    def influence(self, query_xyz, support_xyz, neighbors, level: int) -> Influence:
+        """Kernel influences of a convolution at the voxel size of ``level``: query_xyz (B, M, 3), support_xyz
+        (B, S, 3), neighbors (B, M, k) into S."""
         voxel = self.voxel_size * 2**level
         offsets = gather(support_xyz, neighbors) - query_xyz[:, :, None]
-        return kernel_influence(offsets / voxel, self.kernel_points, self.sigma)
+        return kernel_influence(offsets / voxel, neighbors, self.kernel_points, self.sigma, support_xyz.shape[1])
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """-> coarse_xyz (B, M, 3) cloud frame, coarse_feats (B, M, out_dim) with M = M_coarse_level."""
@@ -141,7 +193,7 @@ class KPConvEncoder(nn.Module):
         if self.in_dim == 2:
             feats = torch.cat([feats, batch["intensity"][..., None]], dim=-1)
         influence = self.influence(xyz[0], xyz[0], neighbors[0], level=0)
-        x = self.stem_norm(self.stem(feats, neighbors[0], influence))
+        x = self.stem_norm(self.stem(feats, influence))
         skips = []
         for level, block in enumerate(self.blocks):
             if level > 0:
