@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Subset
 from i2preg.config import parse_overrides
 from i2preg.data.collate import Collate
 from i2preg.data.pairs import build_dataset
-from i2preg.evaluate import evaluation_config
 from i2preg.geometry import project_points, rotation_to_axis_angle, transform_points
+from i2preg.inference import evaluation_config
 from i2preg.losses import MIN_DEPTH, residual_target
 from i2preg.model.icl import ICL
 from i2preg.model.iclm import anchor_grid
@@ -109,7 +109,7 @@ def main() -> None:
     for key, values in stats.items():
         print(f"| {key} | {values.mean():.3f} | {np.median(values):.3f} |")
     if args.per_query:
-        print_query_grid(query_error, cfg["model"]["image_size"], args.inlier_px)
+        print_query_grid(query_error, cfg["data"]["crop"], args.inlier_px)
 
 
 def print_query_grid(query_error: np.ndarray, image_size: list[int], inlier_px: float) -> None:

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from i2preg.api import Registrator, register_files
-from i2preg.config import full_config, load_config
+from i2preg.assembly import full_config
+from i2preg.config import load_config
 from i2preg.data.kitti import KittiOdometry
 from i2preg.data.pairs import pair_generators
 from i2preg.data.synthetic import generate_dataset
@@ -143,8 +144,7 @@ def test_batch_of_different_sizes_equals_single_calls(reg, frame):
 
 def _bad_inputs():
     image, points, K = np.zeros((376, 1241, 3), np.uint8), np.ones((100, 3)), camera(1241, 376)
-    nan_points, nan_image, nan_K = points.copy(), image.astype(np.float32), K.copy()
-    nan_points[[3, 7]] = np.nan
+    nan_image, nan_K = image.astype(np.float32), K.copy()
     nan_image[5, 5, 1] = np.inf
     nan_K[0, 2] = np.nan
     return {
@@ -159,7 +159,7 @@ def _bad_inputs():
         "points (N, 2)": ((image, points[:, :2], K), "(N, 3) or (N, 4)"),
         "points (N,)": ((image, points[:, 0], K), "(N, 3) or (N, 4)"),
         "empty cloud": ((image, points[:0], K), "empty cloud"),
-        "NaN points": ((image, nan_points, K), "2 of 100 rows hold NaN or inf"),
+        "NaN points only": ((image, np.full((100, 3), np.nan), K), "all 100 rows hold NaN or inf"),
         "text points": ((image, "points.bin", K), "numeric"),
         "K (3, 4)": ((image, points, np.zeros((3, 4))), "K must be (3, 3)"),
         "NaN in K": ((image, points, nan_K), "K has NaN"),
@@ -174,6 +174,21 @@ def test_bad_input_gives_one_line_input_error(reg, name):
     with pytest.raises(InputError) as info:
         reg.register(*args)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_rows_are_left_out_with_a_warning(reg, frame):
+    """An organised cloud marks missing returns with NaN: those rows are left out (the result is that of the cloud
+    without them; the overlap mask is False there) with a one-line warning that gives their count."""
+    clean = frame["points"]
+    holes = np.insert(clean, np.arange(0, len(clean), 50), np.nan, axis=0)
+    missing = np.isnan(holes).any(1)
+    with pytest.warns(UserWarning, match=f"^points: left out {missing.sum()} of {len(holes)} rows holding NaN or inf$"):
+        result = reg.register(frame["image"], holes, frame["K"])
+    expected = reg.register(frame["image"], clean, frame["K"])
+    np.testing.assert_array_equal(result.pose, expected.pose)
+    np.testing.assert_array_equal(result.keypoints_3d, expected.keypoints_3d)
+    np.testing.assert_array_equal(result.overlap_mask[~missing], expected.overlap_mask)
+    assert len(result.overlap_mask) == len(holes) and not result.overlap_mask[missing].any()
 
 
 def test_bad_batch_and_intensity(reg, frame):

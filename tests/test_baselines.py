@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from i2preg.baselines.matching import MatchingNet, estimate_poses, match, matching_config, mutual_nearest_neighbors
+from i2preg.assembly import full_config
+from i2preg.baselines.matching import MatchingNet, estimate_poses, match, mutual_nearest_neighbors
 from i2preg.baselines.matching_loss import info_nce, matching_loss, token_index
 from i2preg.baselines.pnp import pnp_poses, solve_pnp_ransac
 from i2preg.config import load_config
@@ -148,22 +149,25 @@ def test_matching_baseline_overfits_one_batch():
 
 
 def test_matching_config_and_weights_header(tmp_path):
-    cfg = matching_config(load_config("matching-small"))
+    """``full_config`` of ``method: matching``: the baseline's own model and loss sections, eval.pnp and
+    eval.matching; a weights file keeps the method in its header."""
+    cfg = full_config(load_config("matching-small"))
     assert cfg["method"] == "matching"
     assert set(cfg["model"]) == set(MatchingNet.default_conf)
     assert cfg["model"]["image_encoder"] == load_config("synthetic-small")["model"]["image_encoder"]
     assert set(cfg["loss"]) == {"desc", "overlap", "temperature", "negative_margin_px"}
     assert cfg["eval"]["pnp"] == {"iterations": 500, "reprojection_error": 1.0, "scale": 0.25, "confidence": 0.99,
                                   "min_matches": 4}
-    tiny = matching_config(load_config("tiny"))
+    assert cfg["eval"]["matching"]["max_points"] == 1024
+    tiny = full_config({**load_config("tiny"), "method": "matching"})
     save_weights(MatchingNet(tiny["model"]), tmp_path / "m.safetensors", tiny)
     assert read_weights_config(tmp_path / "m.safetensors")["method"] == "matching"
 
 
 @pytest.mark.slow
 def test_train_matching_runs_end_to_end(tmp_path):
-    from i2preg.baselines.train_matching import train_matching
     from i2preg.data.synthetic import generate_dataset
+    from i2preg.train import train
 
     root = generate_dataset(tmp_path / "data", sequences=[0], frames=2, seed=3, progress=False)
     cfg = load_config("tiny", {
@@ -171,8 +175,8 @@ def test_train_matching_runs_end_to_end(tmp_path):
         "data": {"root": str(root), "train_sequences": ["00"], "val_sequences": ["00"]},
         "train": {"stage1_max_steps": 1, "stage2_max_steps": 1, "limit_val_batches": 1, "val_pairs": 2},
     })
-    weights = train_matching(cfg, tmp_path / "run")
+    weights = train(cfg, tmp_path / "run")
     assert weights == tmp_path / "run" / "model.safetensors" and (tmp_path / "run" / "stage1" / "last.ckpt").exists()
     header = read_weights_config(weights)
     assert header["method"] == "matching" and header["train"]["stage1_epochs"] == 1
-    assert train_matching(cfg, tmp_path / "run", resume=True) == weights
+    assert train(cfg, tmp_path / "run", resume=True) == weights

@@ -1,12 +1,24 @@
 """The ``i2preg`` command: subcommands end to end, and bad input as one line on stderr with exit code 2."""
 
+import csv
 import json
 from pathlib import Path
 
 import cv2
+import numpy as np
+import pytest
 
 from i2preg.cli import main
+from i2preg.data.readers import read_point_cloud
+from i2preg.data.synthetic import generate_dataset
 from i2preg.demo import run_demo
+from i2preg.weights import bundled_weights
+
+
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory) -> Path:
+    """One frame of sequence 00: two test pairs (its two colour cameras)."""
+    return generate_dataset(tmp_path_factory.mktemp("cli"), sequences=[0], frames=1, seed=5, progress=False)
 
 
 def test_synth_writes_the_kitti_layout(tmp_path, capsys):
@@ -32,7 +44,8 @@ def test_demo_writes_a_picture_per_protocol_pair(tmp_path):
 
 def test_demo_registers_with_the_bundled_model_when_installed(tmp_path, monkeypatch):
     import i2preg.demo
-    from i2preg.config import full_config, load_config
+    from i2preg.assembly import full_config
+    from i2preg.config import load_config
     from i2preg.model.icl import ICL
     from i2preg.weights import save_weights
 
@@ -43,3 +56,33 @@ def test_demo_registers_with_the_bundled_model_when_installed(tmp_path, monkeypa
     run_demo(tmp_path / "demo", frames=1)
     summary = json.loads((tmp_path / "demo" / "eval" / "summary.json").read_text())
     assert summary["pairs"] == 2 and (tmp_path / "demo" / "eval" / "cumulative_rte.png").is_file()
+
+
+def test_eval_and_compare_default_to_the_bundled_models_on_the_sequences_given(frame, tmp_path):
+    common = ["--data", str(frame), "--sequences", "00", "--limit", "1", "--device", "cpu"]
+    assert main(["eval", *common, "--out", str(tmp_path / "eval"), "--figure-pairs", ""]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["weights"]["path"] == str(bundled_weights().resolve()) and summary["pairs"] == 1
+    assert summary["config"]["data"]["test_sequences"] == ["00"]  # the bundled model's own: 00-03
+    assert main(["compare", *common, "--out", str(tmp_path / "compare")]) == 0
+    with open(tmp_path / "compare" / "comparison.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["method"], Path(r["weights"]).name) for r in rows] == [
+        ("icl", "synthetic-small.safetensors"), ("matching", "matching-small.safetensors")]
+    assert float(rows[0]["rte_mean"]) == pytest.approx(summary["final"]["rte_mean"])
+
+
+def test_a_warning_is_one_line_on_stderr(frame, tmp_path, capsys):
+    """A cloud with missing returns (NaN rows) registers, with one warning line that gives their count."""
+    sequence = frame / "sequences" / "00"
+    xyz, intensity = read_point_cloud(sequence / "velodyne" / "000000.bin")
+    cloud = np.c_[xyz, intensity]
+    cloud[[0, 10, 20]] = np.nan
+    np.save(tmp_path / "holes.npy", cloud)
+    assert main(["register", "--image", str(sequence / "image_2" / "000000.png"), "--points", str(tmp_path / "holes.npy"),
+                 "--calib", str(sequence / "calib.txt")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"i2preg register: warning: {tmp_path / 'holes.npy'}: left out 3 of {len(cloud)} points holding NaN or inf"]
+    assert "pose (camera from points)" in captured.out
+

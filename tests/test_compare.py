@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from i2preg.baselines.matching import MatchingNet, matching_config
+from i2preg.assembly import build_model, full_config
 from i2preg.compare import CSV_COLUMNS, MethodSpec, compare, parse_method
-from i2preg.config import full_config, load_config
+from i2preg.config import load_config
 from i2preg.data.synthetic import generate_dataset
 from i2preg.errors import InputError
 from i2preg.evaluate import evaluate
-from i2preg.model.icl import ICL
 from i2preg.weights import save_weights
 
 ON_SEQUENCE_00 = {"data": {"test_sequences": ["00"]}}
@@ -24,22 +23,22 @@ ON_SEQUENCE_00 = {"data": {"test_sequences": ["00"]}}
 
 def tiny_weights(path: Path, overrides: dict | None = None, matching: bool = False) -> Path:
     torch.manual_seed(0)
-    cfg = load_config("tiny", overrides)
-    cfg = matching_config(cfg) if matching else full_config(cfg)
-    save_weights(MatchingNet(cfg["model"]) if matching else ICL(cfg["model"]), path, cfg)
+    cfg = full_config({**load_config("tiny", overrides), **({"method": "matching"} if matching else {})})
+    save_weights(build_model(cfg), path, cfg)
     return path
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
-    """Three test pairs; tiny ICL weights, ICL with other iteration and query counts, the matching baseline."""
+    """Three test pairs; tiny ICL weights, ICL trained with other iteration and query counts, the matching
+    baseline."""
     tmp = tmp_path_factory.mktemp("compare")
     root = generate_dataset(tmp / "data", sequences=[0], frames=2, seed=3, progress=False)
     icl = tiny_weights(tmp / "icl.safetensors")
     other = tiny_weights(tmp / "icl-2x4.safetensors", {"model": {"iclm": {"num_iterations": 2, "num_queries": 4}}})
     matching = tiny_weights(tmp / "matching.safetensors", matching=True)
     methods = [f"icl={icl}", f"icl+pnp={icl}:solver=pnp", f"icl-cls={icl}:mask=classifier", f"icl-2x4={other}",
-               f"gpdm={icl}:solver=frustum", f"icl-q4={icl}:queries=4:iterations=1:solver=pnp", f"matching={matching}"]
+               f"gpdm={icl}:solver=frustum", f"matching={matching}"]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         rows = compare(methods, root, tmp / "out", limit=3, batch_size=2, device="cpu", overrides=ON_SEQUENCE_00,
@@ -51,11 +50,10 @@ def test_one_row_per_method_on_the_same_pairs(setup):
     with open(setup["out"] / "comparison.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == CSV_COLUMNS
-    assert [r["method"] for r in rows] == ["icl", "icl+pnp", "icl-cls", "icl-2x4", "gpdm", "icl-q4", "matching"]
-    assert [(r["solver"], r["mask"], r["iterations"], r["queries"]) for r in rows] == [
-        ("prm", "geometric", "1", "8"), ("pnp", "geometric", "1", "8"), ("prm", "classifier", "1", "8"),
-        ("prm", "geometric", "2", "4"), ("frustum", "geometric", "1", "8"), ("pnp", "geometric", "1", "4"),
-        ("pnp", "", "", "")]
+    assert [r["method"] for r in rows] == ["icl", "icl+pnp", "icl-cls", "icl-2x4", "gpdm", "matching"]
+    assert [(r["solver"], r["mask"]) for r in rows] == [
+        ("prm", "geometric"), ("pnp", "geometric"), ("prm", "classifier"), ("prm", "geometric"), ("frustum", "geometric"),
+        ("pnp", "")]
     assert {r["pairs"] for r in rows} == {"3"}
     assert all(float(r["network_ms"]) > 0 and float(r["solver_ms"]) >= 0 and 0 <= float(r["acc"]) <= 1 for r in rows)
     assert all(0 <= int(r["failures"]) <= 3 for r in rows) and rows[0]["failures"] == "0"
@@ -86,10 +84,9 @@ def test_method_syntax():
     assert parse_method("icl=w/a.safetensors") == MethodSpec("icl", Path("w/a.safetensors"))
     assert parse_method("x=a.safetensors:solver=pnp:mask=classifier") == MethodSpec(
         "x", Path("a.safetensors"), "pnp", "classifier")
-    assert parse_method("x=a.safetensors:queries=16:iterations=2") == MethodSpec(
-        "x", Path("a.safetensors"), iterations=2, queries=16)
+    assert parse_method("m=matching-small") == MethodSpec("m", Path("matching-small"))
     for bad in ("a.safetensors", "=a.safetensors", "x=a.safetensors:solver=ransac", "x=a.safetensors:seed=1",
-                "x=a.safetensors:iterations=0", "x=a.safetensors:queries=half", "x=a.safetensors:queries=-4"):
+                "x=a.safetensors:iterations=1", "x=a.safetensors:queries=16"):
         with pytest.raises(InputError):
             parse_method(bad)
 
@@ -99,9 +96,9 @@ def test_bad_combinations_are_refused(setup, tmp_path):
     with pytest.raises(InputError, match="matching baseline"):
         compare([f"m={matching}:solver=prm"], setup["root"], tmp_path, overrides=ON_SEQUENCE_00, progress=False)
     with pytest.raises(InputError, match="matching baseline"):
-        compare([f"m={matching}:queries=2"], setup["root"], tmp_path, overrides=ON_SEQUENCE_00, progress=False)
-    with pytest.raises(InputError, match="iterations=2, but the weights have 1"):
-        compare([f"a={setup['icl']}:iterations=2"], setup["root"], tmp_path, overrides=ON_SEQUENCE_00, progress=False)
+        compare([f"m={matching}:mask=classifier"], setup["root"], tmp_path, overrides=ON_SEQUENCE_00, progress=False)
+    with pytest.raises(InputError, match="nowhere.safetensors: no such weights file"):
+        compare([f"a={tmp_path / 'nowhere.safetensors'}"], setup["root"], tmp_path, progress=False)
     with pytest.raises(InputError, match="distinct"):
         compare([f"a={setup['icl']}", f"a={setup['icl']}"], setup["root"], tmp_path, progress=False)
     with pytest.raises(InputError, match="i2preg compare"):

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from i2preg.config import full_config, load_config
+from i2preg.assembly import full_config
+from i2preg.config import load_config
 from i2preg.data.synthetic import generate_dataset
 from i2preg.errors import InputError
-from i2preg.evaluate import evaluate, evaluation_config, pair_list, reprojection_confidence, roc_auc
-from i2preg.geometry import make_transform, project_points, transform_points
+from i2preg.evaluate import evaluate, pair_list, roc_auc
 from i2preg.metrics import format_table, success, summarize
 from i2preg.model.icl import ICL
 from i2preg.weights import save_weights
@@ -94,6 +94,17 @@ def test_table_is_the_protocol_over_the_csv_rows(setup):
     assert summary["table"] == table and table in setup["stdout"]
 
 
+def test_sequences_choose_the_pairs(setup, tmp_path):
+    """sequences= replaces the split's sequences: sequence 00 of the tiny config's 09, 10 (absent here)."""
+    summary = evaluate(setup["weights"], setup["root"], tmp_path / "out", sequences=["00"], limit=2, device="cpu",
+                       figure_pairs=[], progress=False)
+    assert summary["config"]["data"]["test_sequences"] == ["00"] and summary["pairs"] == 2
+    first = read_rows(setup["out"] / "pairs.csv")[:2]
+    assert [r["rte"] for r in read_rows(tmp_path / "out" / "pairs.csv")] == [r["rte"] for r in first]
+    with pytest.raises(InputError, match="09"):
+        evaluate(setup["weights"], setup["root"], tmp_path / "out2", device="cpu", progress=False)
+
+
 def test_limit_batch_size_and_another_config(setup, tmp_path):
     config = tmp_path / "sequence00.yaml"
     config.write_text("base: tiny\ndata: {test_sequences: ['00']}\n")
@@ -109,14 +120,14 @@ def test_limit_batch_size_and_another_config(setup, tmp_path):
 
 
 def test_bad_inputs_name_the_culprit(setup, tmp_path):
-    with pytest.raises(InputError, match="missing.safetensors: no such file"):
+    with pytest.raises(InputError, match="missing.safetensors: no such weights file"):
         evaluate(tmp_path / "missing.safetensors", setup["root"], tmp_path / "out", progress=False)
     with pytest.raises(InputError, match="nowhere: no such folder"):
         evaluate(setup["weights"], tmp_path / "nowhere", tmp_path / "out", progress=False)
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(InputError, match="junk.safetensors: not a safetensors file"):
         evaluate(tmp_path / "junk.safetensors", setup["root"], tmp_path / "out", progress=False)
-    with pytest.raises(InputError, match="the weights expect"):  # kitti's data: 160 x 512, 40,960 points
+    with pytest.raises(InputError, match=r"the weights take \[64, 128\] images and 1024 points"):  # kitti's data: 160 x 512, 40,960 points
         evaluate(setup["weights"], setup["root"], tmp_path / "out", config="kitti", progress=False)
     with pytest.raises(InputError, match="come from the weights"):
         evaluate(setup["weights"], setup["root"], tmp_path / "out", overrides={"model": {"dof": 6}}, progress=False)
@@ -127,24 +138,6 @@ def test_bad_inputs_name_the_culprit(setup, tmp_path):
     assert pair_list("0,5, 9") == [0, 5, 9] and pair_list("") == []
 
 
-def test_confidence_is_one_for_agreement_and_zero_for_disagreement():
-    torch.manual_seed(0)
-    B, Q = 3, 10
-    angles = torch.rand(B) * 6.28
-    R = torch.stack([torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]]) for c, s in zip(angles.cos(), angles.sin())])
-    pose = make_transform(R, torch.randn(B, 3))
-    K = torch.tensor([[100.0, 0, 64], [0, 100, 32], [0, 0, 1]]).expand(B, 3, 3)
-    in_camera = torch.cat([torch.randn(B, Q, 2), torch.rand(B, Q, 1) * 20 + 2], dim=-1)
-    kp_3d = transform_points(torch.linalg.inv(pose), in_camera)
-    kp_2d = project_points(in_camera, K)[0]
-    torch.testing.assert_close(reprojection_confidence(kp_2d, kp_3d, pose, K), torch.ones(B), atol=1e-4, rtol=0)
-    assert reprojection_confidence(kp_2d + 100, kp_3d, pose, K).max() < 1e-6
-    half = reprojection_confidence(kp_2d + torch.tensor([8.0, 0]), kp_3d, pose, K)  # d = sigma: exp(-1/2)
-    torch.testing.assert_close(half, torch.full((B,), math.exp(-0.5)), atol=1e-4, rtol=0)
-    behind = transform_points(torch.linalg.inv(pose), in_camera * torch.tensor([1.0, 1, -1]))
-    assert reprojection_confidence(kp_2d, behind, pose, K).max() == 0
-
-
 def test_roc_auc():
     labels = np.array([True, True, False, False])
     assert roc_auc(np.array([0.9, 0.8, 0.1, 0.2]), labels) == 1.0
@@ -152,14 +145,3 @@ def test_roc_auc():
     assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), labels) == 0.5
     assert roc_auc(np.array([0.9, 0.3, 0.5, 0.2]), labels) == 0.75
     assert math.isnan(roc_auc(np.array([0.3, 0.4]), np.array([True, True])))
-
-
-def test_overrides_may_change_only_inference_settings():
-    weights_config = full_config(load_config("tiny"))
-    cfg = evaluation_config(weights_config, overrides={"model": {"gpdm": {"mask_source": "classifier", "refine_iterations": 2,
-                                                                      "refine_points": 64}}})
-    gpdm = cfg["model"]["gpdm"]
-    assert (gpdm["mask_source"], gpdm["refine_iterations"], gpdm["refine_points"]) == ("classifier", 2, 64)
-    for bad in ({"gpdm": {"hidden_dim": 8}}, {"num_points": 10}, {"iclm": {"num_queries": 4}}):
-        with pytest.raises(InputError, match="may change only model.gpdm.mask_source"):
-            evaluation_config(weights_config, overrides={"model": bad})

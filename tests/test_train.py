@@ -66,7 +66,7 @@ KILLABLE_TRAIN = """
 
 
 def test_two_stages_write_loadable_weights_with_config(tiny_root, tmp_path):
-    from i2preg.config import full_config
+    from i2preg.assembly import full_config
     from i2preg.model.icl import ICL
     from i2preg.train import train
 
@@ -168,8 +168,8 @@ def test_finished_run_resumed_with_more_epochs_ends_as_one_trained_that_long(tin
     one_epoch = load_file(str(first))
     assert train(cfg, tmp_path / "run", resume=True) == first
     assert not (tmp_path / "run" / "stage1" / "version_1").exists(), "a finished run was trained again"
-    with pytest.raises(InputError, match="model.num_points"):
-        train(cfg, tmp_path / "run", resume=True, overrides={"model": {"num_points": 64}})
+    with pytest.raises(InputError, match="data.num_points"):
+        train(cfg, tmp_path / "run", resume=True, overrides={"data": {"num_points": 64}})
     longer = load_file(str(train(cfg, tmp_path / "run", resume=True, overrides={"train": {"stage1_epochs": 2}})))
     assert any(not torch.equal(one_epoch[k], longer[k]) for k in longer), "the second epoch changed nothing"
     assert all(torch.equal(whole[k], longer[k]) for k in whole), "extended run differs from the 2-epoch run"

@@ -1,4 +1,5 @@
-"""The pose search of GPDM (``gpdm.yaw_bins``): hypothesis geometry, its losses, and warm starts into it."""
+"""The pose search of GPDM (``model.pose_search``, ``gpdm.yaw_bins``): hypothesis geometry, its losses, warm starts
+into it, and the default head of each DoF."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import torch
 from i2preg.geometry import frustum_params_to_pose, invert_transform, pose_to_frustum_params, transform_points
 from i2preg.losses import compute_losses, refine_search_loss, yaw_search_loss
 from i2preg.model import ICL
-from i2preg.model.gpdm import PoseSearch, yaw_bin_vectors
+from i2preg.model.pose_search import PoseSearch, yaw_bin_vectors
 from i2preg.weights import load_weights, save_weights
 from test_model import TINY_CONF, synthetic_batch
 
 H, W = 32, 64
 K = torch.tensor([[[32.0, 0, (W - 1) / 2], [0, 32, (H - 1) / 2], [0, 0, 1]]])
-SEARCH_CONF = {**TINY_CONF, "gpdm": {"hidden_dim": 16, "yaw_bins": 12, "refine_centre_step": 1.0, "refine_radius": 1}}
+SEARCH_CONF = {**TINY_CONF, "gpdm": {"hidden_dim": 16, "yaw_bins": 12, "refine_centre_step": 1.0, "refine_radius": 1,
+                                     "refine_iterations": 1}}
 
 
 def search_conf(**changes) -> dict:
@@ -155,8 +157,19 @@ def test_model_with_yaw_search_outputs_logits_and_trains_them_in_stage_1():
     assert model.gpdm.search.image_proj.weight.grad.abs().sum() > 0
     assert model.image_encoder.stem[0].weight.grad.abs().sum() > 0
     assert not hasattr(model.gpdm, "rotation_head")
-    with pytest.raises(ValueError, match="yaw_bins"):
-        ICL({**SEARCH_CONF, "dof": 6})
+
+
+def test_the_default_head_is_the_pose_search_for_3_dof_and_the_papers_for_6():
+    """ICL.default_conf: 3 DoF has the pose search, with the shipped design's two refinements; 6 DoF (and
+    yaw_bins 0) the paper's regression head, whatever the search settings."""
+    conf = {key: TINY_CONF[key] for key in ("image_encoder", "point_encoder", "iclm", "prm")}
+    search = ICL(conf).gpdm
+    assert search.search is not None and not hasattr(search, "rotation_head")
+    assert (search.search.num_bins, search.search.iterations, search.search.centre_step) == (36, 2, 0.75)
+    for paper in (ICL({**conf, "dof": 6}).gpdm, ICL({**conf, "gpdm": {"yaw_bins": 0}}).gpdm):
+        assert paper.search is None and isinstance(paper.rotation_head, torch.nn.Linear)
+    out = ICL({**conf, "dof": 6}).forward_gpdm(synthetic_batch())
+    assert out["frustum_rotation"].shape == (2, 6) and "yaw_logits" not in out
 
 
 def test_warm_start_loads_the_shared_tensors(tmp_path):

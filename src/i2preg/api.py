@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .assembly import load_model
 from .data.collate import Collate
 from .data.ops import sample_indices, voxel_downsample
 from .data.pairs import pair_config, resize_and_crop
@@ -35,12 +37,12 @@ from .data.readers import (
     undistort_image,
 )
 from .errors import InputError
-from .evaluate import reprojection_confidence, to_device
 from .files import write_text
 from .geometry import invert_transform, project_pose, sample_perturbation, transform_points
+from .inference import infer, to_device
 from .metrics import registration_errors, success
 from .model.icl import ICL
-from .weights import BUNDLED_DIR, DEFAULT_MODEL, bundled_weights, load_weights, read_weights_config
+from .weights import resolve_weights
 
 SAMPLE_SEED = 0
 """Seed of the fixed-size point sample: the same call always sees the same points."""
@@ -57,9 +59,10 @@ class RegistrationResult:
     keypoints_2d: (Nq, 2) the implicit correspondences' pixels, ORIGINAL image pixels (u, v).
     keypoints_3d: (Nq, 3) their 3D partners, cloud frame.
     overlap_mask: (N,) bool over the input points: in front of the camera and inside the original
-        image when projected with ``frustum_pose`` and the caller's K (GPDM's geometric mask).
+        image when projected with ``frustum_pose`` and the caller's K (GPDM's geometric mask); False for
+        the points left out for NaN or inf.
     confidence: in [0, 1], how well the correspondences agree with ``pose``
-        (``evaluate.reprojection_confidence``, on the network input's pixels).
+        (``inference.reprojection_confidence``, on the network input's pixels).
     info: ``resampled`` (fewer points than the model takes after voxelising: some were repeated),
         ``scale`` (image resize factor), ``crop_offset`` (dx, dy) in resized pixels, ``K_model`` (3, 3)
         intrinsics of the network input, ``seconds`` (wall time of the call; the whole batch for
@@ -90,6 +93,7 @@ class _Prepared:
 
     sample: dict[str, Any]
     points: np.ndarray  # (N, 3) input points, cloud frame
+    finite: np.ndarray  # (N,) bool: the points without NaN or inf, those used
     K: np.ndarray  # (3, 3) caller's intrinsics
     K_model: np.ndarray  # (3, 3) intrinsics of the network input
     size: tuple[int, int]  # (H, W) of the caller's image
@@ -130,22 +134,26 @@ def _check_image(image: Tensorish) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def _check_points(points: Tensorish, intensity: Tensorish | None) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3) xyz and (N,) intensity (the argument, else the 4th column of ``points``, else zeros)."""
+def _check_points(points: Tensorish, intensity: Tensorish | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 3) xyz, (N,) intensity (the argument, else the 4th column of ``points``, else zeros) and (N,) bool:
+    the rows to use. Rows with NaN or inf (an organised cloud's missing returns) are left out with a warning
+    that gives their count; a cloud with no other row is an error."""
     points = _numpy(points, "points").astype(np.float64)
     if points.ndim != 2 or points.shape[1] not in (3, 4):
         raise InputError(f"points must be (N, 3) or (N, 4), got shape {points.shape}")
     if len(points) == 0:
         raise InputError("points: empty cloud (0 points)")
-    bad = int((~np.isfinite(points)).any(1).sum())
-    if bad:
-        raise InputError(f"points: {bad} of {len(points)} rows hold NaN or inf; drop them first")
     if intensity is None:
         intensity = points[:, 3] if points.shape[1] == 4 else np.zeros(len(points))
     intensity = _numpy(intensity, "intensity").astype(np.float64)
-    if intensity.shape != (len(points),) or not np.isfinite(intensity).all():
-        raise InputError(f"intensity must be ({len(points)},) and finite, got shape {intensity.shape}")
-    return points[:, :3], intensity
+    if intensity.shape != (len(points),):
+        raise InputError(f"intensity must be ({len(points)},), got shape {intensity.shape}")
+    finite = np.isfinite(points).all(1) & np.isfinite(intensity)
+    if not finite.any():
+        raise InputError(f"points: all {len(points)} rows hold NaN or inf")
+    if not finite.all():
+        warnings.warn(f"points: left out {int((~finite).sum())} of {len(points)} rows holding NaN or inf", stacklevel=4)
+    return points[:, :3], intensity, finite
 
 
 def _check_K(K: Tensorish) -> np.ndarray:
@@ -163,7 +171,7 @@ class Registrator:
     """A trained ICL model with the protocol's preprocessing: images of any size, clouds of any size.
 
     model: an ``ICL``; config: the full config it was trained with (its ``data`` section gives the image
-    scale and the voxel size; ``model.image_size`` and ``model.num_points`` the network input).
+    scale, the voxel size and the network input: ``crop`` and ``num_points``).
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu"):
@@ -172,8 +180,8 @@ class Registrator:
         self.config = config
         data = pair_config(config)
         self.image_scale, self.voxel = float(data["image_scale"]), float(data["voxel"])
-        self.image_size = tuple(model.conf["image_size"])  # (h, w)
-        self.num_points = int(model.conf["num_points"])
+        self.image_size = tuple(data["crop"])  # (h, w)
+        self.num_points = int(data["num_points"])
         self.collate = Collate(model.conf)
 
     @classmethod
@@ -181,19 +189,11 @@ class Registrator:
                         device: str | torch.device = "cpu") -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
         of a bundled model (None: ``synthetic-small``)."""
-        path = Path(path_or_name if path_or_name is not None else DEFAULT_MODEL)
-        if not path.is_file():
-            bundled = bundled_weights(path.name)
-            if path.parent != Path(".") or not bundled.is_file():
-                names = sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
-                raise InputError(
-                    f"no such weights file or bundled model (bundled: {', '.join(names) or 'none installed'});"
-                    " train one with `i2preg train --config synthetic-small --data DATA` and pass its"
-                    " runs/synthetic-small/model.safetensors", bundled if path_or_name is None else path)
-            path = bundled
-        config = read_weights_config(path)
-        model = ICL(config.get("model"))
-        load_weights(model, path)
+        path = resolve_weights(path_or_name)
+        model, config = load_model(path)
+        if not isinstance(model, ICL):
+            raise InputError(f"{config['method']} weights: the Registrator runs ICL; compare them with i2preg compare",
+                             path)
         return cls(model, config, device)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish,
@@ -202,7 +202,7 @@ class Registrator:
 
         image: (H, W, 3) uint8 RGB or float in [0, 1] (NumPy), or a (3, H, W) tensor; any size that
         covers the network input. points: (N, 3) or (N, 4) (x, y, z, intensity) in the cloud frame;
-        NaN or inf rows are rejected. K: (3, 3) intrinsics of ``image``. intensity: (N,), overrides the
+        rows with NaN or inf (missing returns) are left out with a warning. K: (3, 3) intrinsics of ``image``. intensity: (N,), overrides the
         4th column (used only by models configured with ``use_intensity``).
         """
         return self.register_batch([image], [points], [K], None if intensity is None else [intensity])[0]
@@ -218,24 +218,23 @@ class Registrator:
         intensities = intensities if intensities is not None else [None] * len(images)
         prepared = [self._prepare(*args) for args in zip(images, clouds, Ks, intensities)]
         batch = to_device(self.collate([p.sample for p in prepared]), self.device)
-        with torch.inference_mode():
-            out = self.model(batch)
-            out = {k: out[k].double() for k in ("pose", "frustum_pose", "kp_2d", "kp_3d")}
-            out["confidence"] = reprojection_confidence(out["kp_2d"], out["kp_3d"], out["pose"], batch["K"].double())
-        out = {k: v.cpu().numpy() for k, v in out.items()}
+        result = infer(self.model, batch)
+        out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
+        out.update(pose=result.pose, confidence=result.confidence)
+        out = {k: v.double().cpu().numpy() for k, v in out.items()}
         seconds = time.perf_counter() - start
         return [self._result(p, {k: v[b] for k, v in out.items()}, seconds) for b, p in enumerate(prepared)]
 
     def _prepare(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None) -> _Prepared:
         """Resize by max(config scale, the least that covers the input), centre-crop, voxelise, sample."""
         image, K = _check_image(image), _check_K(K)
-        xyz, intensity = _check_points(points, intensity)
+        xyz, intensity, finite = _check_points(points, intensity)
         (h, w), (H, W) = self.image_size, image.shape[:2]
         if H < h or W < w:
             raise InputError(f"image of {W}x{H} px is smaller than the model input of {w}x{h} px")
         scale = max(self.image_scale, h / H, w / W)
         crop, K_model, offset = resize_and_crop(image, K, scale, (h, w), rng=None)
-        kept = voxel_downsample(xyz, self.voxel)
+        kept = np.flatnonzero(finite)[voxel_downsample(xyz[finite], self.voxel)]
         pick, resampled = sample_indices(len(kept), self.num_points, np.random.default_rng(SAMPLE_SEED))
         index = kept[pick]
         tensor = torch.from_numpy(crop).permute(2, 0, 1).float()
@@ -248,7 +247,14 @@ class Registrator:
             "resampled": resampled,
             "meta": {},
         }
-        return _Prepared(sample, xyz, K, K_model, (H, W), scale, offset)
+        return _Prepared(sample, xyz, finite, K, K_model, (H, W), scale, offset)
+
+    @staticmethod
+    def _overlap_mask(p: _Prepared, frustum_pose: np.ndarray) -> np.ndarray:
+        """(N,) the input points the frustum pose projects into the original image (False where left out)."""
+        mask = np.zeros(len(p.points), dtype=bool)
+        mask[p.finite] = project_pose(p.points[p.finite], frustum_pose, p.K, *p.size)[2]
+        return mask
 
     def _result(self, p: _Prepared, out: dict[str, np.ndarray], seconds: float) -> RegistrationResult:
         # Network pixels -> resized pixels (+ crop offset) -> original pixels (inverse of u' = s (u + 0.5) - 0.5).
@@ -258,7 +264,7 @@ class Registrator:
             frustum_pose=out["frustum_pose"],
             keypoints_2d=keypoints_2d,
             keypoints_3d=out["kp_3d"],
-            overlap_mask=project_pose(p.points, out["frustum_pose"], p.K, *p.size)[2],
+            overlap_mask=self._overlap_mask(p, out["frustum_pose"]),
             confidence=float(out["confidence"]),
             info={"resampled": bool(p.sample["resampled"]), "scale": p.scale, "crop_offset": p.crop_offset,
                   "K_model": p.K_model, "seconds": seconds},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from .config import parse_overrides
@@ -44,14 +45,15 @@ def _eval(args: argparse.Namespace) -> None:
 
     evaluate(args.weights, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
              batch_size=args.batch_size, device=args.device, figure_pairs=args.figure_pairs,
-             overrides=parse_overrides(args.set), solver=args.solver)
+             overrides=parse_overrides(args.set), solver=args.solver, sequences=args.sequences)
 
 
 def _compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
     compare(args.method, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
-            batch_size=args.batch_size, device=args.device, overrides=parse_overrides(args.set))
+            batch_size=args.batch_size, device=args.device, overrides=parse_overrides(args.set),
+            sequences=args.sequences)
 
 
 def _register(args: argparse.Namespace) -> None:
@@ -73,11 +75,17 @@ def _index_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def _add_test_set_arguments(p: argparse.ArgumentParser, config_help: str) -> None:
     """The test set and how to run on it, as ``eval`` and ``compare`` share them."""
     p.add_argument("--data", help="dataset root (KITTI Odometry layout; default: the config's data.root)")
     p.add_argument("--config", help=config_help)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--sequences", type=_name_list, metavar="00,01,...",
+                   help="the split's sequences (default: the config's data.SPLIT_sequences)")
     p.add_argument("--limit", type=int, help="the first N pairs only")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
@@ -125,21 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate weights with the benchmark protocol: table, pairs.csv, summary.json, figures")
-    p.add_argument("--weights", required=True, help="a .safetensors file written by i2preg train")
+    p.add_argument("--weights", help="a .safetensors file written by i2preg train, or a bundled model's name"
+                                     " (default: the bundled synthetic-small)")
     _add_test_set_arguments(p, config_help="YAML file or bundled name whose data and eval sections replace the weights'")
     p.add_argument("--out", default="outputs/eval", help="folder for pairs.csv, summary.json and the figures")
     p.add_argument("--figure-pairs", dest="figure_pairs", type=_index_list, metavar="I,J,...",
                    help="indices of the pairs to draw (default: the first 3; '' for none)")
-    p.add_argument("--solver", choices=["prm", "pnp"], default="prm",
-                   help="final pose from PRM, or PnP-RANSAC on ICL's keypoint pairs (ablation)")
+    p.add_argument("--solver", default="prm",
+                   help="final pose: prm (PRM's), pnp (PnP-RANSAC on ICL's keypoint pairs) or frustum (GPDM's)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("compare", help="ICL, its ablations and the matching baseline on one test set, one table")
-    p.add_argument("--method", action="append", required=True,
-                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier][:iterations=N][:queries=K]",
-                   help="a method to run (repeat); the weights' header says which model it is; iterations and "
-                        "queries keep part of a trained ICLM")
+    p.add_argument("--method", action="append",
+                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier]",
+                   help="a method to run (repeat); WEIGHTS: a file or a bundled model's name, whose header says which"
+                        " model it is (default: icl=synthetic-small and matching=matching-small, the bundled ones)")
     _add_test_set_arguments(p, config_help="YAML file or bundled name whose data and eval sections all methods use")
     p.add_argument("--out", default="outputs/compare", help="folder for comparison.md and comparison.csv")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
@@ -150,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", required=True, help="point cloud: KITTI .bin, .pcd.bin, PCD, PLY, NPY or NPZ")
     p.add_argument("--calib", required=True, help="KITTI calib.txt, a 9-number K file, or YAML/JSON (K, distortion)")
     p.add_argument("--camera", type=int, default=2, help="KITTI camera whose P gives K")
-    p.add_argument("--weights", help="weights file (default: the bundled synthetic-small model)")
+    p.add_argument("--weights", help="weights file or bundled model name (default: the bundled synthetic-small)")
     p.add_argument("--extrinsic", help="4x4 LiDAR -> camera text file, for a calib without one (nuScenes style)")
     p.add_argument("--protocol-seed", dest="protocol_seed", type=int, metavar="SEED",
                    help="check the model on this frame: move the cloud into the camera frame with the calib's"
@@ -174,12 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: bad input is one line on stderr and exit code 2, a warning one line on stderr."""
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except InputError as err:
-        print(f"i2preg {args.command}: error: {err}", file=sys.stderr)
-        return 2
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"i2preg {args.command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        try:
+            args.func(args)
+        except InputError as err:
+            print(f"i2preg {args.command}: error: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -1,19 +1,16 @@
 """``i2preg compare``: several methods on ONE test set in one run, and one table in the paper's format.
 
-A method is ``NAME=WEIGHTS[:OPTION=VALUE]...`` (the weights' header says which model to build)::
+A method is ``NAME=WEIGHTS[:OPTION=VALUE]...``, WEIGHTS a file or a bundled model's name (the weights' header
+says which model to build)::
 
-    icl=runs/a/model.safetensors                      ICL, final pose from PRM
+    icl=synthetic-small                               ICL (the bundled model), final pose from PRM
     icl+pnp=runs/a/model.safetensors:solver=pnp       ICL, PnP-RANSAC on its own pairs kp_2d <-> kp_3d
     icl-cls=runs/a/model.safetensors:mask=classifier  ICL, ICLM's point mask from the classifier alone
     gpdm=runs/a/model.safetensors:solver=frustum      GPDM's frustum pose alone (no ICLM, no PRM)
-    it1=runs/a/model.safetensors:iterations=1         ICL with only the first of its trained attention iterations
-    q16=runs/a/model.safetensors:queries=16           ICL with 16 of its trained queries, evenly spaced
-    matching=runs/m/model.safetensors                 the explicit-matching baseline (method: matching)
+    matching=matching-small                           the explicit-matching baseline (method: matching), bundled
 
-Options (ICL only): ``solver`` = prm | pnp | frustum, ``mask`` = geometric | classifier (default: the weights' own);
-``iterations`` = N and ``queries`` = K prune the trained ICLM at evaluation (``ICLM.prune``; default: all). Those
-are ablations of one trained model; the paper's ablations train each count (``model.iclm.num_iterations``,
-``model.iclm.num_queries``) and compare the weights.
+Options (ICL only): ``solver`` = prm | pnp | frustum, ``mask`` = geometric | classifier (default: the weights' own).
+Without methods, ``DEFAULT_METHODS``: the two bundled models. The forward pass and the solvers are ``inference``'s.
 Every method reads the same pairs (the data is seeded per pair) with the same ``data`` and ``eval`` settings:
 those of ``config`` when given, else of the first method's weights.
 
@@ -36,40 +33,29 @@ import csv
 import io
 import os
 import threading
-import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from .baselines.matching import (
-    MATCH_DEFAULTS,
-    MatchingNet,
-    estimate_poses,
-    matching_config,
-)
-from .baselines.pnp import PNP_DEFAULTS, pnp_poses
-from .config import deep_update
-from .data.collate import Collate
-from .data.pairs import build_dataset
+from .assembly import load_model
 from .errors import InputError
-from .evaluate import check_run_arguments, evaluation_config, resolve_device, to_device
 from .files import write_text
+from .inference import SOLVERS, evaluation_config, pair_loader, resolve_device, run, with_sequences
 from .metrics import registration_errors, summarize
-from .model.icl import ICL
-from .weights import load_weights, read_weights_config
+from .weights import DEFAULT_MODEL, MATCHING_MODEL, read_weights_config, resolve_weights
 
-OPTIONS = {"solver": ("prm", "pnp", "frustum"), "mask": ("geometric", "classifier")}
-COUNT_OPTIONS = ("iterations", "queries")  # positive integers
-OPTIONS_HELP = ", ".join([f"{key}={'|'.join(values)}" for key, values in OPTIONS.items()]
-                         + [f"{key}=N" for key in COUNT_OPTIONS])
+OPTIONS = {"solver": SOLVERS, "mask": ("geometric", "classifier")}
+OPTIONS_HELP = ", ".join(f"{key}={'|'.join(values)}" for key, values in OPTIONS.items())
 
-CSV_COLUMNS = ["method", "weights", "solver", "mask", "iterations", "queries", "pairs", "rte_mean", "rte_std",
+DEFAULT_METHODS = (f"icl={DEFAULT_MODEL}", f"matching={MATCHING_MODEL}")
+"""The methods compared when none are named: the bundled ICL model and the bundled matching baseline."""
+
+CSV_COLUMNS = ["method", "weights", "solver", "mask", "pairs", "rte_mean", "rte_std",
                "rte_median", "rre_mean", "rre_std", "rre_median", "rre_geodesic_mean", "rre_geodesic_median", "acc",
                "failures", "network_ms", "solver_ms", "peak_mib", "device", "batch_size"]
 
@@ -97,16 +83,13 @@ VP2P-Match 31 ms, CorrI2P 14 ms + PnP-RANSAC, DeepI2P 8 ms + optimisation.
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    weights: Path
+    weights: Path  # a file, or a bundled model's name
     solver: str | None = None  # None: "prm" for ICL, "pnp" for the matching baseline
     mask: str | None = None  # None: the weights' own gpdm.mask_source ("" for the matching baseline)
-    iterations: int | None = None  # None: all the trained ICLM iterations (None for the matching baseline)
-    queries: int | None = None  # None: all the trained queries
 
 
 def parse_method(text: str) -> MethodSpec:
-    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier][:iterations=N][:queries=K]"`` ->
-    MethodSpec (module docstring)."""
+    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier]"`` -> MethodSpec (module docstring)."""
     name, _, rest = text.partition("=")
     weights, *options = rest.split(":")
     if not name.strip() or not weights:
@@ -114,36 +97,25 @@ def parse_method(text: str) -> MethodSpec:
     values: dict[str, Any] = {}
     for option in options:
         key, _, value = option.partition("=")
-        if key in COUNT_OPTIONS and value.isdigit() and int(value) > 0:
-            values[key] = int(value)
-        elif value in OPTIONS.get(key, ()):
-            values[key] = value
-        else:
+        if value not in OPTIONS.get(key, ()):
             raise InputError(f"method {text!r}: unknown option {option!r} (options: {OPTIONS_HELP})")
+        values[key] = value
     return MethodSpec(name.strip(), Path(weights), **values)
 
 
 def method_config(spec: MethodSpec, reference: dict) -> tuple[MethodSpec, dict]:
-    """One method resolved: the spec with its solver and mask filled in, and its config (the weights' model with
-    the shared ``data`` and ``eval`` sections)."""
+    """One method resolved: the spec with its weights file, solver and mask filled in, and its config (the
+    weights' model with the shared ``data`` and ``eval`` sections of ``reference``)."""
+    spec = replace(spec, weights=resolve_weights(spec.weights))
     weights_config = read_weights_config(spec.weights)
-    method = weights_config.get("method", "icl")
-    if method == "matching" and (spec.solver == "prm" or spec.mask or spec.iterations or spec.queries):
-        raise InputError(f"method {spec.name}: the matching baseline takes no solver=prm, mask, iterations or queries "
-                         "option", spec.weights)
-    if method == "matching":
-        weights_config = matching_config(weights_config)
-    cfg = evaluation_config({**weights_config, "data": reference["data"], "eval": reference["eval"]})
-    if method == "matching":
-        return replace(spec, solver="pnp", mask=""), cfg
-    if spec.mask is not None:
-        cfg["model"]["gpdm"]["mask_source"] = spec.mask
-    trained = {"iterations": cfg["model"]["iclm"]["num_iterations"], "queries": cfg["model"]["iclm"]["num_queries"]}
-    counts = {key: getattr(spec, key) or trained[key] for key in COUNT_OPTIONS}
-    for key, count in counts.items():
-        if count > trained[key]:
-            raise InputError(f"method {spec.name}: {key}={count}, but the weights have {trained[key]}", spec.weights)
-    return replace(spec, solver=spec.solver or "prm", mask=cfg["model"]["gpdm"]["mask_source"], **counts), cfg
+    if weights_config.get("method", "icl") == "matching":
+        if spec.solver == "prm" or spec.solver == "frustum" or spec.mask:
+            raise InputError(f"method {spec.name}: the matching baseline takes no solver=prm|frustum or mask option",
+                             spec.weights)
+        return replace(spec, solver="pnp", mask=""), evaluation_config(weights_config, reference)
+    overrides = {} if spec.mask is None else {"model": {"gpdm": {"mask_source": spec.mask}}}
+    cfg = evaluation_config(weights_config, reference, overrides)
+    return replace(spec, solver=spec.solver or "prm", mask=cfg["model"]["gpdm"]["mask_source"]), cfg
 
 
 class PeakMemory:
@@ -188,57 +160,27 @@ class PeakMemory:
             self.mib = (max(self._peak, self.resident_bytes() or 0) - self._start) / 2**20
 
 
-def seconds(device: torch.device) -> float:
-    """A timestamp after the device's queued work is done."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def solve(model: torch.nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict):
-    """After the network: the final poses (B, 4, 4) and solve success (B,) bool of one batch."""
-    if isinstance(model, MatchingNet):
-        return estimate_poses(out, batch["K"], eval_cfg)[:2]
-    if solver == "pnp":
-        return pnp_poses(out["kp_2d"], out["kp_3d"], batch["K"], eval_cfg["pnp"])
-    if solver == "frustum":
-        return out["frustum_pose"], torch.ones(len(out["pose"]), dtype=torch.bool)
-    return out["pose"], torch.ones(len(out["pose"]), dtype=torch.bool)
-
-
-def run_method(spec: MethodSpec, cfg: dict, pairs: Subset, batch_size: int, device: torch.device,
+def run_method(spec: MethodSpec, cfg: dict, loader: Callable[[dict], DataLoader], device: torch.device,
                progress: bool) -> dict[str, Any]:
-    """One method (resolved by ``method_config``) over the pairs: its CSV row (``CSV_COLUMNS``)."""
-    torch.manual_seed(0)
-    cv2.setRNGSeed(0)
-    model = MatchingNet(cfg["model"]) if cfg.get("method", "icl") == "matching" else ICL(cfg["model"])
-    load_weights(model, spec.weights)
-    if isinstance(model, ICL):
-        model.iclm.prune(spec.iterations, spec.queries)
-    loader = DataLoader(pairs, batch_size=batch_size, collate_fn=Collate(cfg["model"]),
-                        num_workers=int(cfg["train"]["num_workers"]))
+    """One method (resolved by ``method_config``) over the pairs of ``loader(cfg)`` (collated for its model): its
+    CSV row (``CSV_COLUMNS``)."""
+    model, cfg = load_model(spec.weights, cfg)
+    loader = loader(cfg)
     poses, truths, successes, network_s, solver_s = [], [], [], 0.0, 0.0
-    with PeakMemory(device) as memory, torch.no_grad():
-        model.eval().to(device)
-        for batch in tqdm(loader, desc=spec.name, unit="batch", disable=not progress):
-            batch = to_device(batch, device)
-            start = seconds(device)
-            out = model(batch)
-            forwarded = seconds(device)
-            pose, ok = solve(model, out, batch, spec.solver, cfg["eval"])
-            solved = seconds(device)
-            network_s, solver_s = network_s + forwarded - start, solver_s + solved - forwarded
-            poses.append(pose.double().cpu().numpy())
+    with PeakMemory(device) as memory:
+        for batch, result in run(model, loader, device, spec.solver, cfg["eval"], progress, desc=spec.name):
+            network_s, solver_s = network_s + result.network_seconds, solver_s + result.solver_seconds
+            poses.append(result.pose.double().cpu().numpy())
             truths.append(batch["T_gt"].double().cpu().numpy())
-            successes.append(ok.cpu().numpy())
+            successes.append(result.solved.cpu().numpy())
+    pairs = len(loader.dataset)
     stats = summarize(registration_errors(np.concatenate(poses), np.concatenate(truths)), **cfg["eval"]["thresholds"])
     return {
         "method": spec.name, "weights": str(spec.weights), "solver": spec.solver, "mask": spec.mask,
-        "iterations": spec.iterations or "", "queries": spec.queries or "",
         **{key: stats[key] for key in CSV_COLUMNS if key in stats},
         "failures": int((~np.concatenate(successes)).sum()),
-        "network_ms": 1000 * network_s / len(pairs), "solver_ms": 1000 * solver_s / len(pairs),
-        "peak_mib": memory.mib, "device": str(device), "batch_size": batch_size,
+        "network_ms": 1000 * network_s / pairs, "solver_ms": 1000 * solver_s / pairs,
+        "peak_mib": memory.mib, "device": str(device), "batch_size": loader.batch_size,
     }
 
 
@@ -287,7 +229,7 @@ def comparison_markdown(table: str, source: str, pairs: int, device: torch.devic
 
 
 def compare(
-    methods: list[str | MethodSpec],
+    methods: list[str | MethodSpec] | None,
     data_root: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     config: str | os.PathLike | None = None,
@@ -297,30 +239,31 @@ def compare(
     device: str = "auto",
     overrides: dict | None = None,
     progress: bool = True,
+    sequences: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run ``methods`` (specs or their text, module docstring) on the same pairs of ``split`` under ``data_root``;
-    write comparison.md and comparison.csv into ``out_dir``, print the table, return the CSV rows.
+    """Run ``methods`` (specs or their text, module docstring; None: ``DEFAULT_METHODS``) on the same pairs of
+    ``split`` under ``data_root``; write comparison.md and comparison.csv into ``out_dir``, print the table, return
+    the CSV rows.
 
     config: a YAML path or bundled name whose ``data`` and ``eval`` sections all methods use (default: the first
-    method's weights'); overrides: nested dict merged into them. limit: the first N pairs.
+    method's weights'); overrides: nested dict merged into them; sequences: the split's sequences (in place of the
+    config's). limit: the first N pairs.
     """
-    specs = [m if isinstance(m, MethodSpec) else parse_method(m) for m in methods]
+    specs = [m if isinstance(m, MethodSpec) else parse_method(m) for m in (methods or DEFAULT_METHODS)]
     names = [s.name for s in specs]
-    if not specs or len(set(names)) != len(names):
-        raise InputError(f"need at least one method and distinct names, got {names}")
-    check_run_arguments(data_root, batch_size, limit)
-    reference = evaluation_config(read_weights_config(specs[0].weights), config, overrides)
-    reference["eval"] = deep_update({"pnp": PNP_DEFAULTS, "matching": MATCH_DEFAULTS}, reference["eval"])
+    if len(set(names)) != len(names):
+        raise InputError(f"need distinct method names, got {names}")
+    overrides = with_sequences(overrides, split, sequences)
+    reference = evaluation_config(read_weights_config(resolve_weights(specs[0].weights)), config, overrides)
     resolved = [method_config(spec, reference) for spec in specs]
     torch_device = resolve_device(device)
-
-    dataset = build_dataset(reference, split, data_root)
-    pairs = Subset(dataset, range(min(len(dataset), limit or len(dataset))))
-    rows = [run_method(spec, cfg, pairs, batch_size, torch_device, progress) for spec, cfg in resolved]
+    loader = partial(pair_loader, split=split, data_root=data_root, limit=limit, batch_size=batch_size)
+    pairs = len(loader(reference).dataset)
+    rows = [run_method(spec, cfg, loader, torch_device, progress) for spec, cfg in resolved]
 
     table = format_comparison(rows)
     source = f"the {split} split of `{data_root or reference['data']['root']}`"
-    text = comparison_markdown(table, source, len(pairs), torch_device, batch_size, reference["eval"])
+    text = comparison_markdown(table, source, pairs, torch_device, batch_size, reference["eval"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "comparison.md", text)

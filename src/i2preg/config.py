@@ -1,4 +1,5 @@
-"""YAML configs: one file per dataset and size, merged over the defaults of each module."""
+"""YAML configs: loading (one file per dataset and size, a ``base:`` key naming another), merging, ``--set``
+overrides. The defaults they are merged over are gathered by ``assembly.full_config``."""
 
 from __future__ import annotations
 
@@ -39,57 +40,6 @@ def deep_update(base: dict, update: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "stages": [1, 2],  # [2]: stage 2 alone, from init_weights
-    "init_weights": None,  # safetensors to start the first stage from (e.g. an earlier session's weights)
-    "init_strict": True,  # False: a warm start that loads the tensors init_weights shares with the model
-    "lr": 1e-4,  # Adam
-    "weight_decay": 1e-6,
-    "lr_decay": 0.95,  # StepLR gamma, per epoch
-    "batch_size": 2,
-    "stage1_epochs": 20,
-    "stage2_epochs": 20,
-    "stage1_max_steps": -1,  # -1: no limit besides the epochs
-    "stage2_max_steps": -1,
-    "limit_train_batches": None,  # batches per epoch (None: all)
-    "limit_val_batches": None,
-    "val_pairs": None,  # validate on the first N pairs of the val split (None: all)
-    "val_every_n_epochs": 1,
-    "checkpoint_every_n_steps": 500,
-    "log_every_n_steps": 10,
-    "gradient_clip_val": None,
-    "num_workers": 2,
-    "accelerator": "auto",
-    "devices": "auto",
-    "num_nodes": 1,
-    "strategy": "auto",
-    "precision": "32-true",
-    "deterministic": False,
-    "progress_bar": True,
-}
-"""The ``train`` config section."""
-
-
-def full_config(cfg: dict) -> dict[str, Any]:
-    """A config with every section's defaults filled in: data, model, loss, train, eval."""
-    from .data.pairs import (
-        PAIR_DEFAULTS,  # here, not at the top: those modules import this one
-    )
-    from .losses import DEFAULT_WEIGHTS
-    from .metrics import ACC_RRE_DEG, ACC_RTE_M
-    from .model.icl import ICL
-
-    defaults = {
-        "data": PAIR_DEFAULTS,
-        "model": ICL.default_conf,
-        "loss": DEFAULT_WEIGHTS,
-        "train": TRAIN_DEFAULTS,
-        "eval": {"thresholds": {"rte_thresh": ACC_RTE_M, "rre_thresh": ACC_RRE_DEG}},
-    }
-    return deep_update(defaults, cfg)
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

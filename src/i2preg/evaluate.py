@@ -1,7 +1,8 @@
 """``i2preg eval``: the benchmark protocol (METHOD section 3) on trained weights, with the paper's figures.
 
 The final pose is PRM's (``solver="prm"``) or, as an ablation, OpenCV's EPnP + RANSAC on ICL's own keypoint
-pairs kp_2d <-> kp_3d (``solver="pnp"``, settings ``eval.pnp`` over ``baselines.pnp.PNP_DEFAULTS``).
+pairs kp_2d <-> kp_3d (``solver="pnp"``, settings ``eval.pnp``); the forward pass, the solvers and the confidence
+are ``inference``'s.
 
 Written into ``out_dir``::
 
@@ -30,26 +31,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
 from . import visualize as viz
-from .baselines.pnp import PNP_DEFAULTS, pnp_poses
-from .config import deep_update, full_config, load_config
-from .data.collate import Collate
-from .data.pairs import build_dataset
+from .assembly import load_model
 from .errors import InputError
 from .files import write_text
-from .geometry import project_points, project_pose, transform_points
+from .geometry import project_pose
+from .inference import (
+    CONFIDENCE_SIGMA_PX,
+    SOLVERS,
+    evaluation_config,
+    pair_loader,
+    resolve_device,
+    run,
+    with_sequences,
+)
 from .metrics import format_table, registration_errors, success, summarize
-from .model.icl import ICL
-from .weights import load_weights, read_weights_config
-
-CONFIDENCE_SIGMA_PX = 8.0
-"""Pixel scale of ``reprojection_confidence``."""
-
-SOLVERS = ("prm", "pnp")
-"""Where the final pose comes from: PRM, or PnP-RANSAC on the keypoint pairs (``baselines.pnp``)."""
+from .weights import read_weights_config, resolve_weights
 
 DEFAULT_FIGURE_PAIRS = 3
 """Pairs drawn when none are named: the first ones."""
@@ -61,24 +60,6 @@ ERROR_KEYS = ("rte", "rre", "rre_geodesic")
 
 CSV_COLUMNS = ["index", "sequence", "frame", "camera", *ERROR_KEYS, "success",
                *(f"frustum_{k}" for k in ERROR_KEYS), "frustum_success", "confidence", "forward_ms"]
-
-
-def reprojection_confidence(
-    kp_2d: torch.Tensor, kp_3d: torch.Tensor, pose: torch.Tensor, K: torch.Tensor, sigma_px: float = CONFIDENCE_SIGMA_PX
-) -> torch.Tensor:
-    """How well the predicted pose explains the model's own correspondences, in [0, 1].
-
-    ICLM is trained so that the true pose maps each 3D keypoint onto its 2D partner (L_corr), and PRM
-    regresses the pose from these pairs; when the pose is right, they agree under it. The score is the
-    mean over the Nq queries of exp(-d^2 / (2 sigma_px^2)), d the pixel distance between kp_2d and kp_3d
-    projected through ``pose`` and K; a 3D keypoint behind the camera scores 0.
-
-    kp_2d: (B, Nq, 2) input-image pixels. kp_3d: (B, Nq, 3) cloud frame. pose: (B, 4, 4) cloud -> camera.
-    K: (B, 3, 3). Returns (B,).
-    """
-    uv, depth = project_points(transform_points(pose, kp_3d), K)
-    agreement = torch.exp(-(uv - kp_2d).square().sum(-1) / (2 * sigma_px**2))
-    return (agreement * (depth > 0)).mean(-1)
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -96,62 +77,6 @@ def pair_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-INFERENCE_SETTINGS = {("gpdm", "mask_source"), ("gpdm", "refine_iterations"), ("gpdm", "refine_shrink"),
-                      ("gpdm", "refine_points")}
-"""(section, key) of the model settings an evaluation may override: they change what the network computes
-with its weights, not the weights."""
-
-
-def evaluation_config(
-    weights_config: dict, config: str | os.PathLike | None = None, overrides: dict | None = None
-) -> dict[str, Any]:
-    """The weights' config, with the ``data`` and ``eval`` sections of ``config`` (a YAML path or bundled
-    name) in place of its own, then ``overrides`` (nested dict) merged in. The model always comes from the
-    weights (but for the ``INFERENCE_SETTINGS``), so its image size and point count must match the data's crop
-    and point count."""
-    cfg = full_config(weights_config)
-    if config is not None:
-        other = full_config(load_config(config))
-        cfg["data"], cfg["eval"] = other["data"], other["eval"]
-    changed = {(section, key) for section, values in (overrides or {}).get("model", {}).items()
-               for key in (values if isinstance(values, dict) else {None: None})}
-    if not changed <= INFERENCE_SETTINGS:
-        allowed = ", ".join(f"model.{section}.{key}" for section, key in sorted(INFERENCE_SETTINGS))
-        raise InputError(f"the model settings come from the weights; overrides may change only {allowed}")
-    cfg = deep_update(cfg, overrides or {})
-    data, model = cfg["data"], cfg["model"]
-    if list(data["crop"]) != list(model["image_size"]) or int(data["num_points"]) != int(model["num_points"]):
-        raise InputError(
-            f"the weights expect {list(model['image_size'])} images and {model['num_points']} points, the data"
-            f" config gives crop {list(data['crop'])} and {data['num_points']} points (data.crop, data.num_points)",
-            config,
-        )
-    return cfg
-
-
-def resolve_device(device: str) -> torch.device:
-    """"cpu", "cuda" or "auto" (cuda when torch sees a GPU) -> a torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"device must be cpu, cuda or auto, not {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda requested but torch sees no CUDA GPU")
-    return torch.device(device)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Move the tensors (and lists of tensors) of a collated batch to ``device``; ``meta`` stays."""
-    def move(value):
-        if isinstance(value, torch.Tensor):
-            return value.to(device, non_blocking=True)
-        if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-            return [v.to(device, non_blocking=True) for v in value]
-        return value
-
-    return {key: move(value) for key, value in batch.items()}
-
-
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -159,14 +84,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def check_run_arguments(data_root: str | os.PathLike | None, batch_size: int, limit: int | None) -> None:
-    """The checks shared by ``evaluate`` and ``compare``: an existing data folder, batch_size and limit >= 1."""
-    if data_root is not None and not Path(data_root).is_dir():
-        raise InputError("no such folder", data_root)
-    if batch_size < 1 or (limit is not None and limit < 1):
-        raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
 
 
 def finite_or_none(value: Any) -> Any:
@@ -181,48 +98,37 @@ def finite_or_none(value: Any) -> Any:
 
 
 def predict(
-    model: ICL, loader: DataLoader, device: torch.device, thresholds: dict, keep: set[int], progress: bool,
-    pnp: dict | None = None,
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, cfg: dict, solver: str, keep: set[int],
+    progress: bool,
 ) -> tuple[list[dict[str, Any]], dict[int, tuple[dict, dict]], float]:
-    """Run the model in eval mode over ``loader``. Returns one CSV row per pair (the columns of
-    ``CSV_COLUMNS``), the sample and outputs (on the CPU, no batch dimension) of the pairs whose index is
-    in ``keep``, and the seconds spent in the model's forward. pnp: PnP-RANSAC settings; given, the final
-    pose is solved from kp_2d <-> kp_3d instead of PRM's (the solve is not part of forward_ms)."""
+    """Run the model over ``loader`` with ``solver`` (``inference.run``). Returns one CSV row per pair (the
+    columns of ``CSV_COLUMNS``), the sample and outputs (on the CPU, no batch dimension; ``pose`` the final one)
+    of the pairs whose index is in ``keep``, and the seconds spent in the model's forward (the solve is not part
+    of forward_ms)."""
     rows, kept, forward_seconds = [], {}, 0.0
-    model.eval().to(device)
-    with torch.no_grad(), tqdm(total=len(loader.dataset), unit="pair", desc="eval", disable=not progress) as bar:
-        for batch in loader:
-            batch = to_device(batch, device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            tic = time.perf_counter()
-            out = model(batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - tic
-            forward_seconds += seconds
-            if pnp is not None:
-                out["pose"] = pnp_poses(out["kp_2d"], out["kp_3d"], batch["K"], pnp)[0]
-            confidence = reprojection_confidence(out["kp_2d"], out["kp_3d"], out["pose"], batch["K"]).cpu()
-            T_gt = batch["T_gt"].double().cpu().numpy()
-            per_pose = {}
-            for _, prefix, key in POSES:
-                errors = registration_errors(out[key].double().cpu().numpy(), T_gt)
-                errors["success"] = success(errors, **thresholds)
-                per_pose.update({prefix + name: values for name, values in errors.items()})
-            for b, meta in enumerate(batch["meta"]):
-                rows.append({
-                    **{k: meta[k] for k in ("index", "sequence", "frame", "camera")},
-                    **{k: v[b].item() for k, v in per_pose.items()},
-                    "confidence": confidence[b].item(),
-                    "forward_ms": 1000 * seconds / len(batch["meta"]),
-                })
-                if meta["index"] in keep:
-                    kept[meta["index"]] = (
-                        {k: batch[k][b].cpu() for k in ("image", "K", "points", "T_gt")},
-                        {k: v[b].cpu() for k, v in out.items() if isinstance(v, torch.Tensor)},
-                    )
-            bar.update(len(batch["meta"]))
+    thresholds = cfg["eval"]["thresholds"]
+    for batch, result in run(model, loader, device, solver, cfg["eval"], progress):
+        forward_seconds += result.network_seconds
+        out = {**result.out, "pose": result.pose}
+        confidence = result.confidence.cpu()
+        T_gt = batch["T_gt"].double().cpu().numpy()
+        per_pose = {}
+        for _, prefix, key in POSES:
+            errors = registration_errors(out[key].double().cpu().numpy(), T_gt)
+            errors["success"] = success(errors, **thresholds)
+            per_pose.update({prefix + name: values for name, values in errors.items()})
+        for b, meta in enumerate(batch["meta"]):
+            rows.append({
+                **{k: meta[k] for k in ("index", "sequence", "frame", "camera")},
+                **{k: v[b].item() for k, v in per_pose.items()},
+                "confidence": confidence[b].item(),
+                "forward_ms": 1000 * result.network_seconds / len(batch["meta"]),
+            })
+            if meta["index"] in keep:
+                kept[meta["index"]] = (
+                    {k: batch[k][b].cpu() for k in ("image", "K", "points", "T_gt")},
+                    {k: v[b].cpu() for k, v in out.items() if isinstance(v, torch.Tensor)},
+                )
     return rows, kept, forward_seconds
 
 
@@ -276,7 +182,7 @@ def confidence_report(confidence: np.ndarray, successes: np.ndarray) -> dict[str
 
 
 def evaluate(
-    weights: str | os.PathLike,
+    weights: str | os.PathLike | None,
     data_root: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     config: str | os.PathLike | None = None,
@@ -288,45 +194,37 @@ def evaluate(
     overrides: dict | None = None,
     progress: bool = True,
     solver: str = "prm",
+    sequences: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``weights`` on the protocol pairs of ``split`` under ``data_root``; write the files of the
-    module docstring into ``out_dir``, print the table, return the summary (as in summary.json, with nan
-    where the file has null).
+    """Evaluate ``weights`` (a file or a bundled model's name; None: the bundled model) on the protocol pairs
+    of ``split`` under ``data_root``; write the files of the module docstring into ``out_dir``, print the
+    table, return the summary (as in summary.json, with nan where the file has null).
 
     config: a YAML path or bundled name whose ``data`` and ``eval`` sections replace the weights' (another
-    dataset); overrides: nested dict merged last (``{"data": {"test_sequences": ["00"]}}``). limit: the
-    first N pairs. figure_pairs: indices of the pairs to draw (default: the first 3). data_root None: the
-    config's data root. solver: "prm" or "pnp" (module docstring).
+    dataset); overrides: nested dict merged last (``{"data": {"test_sequences": ["00"]}}``); sequences: the
+    split's sequences (in place of the config's). limit: the first N pairs. figure_pairs: indices of the pairs
+    to draw (default: the first 3). data_root None: the config's data root. solver: one of
+    ``inference.SOLVERS`` (module docstring).
     """
-    weights, out_dir = Path(weights), Path(out_dir)
     if solver not in SOLVERS:
         raise InputError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
+    weights, out_dir = resolve_weights(weights), Path(out_dir)
     weights_config = read_weights_config(weights)
     if weights_config.get("method", "icl") != "icl":
         raise InputError(f"{weights_config['method']} weights: evaluate them with i2preg compare", weights)
-    cfg = evaluation_config(weights_config, config, overrides)
-    if solver == "pnp":
-        cfg["eval"]["pnp"] = {**PNP_DEFAULTS, **cfg["eval"].get("pnp", {})}
-    check_run_arguments(data_root, batch_size, limit)
+    cfg = evaluation_config(weights_config, config, with_sequences(overrides, split, sequences))
     torch_device = resolve_device(device)
-
-    dataset = build_dataset(cfg, split, data_root)
-    num_pairs = min(len(dataset), limit or len(dataset))
+    loader = pair_loader(cfg, split, data_root, limit, batch_size)
+    num_pairs = len(loader.dataset)
     figure_pairs = list(range(min(DEFAULT_FIGURE_PAIRS, num_pairs))) if figure_pairs is None else list(figure_pairs)
     outside = [i for i in figure_pairs if not 0 <= i < num_pairs]
     if outside:
         raise InputError(f"figure pairs {outside} are not among the {num_pairs} evaluated pairs")
-    loader = DataLoader(
-        Subset(dataset, range(num_pairs)), batch_size=batch_size, collate_fn=Collate(cfg["model"]),
-        num_workers=int(cfg["train"]["num_workers"]),
-    )
-    model = ICL(cfg["model"])
-    load_weights(model, weights)
+    model, cfg = load_model(weights, cfg)
 
     thresholds = cfg["eval"]["thresholds"]
     start = time.perf_counter()
-    rows, kept, forward_seconds = predict(model, loader, torch_device, thresholds, set(figure_pairs), progress,
-                                          cfg["eval"]["pnp"] if solver == "pnp" else None)
+    rows, kept, forward_seconds = predict(model, loader, torch_device, cfg, solver, set(figure_pairs), progress)
     wall_seconds = time.perf_counter() - start
 
     # The statistics are those of the CSV's rows, the numbers anyone can recompute from the file.

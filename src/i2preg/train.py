@@ -1,12 +1,15 @@
-"""Two-stage training with Lightning: stage 1 trains GPDM (L_cls + L_fru), stage 2 the rest with GPDM frozen.
+"""Training with Lightning. ICL trains in two stages: stage 1 trains GPDM (L_cls + L_fru), stage 2 the rest with
+GPDM frozen. The matching baseline (``method: matching``) trains in one stage as long as ICL's two together, with
+the same data, sampler, optimiser and learning-rate schedule. Each stage is one ``TrainingModule`` built from
+parts: the network, its loss function and its pose function (validation).
 
 A run lives in ``runs/NAME/``::
 
-    config.yaml                 the resolved config
+    config.yaml                 the resolved config (``assembly.full_config``)
     stage1/ stage2/             Lightning checkpoints (last.ckpt, per-epoch); version_N/: TensorBoard and
                                 CSV logs (metrics.csv) of the N-th launch (a resume is a new launch)
-    stage1.safetensors          stage-1 weights, written when stage 1 ends (stage 2 starts from them)
-    model.safetensors           the final weights (end of stage 2) with their config in the header
+    stage1.safetensors          ICL's stage-1 weights, written when stage 1 ends (stage 2 starts from them)
+    model.safetensors           the final weights (end of the last stage) with their config in the header
 
 ``--resume`` continues where a killed run stopped, in the stage it was in; with a longer schedule
 (``SCHEDULE_KEYS``, e.g. ``--resume --set train.stage1_epochs=15``) it also trains a finished run on from its last
@@ -18,6 +21,7 @@ checkpoint ends with exactly the weights of an uninterrupted run (CPU, determini
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -28,13 +32,18 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from .config import full_config
+from .assembly import full_config
+from .baselines.matching import MatchingNet
+from .baselines.matching_loss import matching_loss
+from .config import deep_update
 from .data.collate import Collate
 from .data.pairs import build_dataset
 from .errors import InputError
 from .files import write_text
+from .inference import solve
 from .losses import compute_losses
 from .metrics import registration_errors, summarize
 from .model.icl import ICL
@@ -73,20 +82,22 @@ class EpochSampler(Sampler):
         return iter(keys)
 
 
-class ICLModule(L.LightningModule):
-    """The ICL model, its losses for one stage, and validation with the protocol metric."""
+class TrainingModule(L.LightningModule):
+    """One training stage built from parts: ``model`` (its parameters that require grad are trained; ``self.model``,
+    so checkpoints hold ``model.*``), ``loss(out, batch)`` -> the loss terms with ``total``, and ``pose(out, batch)``
+    -> (B, 4, 4) the poses validation scores with the protocol metric. ``forward``: the model's forward pass of this
+    stage (default: the model itself). ``stage``: its number, that of the run's ``stageN`` folder."""
 
-    def __init__(self, cfg: dict[str, Any], stage: int):
+    def __init__(self, cfg: dict[str, Any], model: nn.Module, loss: Callable[[dict, dict], dict[str, torch.Tensor]],
+                 pose: Callable[[dict, dict], torch.Tensor], forward: Callable[[dict], dict] | None = None,
+                 stage: int = 1):
         super().__init__()
-        self.cfg, self.stage = cfg, stage
-        self.model = ICL(cfg["model"])
+        self.cfg, self.model, self.losses, self.predicted_pose, self.stage = cfg, model, loss, pose, stage
+        self.stage_forward = forward  # a function, not a module: the weights are self.model's alone
         self._val_errors: list[dict[str, np.ndarray]] = []
-        gpdm = {id(p) for p in self.model.gpdm_parameters()}
-        for parameter in self.model.parameters():  # stage 1: GPDM alone; stage 2: all but GPDM
-            parameter.requires_grad_((id(parameter) in gpdm) == (stage == 1))
 
     def forward(self, batch: dict) -> dict:
-        return self.model(batch) if self.stage == 2 else self.model.forward_gpdm(batch)
+        return self.model(batch) if self.stage_forward is None else self.stage_forward(batch)
 
     def train_dataloader(self) -> DataLoader:
         """The training pairs, from where the restored loop stands: its epoch, after the batches of that epoch
@@ -106,14 +117,6 @@ class ICLModule(L.LightningModule):
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.cfg, "val", limit=self.cfg["train"]["val_pairs"])
-
-    def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
-        """The loss terms of this stage, with ``total``."""
-        return compute_losses(out, batch, self.cfg["loss"], self.stage)
-
-    def predicted_pose(self, out: dict, batch: dict) -> torch.Tensor:
-        """(B, 4, 4) the pose validation scores: the frustum pose in stage 1, the final one in stage 2."""
-        return out["pose"] if self.stage == 2 else out["frustum_pose"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.losses(self(batch), batch)
@@ -145,6 +148,30 @@ class ICLModule(L.LightningModule):
         optimizer = torch.optim.Adam(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=opt_cfg["lr_decay"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def icl_stage(cfg: dict, stage: int) -> TrainingModule:
+    """ICL's stage 1 (GPDM alone: its forward, L_cls + L_fru, the frustum pose) or stage 2 (all but GPDM, frozen:
+    the full forward, all terms, the final pose)."""
+    model = ICL(cfg["model"])
+    gpdm = {id(p) for p in model.gpdm_parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_((id(parameter) in gpdm) == (stage == 1))
+    return TrainingModule(cfg, model, partial(compute_losses, weights=cfg["loss"], stage=stage),
+                          partial(solve_pose, solver="frustum" if stage == 1 else "prm", model=model, eval_cfg=cfg["eval"]),
+                          model.forward_gpdm if stage == 1 else None, stage)
+
+
+def matching_stage(cfg: dict) -> TrainingModule:
+    """The matching baseline: ``MatchingNet``, ``matching_loss``, PnP-RANSAC on its matches."""
+    model = MatchingNet(cfg["model"])
+    return TrainingModule(cfg, model, partial(matching_loss, token_stride=model.token_stride, weights=cfg["loss"]),
+                          partial(solve_pose, solver="pnp", model=model, eval_cfg=cfg["eval"]))
+
+
+def solve_pose(out: dict, batch: dict, solver: str, model: nn.Module, eval_cfg: dict) -> torch.Tensor:
+    """``inference.solve``'s poses (B, 4, 4) of a batch's outputs: what validation scores."""
+    return solve(model, out, batch, solver, eval_cfg)[0]
 
 
 def make_loader(cfg: dict, split: str, limit: int | None = None) -> DataLoader:
@@ -232,21 +259,19 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict 
     """Run the stages of ``train.stages`` (stage 1 then 2), or continue a killed run (``resume``), for longer
     when ``overrides`` (``--set``: on resume only ``train.SCHEDULE_KEYS``) say so; returns the path of the
     weights of the last stage run. ``callbacks`` join every stage's Trainer. A config with ``method: matching``
-    trains the baseline instead."""
-    if cfg.get("method", "icl") == "matching":
-        from .baselines.train_matching import train_matching  # it builds on this module
-
-        return train_matching(cfg, run_dir, resume, overrides, callbacks)
+    trains the baseline instead (``train_matching``)."""
     run_dir = Path(run_dir)
-    cfg = run_config(cfg, run_dir, resume, full_config, overrides)
+    cfg = run_config(cfg, run_dir, resume, overrides)
     torch.set_float32_matmul_precision("high")
+    if cfg.get("method", "icl") == "matching":
+        return train_matching(cfg, run_dir, resume, callbacks)
     stages = [int(stage) for stage in cfg["train"]["stages"]]
     for stage in stages:
         done = run_dir / ("stage1.safetensors" if stage == 1 else "model.safetensors")
         if resume and stage_finished(done, cfg):
             continue
         L.seed_everything(int(cfg["train"]["seed"]) + stage, workers=True)
-        module = ICLModule(cfg, stage)
+        module = icl_stage(cfg, stage)
         if stage == 2 and 1 in stages:
             load_weights(module.model, run_dir / "stage1.safetensors")
         elif cfg["train"]["init_weights"]:
@@ -258,15 +283,36 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict 
     return run_dir / ("model.safetensors" if stages[-1] == 2 else "stage1.safetensors")
 
 
-def run_config(cfg: dict, run_dir: Path, resume: bool, resolve: Callable[[dict], dict],
-               overrides: dict | None = None) -> dict:
+def train_matching(cfg: dict, run_dir: Path, resume: bool, callbacks: Sequence[L.Callback] = ()) -> Path:
+    """The matching baseline's single stage (``single_stage``; ``train.stages`` does not apply) for a run's full
+    config, from ``train.init_weights`` when set; returns the final weights' path."""
+    weights = run_dir / "model.safetensors"
+    if resume and stage_finished(weights, cfg):
+        return weights
+    L.seed_everything(int(cfg["train"]["seed"]) + 1, workers=True)
+    module = matching_stage(cfg)
+    if cfg["train"]["init_weights"]:
+        load_weights(module.model, Path(cfg["train"]["init_weights"]))
+    fit_stage(module, single_stage(cfg), run_dir, 1, weights, resume, callbacks)
+    return weights
+
+
+def single_stage(cfg: dict) -> dict:
+    """The config ``_trainer`` reads for the baseline's stage 1, lengthened to ICL's two stages together."""
+    train = cfg["train"]
+    steps = [int(train["stage1_max_steps"]), int(train["stage2_max_steps"])]
+    return deep_update(cfg, {"train": {"stage1_epochs": int(train["stage1_epochs"]) + int(train["stage2_epochs"]),
+                                       "stage1_max_steps": -1 if -1 in steps else sum(steps)}})
+
+
+def run_config(cfg: dict, run_dir: Path, resume: bool, overrides: dict | None = None) -> dict:
     """The config of a run: on resume the run's own ``config.yaml`` (keys added since get their defaults
-    from ``resolve``) with the ``train.SCHEDULE_KEYS`` of ``overrides`` over it (any other override is an
-    error), otherwise ``resolve(cfg)``; written there."""
+    from ``full_config``) with the ``train.SCHEDULE_KEYS`` of ``overrides`` over it (any other override is an
+    error), otherwise ``full_config(cfg)``; written there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     if resume and path.exists():
-        cfg = resolve(yaml.safe_load(path.read_text()))
+        cfg = full_config(yaml.safe_load(path.read_text()))
         schedule = dict((overrides or {}).get("train", {}))
         other = [f"{section}.{key}" for section, keys in (overrides or {}).items() for key in keys
                  if section != "train" or key not in SCHEDULE_KEYS]
@@ -275,7 +321,7 @@ def run_config(cfg: dict, run_dir: Path, resume: bool, resolve: Callable[[dict],
                              f"not {', '.join(other)}", path)
         cfg["train"].update(schedule)
     else:
-        cfg = resolve(cfg)
+        cfg = full_config(cfg)
     write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     return cfg
 

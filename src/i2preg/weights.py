@@ -1,8 +1,9 @@
-"""Weights files: safetensors (no pickle) with the resolved config (YAML) in the header."""
+"""Weights files: safetensors (no pickle) with the resolved config (YAML) in the header; the bundled models."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,34 @@ from .errors import InputError
 from .files import atomic_path
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
-"""Where the package's own trained models live, one ``NAME.safetensors`` each."""
+"""Where the package's own trained models live, one ``NAME.safetensors`` each: ``synthetic-small`` (ICL) and
+``matching-small`` (the matching baseline at the same sizes and training budget, for ``i2preg compare``)."""
 DEFAULT_MODEL = "synthetic-small"
+MATCHING_MODEL = "matching-small"
 
 
 def bundled_weights(name: str = DEFAULT_MODEL) -> Path:
     """The path of the bundled model ``name`` (it may not be installed yet: check ``is_file``)."""
     return BUNDLED_DIR / f"{name}.safetensors"
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
+
+
+def resolve_weights(name_or_path: str | os.PathLike | None = None) -> Path:
+    """A weights file: ``name_or_path`` when it is a file, else the bundled model of that name (None: the
+    default one, ``synthetic-small``)."""
+    path = Path(name_or_path if name_or_path is not None else DEFAULT_MODEL)
+    if path.is_file():
+        return path
+    bundled = bundled_weights(path.name)
+    if path.parent == Path(".") and bundled.is_file():
+        return bundled
+    raise InputError(
+        f"no such weights file or bundled model (bundled: {', '.join(bundled_names()) or 'none installed'});"
+        " train one with `i2preg train --config synthetic-small --data DATA` and pass its"
+        " runs/synthetic-small/model.safetensors", bundled if name_or_path is None else path)
 
 
 def save_weights(model: torch.nn.Module, path: Path, cfg: dict, extra: dict | None = None) -> None:
@@ -59,7 +81,7 @@ def read_weights_config(weights: Path) -> dict[str, Any]:
 
 
 def export_checkpoint(checkpoint: Path, out: Path, cfg: dict) -> None:
-    """Write the model weights of a Lightning checkpoint (of ``train.ICLModule``) as safetensors with ``cfg``
+    """Write the model weights of a Lightning checkpoint (of ``train.TrainingModule``) as safetensors with ``cfg``
     in the header: how an unfinished run's weights travel to a later ``i2preg train --init``."""
     state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
     prefix = "model."

@@ -4,10 +4,9 @@ from .matching import (
            MatchingNet,
            estimate_poses,
            match,
-           matching_config,
            mutual_nearest_neighbors,
 )
 from .pnp import PNP_DEFAULTS, pnp_poses, solve_pnp_ransac
 
-__all__ = ["PNP_DEFAULTS", "MatchingNet", "estimate_poses", "match", "matching_config", "mutual_nearest_neighbors",
+__all__ = ["PNP_DEFAULTS", "MatchingNet", "estimate_poses", "match", "mutual_nearest_neighbors",
            "pnp_poses", "solve_pnp_ransac"]

@@ -13,13 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import deep_update, full_config
+from ..config import deep_update
 from ..model.icl import ICL
 from ..model.image_encoder import ImageDecoder, ImageEncoder, token_centres
 from ..model.layers import mlp
 from ..model.point_encoder import KPConvEncoder
-from .matching_loss import LOSS_DEFAULTS
-from .pnp import PNP_DEFAULTS, solve_pnp_ransac
+from .pnp import solve_pnp_ransac
 
 MATCH_DEFAULTS = {
     "overlap_threshold": 0.5,  # pixels and points with overlap probability above it are matched
@@ -31,7 +30,7 @@ MATCH_DEFAULTS = {
 
 class MatchingNet(nn.Module):
     default_conf = {
-        **{key: ICL.default_conf[key] for key in ("image_size", "num_points", "image_encoder", "point_encoder")},
+        **{key: ICL.default_conf[key] for key in ("image_encoder", "point_encoder")},
         "matching": {"dim": 128, "hidden_dim": 128},  # descriptor size; width of the overlap heads
     }
 
@@ -116,15 +115,3 @@ def estimate_poses(out: dict, K: torch.Tensor, eval_conf: dict | None = None):
                                         intrinsics.numpy(), eval_conf.get("pnp")))
     poses = torch.stack([torch.from_numpy(r.pose) for r in results])
     return poses, torch.tensor([r.success for r in results]), torch.tensor(counts)
-
-
-def matching_config(cfg: dict) -> dict:
-    """``config.full_config`` for the baseline: ``method: matching``, the model section of ``MatchingNet``, the
-    loss weights of ``matching_loss`` and the test-time sections ``eval.pnp`` and ``eval.matching``."""
-    full = full_config(cfg)
-    full["method"] = "matching"
-    model = {k: v for k, v in full["model"].items() if k in MatchingNet.default_conf}
-    full["model"] = deep_update(MatchingNet.default_conf, model)
-    full["loss"] = {k: full["loss"].get(k, v) for k, v in LOSS_DEFAULTS.items()}
-    full["eval"] = deep_update({"pnp": PNP_DEFAULTS, "matching": MATCH_DEFAULTS}, full["eval"])
-    return full

@@ -55,8 +55,6 @@ class Collate:
     def __init__(self, model_conf: dict | None = None):
         conf = deep_update(ICL.default_conf, model_conf or {})
         encoder = conf["point_encoder"]
-        self.image_size = tuple(conf["image_size"])
-        self.num_points = conf["num_points"]
         self.voxel_size = encoder["voxel_size"]
         self.subsample_sizes = list(encoder["subsample_sizes"])
         self.num_neighbors = encoder["num_neighbors"]
@@ -67,11 +65,6 @@ class Collate:
         batch = {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in ("image", "K", "points", "intensity", "T_gt")}
         batch["resampled"] = torch.tensor([bool(s["resampled"]) for s in samples])
         batch["meta"] = [s["meta"] for s in samples]
-        if tuple(batch["image"].shape[-2:]) != self.image_size or batch["points"].shape[1] != self.num_points:
-            raise ValueError(
-                f"batch has images {tuple(batch['image'].shape[-2:])} and {batch['points'].shape[1]} points, the model"
-                f" config expects {self.image_size} and {self.num_points} (model.image_size, model.num_points)"
-            )
         pyramids = [
             build_pyramid(s["points"], self.voxel_size, self.subsample_sizes, self.num_neighbors) for s in samples
         ]

@@ -1,15 +1,14 @@
 """GPDM: geometric-prior-guided overlap detection (METHOD section 2).
 
 Per coarse point an in-frustum logit, a PointNet-style frustum pose head, and the geometric mask: the coarse
-points that the frustum pose projects into the image.
+points that the frustum pose projects into the image. The frustum pose head is, for the 3-DoF protocol, the
+pose search (``pose_search.PoseSearch``, beyond the paper: the regressed centre, the yaw and a refinement from
+scored pose hypotheses) and otherwise the paper's regression of the centre and the rotation.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import (
@@ -23,6 +22,7 @@ from ..geometry import (
     transform_points,
 )
 from .layers import mlp
+from .pose_search import PoseSearch
 
 PARAM_DIMS = {3: (2, 2), 6: (3, 6)}
 """Degrees of freedom -> (centre dims, rotation dims): 3 DoF = c (c_x, c_z) and d (-sin yaw, cos yaw);
@@ -64,9 +64,7 @@ class GPDM(nn.Module):
         centre_dim, rotation_dim = PARAM_DIMS[dof]
         self.centre_head = nn.Linear(h, centre_dim)
         self.search = None
-        if conf["yaw_bins"]:
-            if dof != 3:
-                raise ValueError("gpdm.yaw_bins (the pose search) is for the 3-DoF protocol; set it to 0 with dof 6")
+        if dof == 3 and conf["yaw_bins"] > 0:
             self.search = PoseSearch(image_dim, point_dim, conf)
         else:
             self.rotation_head = nn.Linear(h, rotation_dim)
@@ -82,7 +80,7 @@ class GPDM(nn.Module):
         frustum_pose (B, 4, 4) cloud -> camera; mask (B, M) bool: the geometric mask, or with ``mask_source:
         classifier`` (the paper's ablation without the geometric prior) cls_logits > 0. A sample whose mask is
         empty gets its ``fallback_topk`` points of highest cls logit instead, so attention keeps valid keys.
-        With the pose search (``yaw_bins`` > 0) frustum_centre and frustum_rotation come from it, and it adds
+        With the pose search (3 DoF, ``yaw_bins`` > 0) frustum_centre and frustum_rotation come from it, and it adds
         coarse_centre (B, 2), the regressed centre it searches about, and the logits and hypotheses of
         ``PoseSearch.forward``.
         """
@@ -120,147 +118,3 @@ class GPDM(nn.Module):
             "mask": mask,
             **extra,
         }
-
-
-def yaw_bin_vectors(num_bins: int, device=None) -> torch.Tensor:
-    """(num_bins, 2) the d = (-sin yaw, cos yaw) of yaws 2 pi k / num_bins."""
-    return yaw_vectors(torch.arange(num_bins, device=device) * (2 * math.pi / num_bins))
-
-
-def yaw_vectors(yaw: torch.Tensor) -> torch.Tensor:
-    """Yaws (...) in radians -> d = (-sin yaw, cos yaw) (..., 2)."""
-    return torch.stack([-yaw.sin(), yaw.cos()], dim=-1)
-
-
-def vector_yaws(d: torch.Tensor) -> torch.Tensor:
-    """d (..., 2) -> yaws (...) in radians, the inverse of ``yaw_vectors``."""
-    return torch.atan2(-d[..., 0], d[..., 1])
-
-
-class PoseSearch(nn.Module):
-    """Frustum pose by scoring pose hypotheses (beyond the paper, for the 3-DoF protocol; ``gpdm.yaw_bins``).
-
-    A hypothesis (camera centre, yaw) projects the coarse points into the image; every point in view scores
-    how well its feature, its height and its depth fit the image feature where it lands (an MLP on the sum
-    of their projections), and the hypothesis logit is the mean score of its points in view. Two searches
-    share that score: ``yaw_bins`` yaws about the regressed centre (the yaw: the probability-weighted mean
-    direction of the ``yaw_window`` bins either side of the best), then, with ``refine_centre_step`` > 0,
-    a grid of centre offsets (``refine_radius`` steps either way in x and z) times yaw offsets (as many steps
-    of ``refine_yaw_step_deg``) about that estimate (the pose: see ``refine``), ``refine_iterations`` times,
-    each grid ``refine_shrink`` times the last; with ``refine_points`` > 0 a grid scores only that many
-    coarse points, those nearest the view of its centre pose (the grid's small offsets leave the rest out of
-    view; this cuts its cost about threefold). This correlates pixels with points directly, where the
-    paper's head must learn the yaw from a global image vector, which a 2-core CPU does not manage in hours
-    (docs/TRAINING.md).
-    """
-
-    def __init__(self, image_dim: int, point_dim: int, conf: dict):
-        super().__init__()
-        dim = conf["yaw_search_dim"]
-        self.num_bins, self.window = conf["yaw_bins"], conf["yaw_window"]
-        self.centre_step, self.radius = conf["refine_centre_step"], conf["refine_radius"]
-        self.yaw_step = math.radians(conf["refine_yaw_step_deg"])
-        self.iterations, self.shrink = conf["refine_iterations"], conf["refine_shrink"]
-        self.refine_points = conf["refine_points"]
-        self.image_proj = nn.Conv2d(image_dim, dim, 1)
-        self.point_proj = nn.Linear(point_dim, dim)
-        self.geometry_proj = mlp([2, dim, dim])
-        self.score = nn.Linear(dim, 1)
-
-    def forward(self, image_map, point_feats, xyz, centre, K, image_size) -> dict[str, torch.Tensor]:
-        """image_map (B, Ci, h, w); point_feats (B, M, Cp); xyz (B, M, 3) cloud frame; centre (B, 2) the
-        regressed camera centre (c_x, c_z), cloud frame; K (B, 3, 3) of the (H, W) input image.
-
-        Returns centre (B, 2) and rotation (B, 2) (d, unnormalised): the estimate; yaw_logits (B, yaw_bins);
-        with the refinement also, over its I iterations and R = (2 radius + 1)^3 hypotheses each, refine_logits
-        (B, I, R), refine_centres (B, I, R, 2), refine_rotations (B, I, R, 2) (unit d), and refine_steps (B, I, 2):
-        centre step (m), yaw step (rad).
-        """
-        B = xyz.shape[0]
-        image, points = self.image_proj(image_map), self.point_proj(point_feats)
-        bins = yaw_bin_vectors(self.num_bins, xyz.device).to(xyz.dtype).expand(B, -1, -1)
-        yaw_logits = self.hypothesis_logits(image, points, xyz, centre[:, None].expand_as(bins), bins, K, image_size)
-        offsets = torch.arange(-self.window, self.window + 1, device=xyz.device)
-        neighbours = (yaw_logits.argmax(dim=-1, keepdim=True) + offsets) % self.num_bins  # (B, 2 window + 1)
-        weights = yaw_logits.gather(1, neighbours).softmax(dim=-1)
-        rotation = (weights[..., None] * bins.gather(1, neighbours[..., None].expand(-1, -1, 2))).sum(dim=1)
-        out = {"centre": centre, "rotation": rotation, "yaw_logits": yaw_logits}
-        if self.centre_step > 0:
-            refinements = []
-            for i in range(self.iterations):
-                refinements.append(self.refine(image, points, xyz, centre, rotation, K, image_size, self.shrink**i))
-                centre, rotation = refinements[-1][:2]
-            centre, rotation, logits, centres, rotations, steps = zip(*refinements)
-            out.update(centre=centre[-1], rotation=rotation[-1], refine_logits=torch.stack(logits, 1),
-                       refine_centres=torch.stack(centres, 1), refine_rotations=torch.stack(rotations, 1),
-                       refine_steps=torch.stack(steps).expand(B, -1, -1))
-        return out
-
-    def refine(self, image, points, xyz, centre, rotation, K, image_size, scale: float):
-        """One refinement about (centre, rotation), its grid steps times ``scale``: the new centre (the mean over
-        the whole grid: where the logits cannot tell centres apart it stays put) and rotation (the mean over the
-        best hypothesis and its neighbours: sharp in yaw), the logits (B, R), hypotheses centres and rotations
-        (B, R, 2), and the steps (2,) (metres, radians)."""
-        centre, rotation = centre.detach(), rotation.detach()
-        if 0 < self.refine_points < xyz.shape[1]:
-            index = self.near_view(xyz, centre, rotation, K, image_size)[..., None]
-            xyz, points = xyz.gather(1, index.expand(-1, -1, 3)), points.gather(1, index.expand(-1, -1, points.shape[-1]))
-        centres, rotations = self.refinement_grid(centre, vector_yaws(rotation), scale)
-        logits = self.hypothesis_logits(image, points, xyz, centres, rotations, K, image_size)
-        weights, index = self.grid_window(logits)
-        rotation = (weights[..., None] * rotations.gather(1, index[..., None].expand(-1, -1, 2))).sum(1)
-        centre = (logits.softmax(dim=-1)[..., None] * centres).sum(1)
-        steps = torch.tensor([self.centre_step * scale, self.yaw_step * scale], device=xyz.device)
-        return centre, rotation, logits, centres, rotations, steps
-
-    def near_view(self, xyz, centre, rotation, K, image_size) -> torch.Tensor:
-        """Indices (B, refine_points) of the points of xyz (B, M, 3) nearest the image of the pose (centre (B, 2),
-        rotation (B, 2)): ranked by how far outside the image they project (in image widths and heights),
-        points behind the camera last."""
-        H, W = image_size
-        uv, depth = project_points(transform_points(frustum_params_to_pose(centre, rotation), xyz), K)
-        u, v = uv.unbind(-1)
-        outside = (F.relu(-u) + F.relu(u - W)) / W + (F.relu(-v) + F.relu(v - H)) / H
-        outside = outside.masked_fill(depth < 0.1, float("inf"))
-        return outside.topk(self.refine_points, dim=1, largest=False).indices
-
-    def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
-        """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3); centres (B, Hy, 2) and
-        rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view."""
-        (B, M), Hy = xyz.shape[:2], centres.shape[1]
-        H, W = image_size
-        poses = frustum_params_to_pose(centres, rotations)
-        points_cam = transform_points(poses, xyz[:, None])  # (B, Hy, M, 3)
-        uv, depth = project_points(points_cam, K[:, None])
-        valid = in_image(uv, depth, H, W)
-        # grid_sample's normalised coordinates (align_corners=False): pixel centre u -> (2u + 1) / W - 1
-        grid = torch.stack([(2 * uv[..., 0] + 1) / W - 1, (2 * uv[..., 1] + 1) / H - 1], dim=-1)
-        grid = grid.clamp(-1.5, 1.5).reshape(B, Hy * M, 1, 2)
-        sampled = F.grid_sample(image, grid, align_corners=False)[..., 0]  # (B, dim, Hy * M)
-        sampled = sampled.transpose(1, 2).reshape(B, Hy, M, -1)
-        geometry = torch.stack([points_cam[..., 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
-        scores = self.score(F.relu(sampled + points[:, None] + self.geometry_proj(geometry)))[..., 0]
-        return (scores * valid).sum(-1) / valid.sum(-1).clamp_min(1)
-
-    def refinement_grid(self, centre: torch.Tensor, yaw: torch.Tensor, scale: float = 1.0):
-        """Hypotheses about centre (B, 2) and yaw (B,): centres (B, R, 2) and unit rotations (B, R, 2), ordered
-        (x offset, z offset, yaw offset), each offset in -radius..radius steps (times ``scale``)."""
-        steps = torch.arange(-self.radius, self.radius + 1, device=centre.device, dtype=centre.dtype) * scale
-        dx, dz, dyaw = torch.meshgrid(steps * self.centre_step, steps * self.centre_step, steps * self.yaw_step,
-                                      indexing="ij")
-        centres = centre[:, None] + torch.stack([dx, dz], dim=-1).reshape(1, -1, 2)
-        return centres, yaw_vectors(yaw[:, None] + dyaw.reshape(1, -1))
-
-    def grid_window(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax weights (B, 27) and flat indices (B, 27) of the best refinement hypothesis and its grid
-        neighbours (weight 0 for a neighbour outside the grid)."""
-        size = 2 * self.radius + 1
-        best = logits.argmax(dim=-1)
-        best = torch.stack([best // size**2, best // size % size, best % size], dim=-1)  # (B, 3)
-        offsets = torch.cartesian_prod(*[torch.arange(-1, 2, device=logits.device)] * 3)  # (27, 3)
-        cells = best[:, None] + offsets
-        inside = ((cells >= 0) & (cells < size)).all(dim=-1)
-        cells = cells.clamp(0, size - 1)
-        index = (cells[..., 0] * size + cells[..., 1]) * size + cells[..., 2]
-        weights = logits.gather(1, index).masked_fill(~inside, float("-inf")).softmax(dim=-1)
-        return weights, index

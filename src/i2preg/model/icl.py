@@ -24,8 +24,6 @@ from .prm import PRM
 class ICL(nn.Module):
     default_conf = {
         "dof": 3,  # 3: yaw + planar translation (the benchmark protocol); 6: general pose
-        "image_size": (160, 512),  # (H, W) of the input images, checked by the collate
-        "num_points": 40960,  # points per input cloud, checked by the collate
         "detach_prm_inputs": True,  # the reference code: no PRM gradient into ICLM
         "image_encoder": {
             "widths": (128, 256, 512),  # strides 2, 4, 8
@@ -47,15 +45,16 @@ class ICL(nn.Module):
             "hidden_dim": 128,
             "fallback_topk": 16,
             "mask_source": "geometric",  # ICLM's point mask: "geometric" (frustum pose) or "classifier" (cls_logits > 0)
-            # The pose search (gpdm.PoseSearch, beyond the paper; 3 DoF): yaw_bins > 0 scores that many yaw
-            # hypotheses instead of regressing the yaw; 0 is the paper's head.
-            "yaw_bins": 0,
+            # The frustum pose head of 3 DoF: the pose search (pose_search.PoseSearch, beyond the paper) scores
+            # yaw_bins yaw hypotheses about the regressed centre; yaw_bins 0 is the paper's regression head, which
+            # 6 DoF always has.
+            "yaw_bins": 36,
             "yaw_search_dim": 32,
             "yaw_window": 2,  # bins either side of the best one in the yaw's weighted mean
-            "refine_centre_step": 0.0,  # > 0: then search a grid of centre (metres) x yaw offsets about that pose
+            "refine_centre_step": 0.75,  # > 0: then search a grid of centre (metres) x yaw offsets about that pose
             "refine_yaw_step_deg": 2.5,
             "refine_radius": 2,  # grid steps either way: (2 radius + 1)^3 hypotheses
-            "refine_iterations": 1,  # refinements in a row, each about the last one's pose
+            "refine_iterations": 2,  # refinements in a row, each about the last one's pose
             "refine_shrink": 0.5,  # each further grid's steps: this times the last one's
             "refine_points": 0,  # > 0: a grid scores only this many coarse points, those nearest its view
         },

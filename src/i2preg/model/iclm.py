@@ -9,8 +9,6 @@ its cell of a grid over the image, added to it as the pixels' positional encodin
 logits get log N(uv_t; a_q, s^2) and its 3D heatmap logits log N(pi(T_f p_j); a_q, s^2), with s = anchor_sigma
 x image width and pi(T_f p_j) the point's projection through the frustum pose. The queries start spread over
 the image and paired through the frustum pose, instead of being free to collapse onto one pair.
-
-``ICLM.prune`` is an eval-time ablation of trained weights: fewer attention iterations or fewer queries.
 """
 
 from __future__ import annotations
@@ -96,22 +94,6 @@ class ICLM(nn.Module):
             "desc_2d": desc_2d,
             "desc_3d": desc_3d,
         }
-
-    def prune(self, num_iterations: int | None = None, num_queries: int | None = None) -> None:
-        """Keep the first ``num_iterations`` attention iterations and ``num_queries`` of the queries, evenly spaced
-        over the trained ones (query (i * N_q) // num_queries; anchored queries keep their anchors). None keeps all."""
-        iterations = len(self.pixel_attention)
-        if num_iterations is not None:
-            if not 1 <= num_iterations <= iterations:
-                raise ValueError(f"num_iterations must be 1..{iterations} (trained), got {num_iterations}")
-            for name in ("self_attention_1", "pixel_attention", "self_attention_2", "point_attention"):
-                setattr(self, name, getattr(self, name)[:num_iterations])
-        if num_queries is not None:
-            if not 1 <= num_queries <= len(self.queries):
-                raise ValueError(f"num_queries must be 1..{len(self.queries)} (trained), got {num_queries}")
-            keep = torch.arange(num_queries) * len(self.queries) // num_queries
-            self.queries = nn.Parameter(self.queries.detach()[keep])
-            self.query_cells = self.query_cells[keep]
 
 
 def anchor_grid(num: int, height: int, width: int) -> torch.Tensor:

@@ -1,0 +1,202 @@
+"""Trained weights on pairs: the config they run with, the forward pass, the solvers and the confidence.
+
+One path for ``api`` (one call's inputs), ``evaluate`` and ``compare`` (a test set): ``infer`` runs a network on a
+collated batch and solves the final pose, ``run`` does so over a loader.
+
+Solvers (``SOLVERS``), for ICL: ``prm``, the network's own final pose; ``pnp``, OpenCV's EPnP + RANSAC on ICL's
+keypoint pairs kp_2d <-> kp_3d (settings ``eval.pnp``); ``frustum``, GPDM's frustum pose alone. The matching
+baseline has one: PnP-RANSAC on its mutual nearest-neighbour matches (``baselines.matching.estimate_poses``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from .assembly import full_config
+from .baselines.matching import MatchingNet, estimate_poses
+from .baselines.pnp import pnp_poses
+from .config import deep_update, load_config
+from .data.collate import Collate
+from .data.pairs import build_dataset
+from .errors import InputError
+from .geometry import project_points, transform_points
+
+SOLVERS = ("prm", "pnp", "frustum")
+"""Where ICL's final pose comes from (module docstring)."""
+
+CONFIDENCE_SIGMA_PX = 8.0
+"""Pixel scale of ``reprojection_confidence``."""
+
+INFERENCE_SETTINGS = {("gpdm", "mask_source"), ("gpdm", "refine_iterations"), ("gpdm", "refine_shrink"),
+                      ("gpdm", "refine_points")}
+"""(section, key) of the model settings an evaluation may override: they change what the network computes
+with its weights, not the weights."""
+
+
+def reprojection_confidence(
+    kp_2d: torch.Tensor, kp_3d: torch.Tensor, pose: torch.Tensor, K: torch.Tensor, sigma_px: float = CONFIDENCE_SIGMA_PX
+) -> torch.Tensor:
+    """How well the predicted pose explains the model's own correspondences, in [0, 1].
+
+    ICLM is trained so that the true pose maps each 3D keypoint onto its 2D partner (L_corr), and PRM
+    regresses the pose from these pairs; when the pose is right, they agree under it. The score is the
+    mean over the Nq queries of exp(-d^2 / (2 sigma_px^2)), d the pixel distance between kp_2d and kp_3d
+    projected through ``pose`` and K; a 3D keypoint behind the camera scores 0.
+
+    kp_2d: (B, Nq, 2) input-image pixels. kp_3d: (B, Nq, 3) cloud frame. pose: (B, 4, 4) cloud -> camera.
+    K: (B, 3, 3). Returns (B,).
+    """
+    uv, depth = project_points(transform_points(pose, kp_3d), K)
+    agreement = torch.exp(-(uv - kp_2d).square().sum(-1) / (2 * sigma_px**2))
+    return (agreement * (depth > 0)).mean(-1)
+
+
+def evaluation_config(
+    weights_config: dict, config: str | os.PathLike | dict | None = None, overrides: dict | None = None
+) -> dict[str, Any]:
+    """The full config to run weights with: the weights' own (``weights_config``, from their header) with the
+    ``data`` section of ``config`` (a YAML path, a bundled name, or a config dict) in place of its own and its
+    ``eval`` section merged over their own, then ``overrides`` (nested dict) merged in. The model always comes
+    from the weights (but for the ``INFERENCE_SETTINGS``), and so does the network input size: the data's crop
+    and point count must stay those the weights were trained with."""
+    trained = full_config(weights_config)
+    cfg = dict(trained)
+    if config is not None:
+        other = full_config(config if isinstance(config, dict) else load_config(config))
+        cfg["data"], cfg["eval"] = other["data"], deep_update(trained["eval"], other["eval"])
+    changed = {(section, key) for section, values in (overrides or {}).get("model", {}).items()
+               for key in (values if isinstance(values, dict) else {None: None})}
+    if not changed <= INFERENCE_SETTINGS:
+        allowed = ", ".join(f"model.{section}.{key}" for section, key in sorted(INFERENCE_SETTINGS))
+        raise InputError(f"the model settings come from the weights; overrides may change only {allowed}")
+    cfg = deep_update(cfg, overrides or {})
+    data, input_size = cfg["data"], trained["data"]
+    if list(data["crop"]) != list(input_size["crop"]) or int(data["num_points"]) != int(input_size["num_points"]):
+        raise InputError(
+            f"the weights take {list(input_size['crop'])} images and {input_size['num_points']} points, the data"
+            f" config gives crop {list(data['crop'])} and {data['num_points']} points (data.crop, data.num_points)",
+            None if isinstance(config, dict) else config,
+        )
+    return cfg
+
+
+def with_sequences(overrides: dict | None, split: str, sequences: list[str] | None) -> dict:
+    """``overrides`` (nested dict) with ``data.{split}_sequences`` set to ``sequences`` when given."""
+    if sequences is None:
+        return overrides or {}
+    return deep_update(overrides or {}, {"data": {f"{split}_sequences": [str(s) for s in sequences]}})
+
+
+def resolve_device(device: str) -> torch.device:
+    """"cpu", "cuda" or "auto" (cuda when torch sees a GPU) -> a torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"device must be cpu, cuda or auto, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda requested but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move the tensors (and lists of tensors) of a collated batch to ``device``; ``meta`` stays."""
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+            return [v.to(device, non_blocking=True) for v in value]
+        return value
+
+    return {key: move(value) for key, value in batch.items()}
+
+
+def pair_loader(cfg: dict, split: str, data_root: str | os.PathLike | None, limit: int | None,
+                batch_size: int) -> DataLoader:
+    """The first ``limit`` (None: all) protocol pairs of ``split`` under ``data_root`` (None: the config's), in
+    order, collated for ``cfg``'s model."""
+    if data_root is not None and not Path(data_root).is_dir():
+        raise InputError("no such folder", data_root)
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
+    dataset = build_dataset(cfg, split, data_root)
+    pairs = Subset(dataset, range(min(len(dataset), limit or len(dataset))))
+    return DataLoader(pairs, batch_size=batch_size, collate_fn=Collate(cfg["model"]),
+                      num_workers=int(cfg["train"]["num_workers"]))
+
+
+def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """After the network: the final poses (B, 4, 4) cloud -> camera and whether each solve succeeded (B,) bool.
+    solver: one of ``SOLVERS`` for ICL (module docstring); the matching baseline always solves PnP on its matches.
+    eval_cfg: the ``eval`` section (its ``pnp``, and ``matching`` for the baseline)."""
+    if isinstance(model, MatchingNet):
+        return estimate_poses(out, batch["K"], eval_cfg)[:2]
+    if solver not in SOLVERS:
+        raise InputError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
+    if solver == "pnp":
+        return pnp_poses(out["kp_2d"], out["kp_3d"], batch["K"], eval_cfg["pnp"])
+    pose = out["frustum_pose"] if solver == "frustum" else out["pose"]
+    return pose, torch.ones(len(pose), dtype=torch.bool)
+
+
+@dataclass
+class Inference:
+    """One batch through a network and a solver. out: the network's outputs; pose (B, 4, 4) the final poses,
+    cloud -> camera; solved (B,) bool: the solve succeeded (a failed PnP gives the identity); confidence (B,)
+    ``reprojection_confidence`` of ``pose`` (None for the matching baseline, which has no keypoint pairs);
+    network_seconds, solver_seconds: wall time of the forward pass and of the solve (CUDA synchronised)."""
+
+    out: dict[str, torch.Tensor]
+    pose: torch.Tensor
+    solved: torch.Tensor
+    confidence: torch.Tensor | None
+    network_seconds: float
+    solver_seconds: float
+
+
+def timestamp(device: torch.device) -> float:
+    """A timestamp after the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+@torch.inference_mode()
+def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | None = None) -> Inference:
+    """Run ``model`` (in eval mode, on the batch's device) on a collated ``batch`` and solve its final poses
+    (``solve``; ``eval_cfg`` is needed by the pnp solver and the matching baseline)."""
+    device = batch["image"].device
+    start = timestamp(device)
+    out = model(batch)
+    forwarded = timestamp(device)
+    pose, solved = solve(model, out, batch, solver, eval_cfg or {})
+    solved_at = timestamp(device)
+    confidence = None
+    if "kp_2d" in out:  # in the network's dtype
+        dtype = out["kp_3d"].dtype
+        confidence = reprojection_confidence(out["kp_2d"], out["kp_3d"], pose.to(dtype), batch["K"].to(dtype))
+    return Inference(out, pose, solved, confidence, forwarded - start, solved_at - forwarded)
+
+
+def run(model: nn.Module, loader: DataLoader, device: torch.device, solver: str = "prm", eval_cfg: dict | None = None,
+        progress: bool = True, desc: str = "eval") -> Iterator[tuple[dict, Inference]]:
+    """``infer`` over the batches of ``loader`` on ``device``: yields each batch (moved to ``device``) and its
+    ``Inference``. The model goes to ``device`` in eval mode; torch's and OpenCV's RNGs (PnP-RANSAC) are seeded
+    with 0 first, so that a run repeats exactly."""
+    torch.manual_seed(0)
+    cv2.setRNGSeed(0)
+    model.eval().to(device)
+    with tqdm(total=len(loader.dataset), unit="pair", desc=desc, disable=not progress) as bar:
+        for batch in loader:
+            batch = to_device(batch, device)
+            yield batch, infer(model, batch, solver, eval_cfg)
+            bar.update(len(batch["meta"]))
