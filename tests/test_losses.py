@@ -186,10 +186,10 @@ def test_corr_and_heat_2d_skip_pairs_whose_frustum_pose_is_wrong():
     shift[1, 0, 3] = 3.0  # pair 1's frustum pose is 3 m off: wrong by the protocol's 2 m
     outputs["frustum_pose"] = shift @ T_gt
     assert frustum_pose_right(outputs["frustum_pose"], T_gt).tolist() == [True, False]
-    weights = {"heat_2d": 1.0}
-    both = compute_losses(outputs, batch, weights, stage=2)
+    weights = {"heat_2d": 1.0, "corr_huber_px": 0.0}
+    both = compute_losses(outputs, batch, {**weights, "corr_skip_wrong_frustum": False}, stage=2)
     torch.testing.assert_close(both["corr"], torch.tensor(8.0))
-    skipped = compute_losses(outputs, batch, {**weights, "corr_skip_wrong_frustum": True}, stage=2)
+    skipped = compute_losses(outputs, batch, weights, stage=2)  # skipping is the default
     torch.testing.assert_close(skipped["corr"], torch.tensor(4.0))
     first = {k: v[:1] for k, v in outputs.items()}
     first_only = compute_losses(first, {k: v[:1] for k, v in batch.items()}, weights, stage=2)
