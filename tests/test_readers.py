@@ -217,10 +217,22 @@ def test_bad_point_clouds(tmp_path):
     assert "shape (5, 2)" in expect_error(tmp_path / "flat.npy")
     np.savez(tmp_path / "many.npz", a=np.zeros((5, 3)), b=np.zeros((5, 3)))
     assert "no 'points' array" in expect_error(tmp_path / "many.npz")
+    np.save(tmp_path / "void.npy", np.full((4, 4), np.nan))
+    assert "NaN or inf in all 4 points" in expect_error(tmp_path / "void.npy")
+
+
+def test_points_holding_nan_or_inf_are_left_out_with_a_warning(tmp_path):
+    """Organised clouds mark missing returns with NaN (as PCL writes them): the reader drops those points and
+    says how many, in one line naming the file."""
     holes = np.c_[XYZ, INTENSITY]
     holes[2, 0], holes[5, 3] = np.nan, np.inf
     np.save(tmp_path / "holes.npy", holes)
-    assert "NaN or inf in 2 of 7 points" in expect_error(tmp_path / "holes.npy")
+    with pytest.warns(UserWarning) as caught:
+        points, intensity = read_point_cloud(tmp_path / "holes.npy")
+    assert [str(w.message) for w in caught] == [f"{tmp_path / 'holes.npy'}: left out 2 of 7 points holding NaN or inf"]
+    keep = [0, 1, 3, 4, 6]
+    np.testing.assert_array_equal(points, XYZ[keep].astype(np.float32))
+    np.testing.assert_array_equal(intensity, INTENSITY[keep].astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ mapping. Every problem is an ``InputError``: one line naming the file.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,9 @@ def read_point_cloud(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
 
     Returns points (N, 3) float32 in the file's own frame (metres as stored) and intensity (N,)
     float32 as stored (KITTI 0-1, nuScenes 0-255), or None when the file has no intensity channel.
-    Raises ``InputError`` for a missing, truncated, empty or malformed file and for NaN or inf values.
+    Points holding NaN or inf (an organised cloud's missing returns, as PCL writes them) are left out with a
+    warning that gives their count. Raises ``InputError`` for a missing, truncated, empty or malformed file,
+    and for one whose every point holds NaN or inf.
     """
     path = Path(path)
     if not path.is_file():
@@ -84,8 +87,11 @@ def read_point_cloud(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
     finite = np.isfinite(points).all(axis=1)
     if intensity is not None:
         finite &= np.isfinite(intensity)
+    if not finite.any():
+        raise InputError(f"NaN or inf in all {len(points)} points", path)
     if not finite.all():
-        raise InputError(f"NaN or inf in {int((~finite).sum())} of {len(points)} points", path)
+        warnings.warn(f"{path}: left out {int((~finite).sum())} of {len(points)} points holding NaN or inf", stacklevel=2)
+        points, intensity = points[finite], None if intensity is None else intensity[finite]
     return points, intensity
 
 
