@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -21,8 +20,8 @@ from i2preg.visualize import add_caption, draw_projection, save_image
 DOCS = Path(__file__).resolve().parent
 KITTI_SAMPLE = DOCS.parent.parent / "shared" / "data" / "kitti_object_sample" / "training"
 EVAL_OUT = DOCS.parent / "outputs" / "eval"
-EVAL_FIGURES = {"eval_projection.png": "pair_0000_projection.png", "eval_keypoints.png": "pair_0000_keypoints.png",
-                "eval_overlap.png": "pair_0000_overlap.png", "eval_cumulative_rte.png": "cumulative_rte.png"}
+EVAL_FIGURES = {"eval_keypoints.png": "pair_0000_keypoints.png", "eval_overlap.png": "pair_0000_overlap.png",
+                "eval_cumulative_rte.png": "cumulative_rte.png"}
 
 
 def overlay(frames, index: int, camera: int, path: Path) -> Path:
@@ -43,16 +42,6 @@ def figure_kitti_real(out_dir: Path) -> Path | None:
         print(f"skip overlay_kitti_real.png: no {KITTI_SAMPLE}")
         return None
     return overlay(KittiObject(KITTI_SAMPLE), 2, 2, out_dir / "overlay_kitti_real.png")
-
-
-def figure_synthetic(out_dir: Path) -> Path:
-    """docs/overlay_synthetic.png: a generated frame (KITTI odometry layout), ground-truth projection."""
-    from i2preg.data.kitti import KittiOdometry
-    from i2preg.data.synthetic import generate_dataset
-
-    with tempfile.TemporaryDirectory() as root:
-        generate_dataset(root, sequences=[0], frames=1, seed=0, progress=False)
-        return overlay(KittiOdometry(root, ["00"]), 0, 2, out_dir / "overlay_synthetic.png")
 
 
 def figure_sample(out_dir: Path) -> Path:
@@ -87,7 +76,7 @@ def figure_eval(out_dir: Path) -> Path | None:
     return out_dir / "eval_*.png"
 
 
-FIGURES = [figure_kitti_real, figure_synthetic, figure_sample, figure_eval]
+FIGURES = [figure_kitti_real, figure_sample, figure_eval]
 
 
 def main(out_dir: Path = DOCS) -> int:
