@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -54,12 +55,15 @@ class AttentionBlock(nn.Module):
         self.norm_ffn = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, Q, d) attends to source: (B, S, d); source_mask: (B, S) bool, False = never attended."""
+        """x: (B, Q, d) attends to source: (B, S, d); source_mask: (B, S) bool, False = never attended (a sample
+        with every key masked gets uniform weights, as ``masked_softmax`` gives)."""
         B, Q, d = x.shape
         q, k, v = self._heads(self.to_query(x)), self._heads(self.to_key(source)), self._heads(self.to_value(source))
-        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, heads, Q, S)
-        weights = masked_softmax(logits, None if source_mask is None else source_mask[:, None, None])
-        message = (weights @ v).transpose(1, 2).reshape(B, Q, d)
+        bias = None  # masked_softmax's masking as an additive bias: the fused kernel never stores (B, heads, Q, S)
+        if source_mask is not None:
+            bias = torch.zeros(source_mask.shape, dtype=x.dtype, device=x.device)
+            bias = bias.masked_fill_(~source_mask, torch.finfo(x.dtype).min)[:, None, None]
+        message = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(B, Q, d)
         x = self.norm_attention(x + self.merge(message))
         return self.norm_ffn(x + self.ffn(x))
 

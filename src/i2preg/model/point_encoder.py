@@ -37,20 +37,87 @@ def kernel_point_layout(num_points: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, 3, dtype=torch.float64), 0.66 * shell]).float()
 
 
-class Influence(NamedTuple):
-    """The nonzero kernel influences of one convolution's neighbourhoods, E entries sorted by kernel point.
+class RowIndex:
+    """A row lookup ``x[index]`` (``gather_rows``) whose backward pass sums the gradient rows of each source row as
+    contiguous segments (``torch.segment_reduce``) instead of scattering them (index_add, whose CPU kernel splits
+    the columns between threads and runs slower on two threads than on one). The sorting order this needs is
+    computed on the first backward pass, so inference never pays for it; ``inverse`` gives it for a permutation."""
 
-    Entry e says that support row ``support[e]`` (a flat index into B * S) reaches query row ``query[e]`` (into
+    def __init__(self, index: torch.Tensor, num_rows: int, inverse: torch.Tensor | None = None):
+        self.index, self.num_rows, self.inverse = index, num_rows, inverse
+        self._order: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def transpose(self, grad: torch.Tensor) -> torch.Tensor:
+        """grad (E, C) of the looked-up rows -> (num_rows, C), the sum over each source row's lookups."""
+        if self.inverse is not None:
+            return grad.index_select(0, self.inverse)
+        if self._order is None:
+            self._order = self.index.argsort(stable=True), torch.bincount(self.index, minlength=self.num_rows)
+        order, counts = self._order
+        return torch.segment_reduce(grad.index_select(0, order), "sum", lengths=counts, unsafe=True)
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rows: RowIndex) -> torch.Tensor:
+        ctx.rows = rows
+        return x.index_select(0, rows.index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.rows.transpose(grad), None
+
+
+def gather_rows(x: torch.Tensor, rows: RowIndex) -> torch.Tensor:
+    """x (S, C) -> x[rows.index] (E, C), differentiable in x."""
+    return _GatherRows.apply(x, rows)
+
+
+class _GroupedMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, weights: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        out = rows.new_empty(len(rows), weights.shape[-1])
+        for part, weight, result in zip(rows.split(counts), weights, out.split(counts)):
+            torch.mm(part, weight, out=result)
+        ctx.save_for_backward(rows, weights)
+        ctx.counts = counts
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, weights = ctx.saved_tensors
+        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
+        grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[1] else None
+        for k, (part, grad_part) in enumerate(zip(rows.split(ctx.counts), grad.split(ctx.counts))):
+            if grad_rows is not None:
+                torch.mm(grad_part, weights[k].T, out=grad_rows.split(ctx.counts)[k])
+            if grad_weights is not None:
+                torch.mm(part.T, grad_part, out=grad_weights[k])
+        return grad_rows, grad_weights, None
+
+
+def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """rows (E, C) in consecutive groups of ``counts`` rows, weights (G, C, D) -> (E, D): each group times its
+    weight matrix, written in place of the concatenation of G matmuls."""
+    return _GroupedMatmul.apply(rows, weights, counts)
+
+
+class Influence(NamedTuple):
+    """The nonzero kernel influences of one convolution's neighbourhoods: E entries, sorted by kernel point.
+
+    Entry e carries support row ``support.index[e]`` (a flat index into B * S) to query row ``query[e]`` (into
     B * M) through kernel point k with weight ``weight[e]``; ``counts[k]`` entries belong to kernel point k.
+    ``by_query`` sorts the entries by query, which then own ``query_counts`` (B * M,) entries each.
     KPConv's linear influence is zero beyond sigma of every kernel point, which most neighbours of a kNN
     neighbourhood are, so the convolution touches only these entries.
     """
 
+    support: RowIndex
     query: torch.Tensor
-    support: torch.Tensor
+    by_query: RowIndex
+    query_counts: torch.Tensor
     weight: torch.Tensor
     counts: list[int]
-    num_queries: int
 
 
 @torch.no_grad()
@@ -61,32 +128,39 @@ def kernel_influence(offsets: torch.Tensor, neighbors: torch.Tensor, kernel_poin
     points: their nonzero entries (``Influence``). Geometry only: no gradient flows to the point coordinates.
 
     Only the neighbours within reach of a kernel point are scored, their squared distances to the kernel points
-    from one matmul of (K, E0) layout, so that the nonzero entries come out sorted by kernel point.
+    from one matmul of (K, E0) layout, so that the nonzero entries come out sorted by kernel point; their rank in
+    the (E0, K) layout is their place in query order.
     """
     B, M, k = neighbors.shape
     kernel_points = kernel_points / sigma
     reach = kernel_points.norm(dim=-1).max() + 1
     offsets = offsets.div(sigma).flatten(0, 2)  # (B M k, 3) in units of sigma
-    near = (offsets.square().sum(-1) < reach**2).nonzero()[:, 0]  # (E0,) the (b, m, n) within reach
+    near = (offsets.square().sum(-1) < reach**2).nonzero()[:, 0]  # (E0,) the (b, m, n) within reach, sorted
     offsets = offsets[near]
     squared = torch.addmm(kernel_points.square().sum(-1)[:, None], kernel_points, offsets.T, alpha=-2)
     squared += offsets.square().sum(-1)  # (K, E0) |r - x_k|^2
-    inside = (squared < 1).flatten().nonzero()[:, 0]  # sorted by kernel point
-    kernel, entry = inside // len(near), near[inside % len(near)]
+    inside = squared < 1
+    flat = inside.flatten().nonzero()[:, 0]  # sorted by kernel point
+    kernel, entry = flat // len(near), flat % len(near)
+    query_rank = inside.T.flatten().cumsum(0).view(len(near), -1)[entry, kernel] - 1  # place in query order
+    by_query = torch.empty_like(query_rank).scatter_(0, query_rank, torch.arange(len(flat), device=flat.device))
     batch_offsets = (torch.arange(B, device=neighbors.device) * num_supports).view(B, 1, 1)
+    entry = near[entry]
+    query = entry // k
     return Influence(
-        query=entry // k,
-        support=(neighbors + batch_offsets).flatten()[entry],
-        weight=1 - squared.flatten()[inside].clamp_min(0).sqrt(),
+        support=RowIndex((neighbors + batch_offsets).flatten()[entry], B * num_supports),
+        query=query,
+        by_query=RowIndex(by_query, len(flat), inverse=query_rank),
+        query_counts=torch.bincount(query, minlength=B * M),
+        weight=1 - squared.flatten()[flat].clamp_min(0).sqrt(),
         counts=torch.bincount(kernel, minlength=len(kernel_points)).tolist(),
-        num_queries=B * M,
     )
 
 
 class KPConv(nn.Module):
     """Rigid kernel point convolution over the nonzero kernel influences (``KPConvEncoder.influence``), which
-    convolutions over the same neighbourhoods share: per kernel point, gather the support rows it reaches,
-    scale them by their influence, multiply by that kernel point's weight matrix and add them into their queries.
+    convolutions over the same neighbourhoods share: per kernel point, gather the support rows it reaches, scale
+    them by their influence and multiply them by that kernel point's weight matrix; then sum them per query.
     """
 
     def __init__(self, in_dim: int, out_dim: int, num_kernel_points: int):
@@ -98,11 +172,10 @@ class KPConv(nn.Module):
     def forward(self, support_feats: torch.Tensor, influence: Influence) -> torch.Tensor:
         """support_feats: (B, S, C), influence: over those S supports and M queries -> (B, M, out_dim)."""
         B, _, C = support_feats.shape
-        rows = support_feats.reshape(-1, C).index_select(0, influence.support) * influence.weight[:, None]
-        weights = self.weight.view(-1, C, self.weight.shape[1])
-        out = rows.new_zeros(influence.num_queries, self.weight.shape[1])
-        for part, query, weight in zip(rows.split(influence.counts), influence.query.split(influence.counts), weights):
-            out.index_add_(0, query, part @ weight)
+        rows = gather_rows(support_feats.reshape(-1, C), influence.support) * influence.weight[:, None]
+        messages = grouped_matmul(rows, self.weight.view(-1, C, self.weight.shape[1]), influence.counts)
+        out = torch.segment_reduce(gather_rows(messages, influence.by_query), "sum", lengths=influence.query_counts,
+                                   unsafe=True)
         return out.view(B, -1, out.shape[1])
 
 
@@ -112,7 +185,7 @@ def max_pool(feats: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
     The maximum is read back from feats by its index, so that the gradient goes to the (first) maximal
     neighbour through a (B, M, C) scatter instead of through every gathered (B, M, k, C) entry."""
     with torch.no_grad():
-        source = neighbors.gather(2, gather(feats, neighbors).argmax(dim=2))  # (B, M, C) row of each maximum
+        source = neighbors.gather(2, gather(feats, neighbors).max(dim=2).indices)  # (B, M, C) row of each maximum
     return feats.gather(1, source)
 
 
