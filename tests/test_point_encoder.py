@@ -82,12 +82,12 @@ def test_sparse_influence_holds_every_nonzero_dense_influence():
     kernel = torch.repeat_interleave(torch.arange(K), torch.tensor(influence.counts))
     # rebuild the dense tensor from the entries: query row -> (b, m); support row -> its neighbour slot
     rebuilt = torch.zeros(B * M, K, xyz[0].shape[1])
-    rebuilt[influence.query, kernel, influence.support % xyz[0].shape[1]] = influence.weight
+    rebuilt[influence.query, kernel, influence.support.index % xyz[0].shape[1]] = influence.weight
     expected = torch.zeros(B * M, K, xyz[0].shape[1])
     slots = index.reshape(B * M, k)
     for slot in range(k):  # kNN neighbours are distinct, so each (query, support) pair has one slot
         expected[torch.arange(B * M), :, slots[:, slot]] = dense.reshape(B * M, k, K)[:, slot]
-    assert torch.equal(influence.query // M, influence.support // xyz[0].shape[1])  # same sample
+    assert torch.equal(influence.query // M, influence.support.index // xyz[0].shape[1])  # same sample
     torch.testing.assert_close(rebuilt, expected, atol=1e-5, rtol=0)
 
 
