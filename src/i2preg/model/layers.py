@@ -31,6 +31,42 @@ def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.reshape(B * S, C).index_select(0, (index + offsets).flatten()).view(*index.shape, C)
 
 
+class RowIndex:
+    """A row lookup ``x[index]`` (``gather_rows``) whose backward pass sums the gradient rows of each source row as
+    contiguous segments (``torch.segment_reduce``) instead of scattering them (index_add, whose CPU kernel splits
+    the columns between threads and runs slower on two threads than on one). The sorting order this needs is
+    computed on the first backward pass, so inference never pays for it; ``inverse`` gives it for a permutation."""
+
+    def __init__(self, index: torch.Tensor, num_rows: int, inverse: torch.Tensor | None = None):
+        self.index, self.num_rows, self.inverse = index, num_rows, inverse
+        self._order: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def transpose(self, grad: torch.Tensor) -> torch.Tensor:
+        """grad (E, C) of the looked-up rows -> (num_rows, C), the sum over each source row's lookups."""
+        if self.inverse is not None:
+            return grad.index_select(0, self.inverse)
+        if self._order is None:
+            self._order = self.index.argsort(stable=True), torch.bincount(self.index, minlength=self.num_rows)
+        order, counts = self._order
+        return torch.segment_reduce(grad.index_select(0, order), "sum", lengths=counts, unsafe=True)
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rows: RowIndex) -> torch.Tensor:
+        ctx.rows = rows
+        return x.index_select(0, rows.index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.rows.transpose(grad), None
+
+
+def gather_rows(x: torch.Tensor, rows: RowIndex) -> torch.Tensor:
+    """x (S, C) -> x[rows.index] (E, C), differentiable in x."""
+    return _GatherRows.apply(x, rows)
+
+
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Softmax over the last dim where mask (broadcastable, bool) is False gets exactly zero weight.
 

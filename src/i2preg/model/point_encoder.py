@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import gather, num_groups
+from .layers import RowIndex, gather, gather_rows, num_groups
 
 
 def kernel_point_layout(num_points: int) -> torch.Tensor:
@@ -35,42 +35,6 @@ def kernel_point_layout(num_points: int) -> torch.Tensor:
         [torch.sin(polar) * torch.cos(azimuth), torch.sin(polar) * torch.sin(azimuth), torch.cos(polar)], dim=-1
     )
     return torch.cat([torch.zeros(1, 3, dtype=torch.float64), 0.66 * shell]).float()
-
-
-class RowIndex:
-    """A row lookup ``x[index]`` (``gather_rows``) whose backward pass sums the gradient rows of each source row as
-    contiguous segments (``torch.segment_reduce``) instead of scattering them (index_add, whose CPU kernel splits
-    the columns between threads and runs slower on two threads than on one). The sorting order this needs is
-    computed on the first backward pass, so inference never pays for it; ``inverse`` gives it for a permutation."""
-
-    def __init__(self, index: torch.Tensor, num_rows: int, inverse: torch.Tensor | None = None):
-        self.index, self.num_rows, self.inverse = index, num_rows, inverse
-        self._order: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def transpose(self, grad: torch.Tensor) -> torch.Tensor:
-        """grad (E, C) of the looked-up rows -> (num_rows, C), the sum over each source row's lookups."""
-        if self.inverse is not None:
-            return grad.index_select(0, self.inverse)
-        if self._order is None:
-            self._order = self.index.argsort(stable=True), torch.bincount(self.index, minlength=self.num_rows)
-        order, counts = self._order
-        return torch.segment_reduce(grad.index_select(0, order), "sum", lengths=counts, unsafe=True)
-
-
-class _GatherRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, rows: RowIndex) -> torch.Tensor:
-        ctx.rows = rows
-        return x.index_select(0, rows.index)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return ctx.rows.transpose(grad), None
-
-
-def gather_rows(x: torch.Tensor, rows: RowIndex) -> torch.Tensor:
-    """x (S, C) -> x[rows.index] (E, C), differentiable in x."""
-    return _GatherRows.apply(x, rows)
 
 
 class _GroupedMatmul(torch.autograd.Function):

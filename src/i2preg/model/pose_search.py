@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import frustum_params_to_pose, in_image, project_points, transform_points
-from .layers import mlp
+from .layers import RowIndex, gather_rows, mlp
 
 
 def yaw_bin_vectors(num_bins: int, device=None) -> torch.Tensor:
@@ -123,21 +123,26 @@ class PoseSearch(nn.Module):
 
     def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
         """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3); centres (B, Hy, 2) and
-        rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view."""
+        rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view (0 for
+        a hypothesis that sees none). Only the (hypothesis, point) pairs in view are scored."""
         (B, M), Hy = xyz.shape[:2], centres.shape[1]
         H, W = image_size
-        poses = frustum_params_to_pose(centres, rotations)
-        points_cam = transform_points(poses, xyz[:, None])  # (B, Hy, M, 3)
+        points_cam = transform_points(frustum_params_to_pose(centres, rotations), xyz[:, None])  # (B, Hy, M, 3)
         uv, depth = project_points(points_cam, K[:, None])
         valid = in_image(uv, depth, H, W)
+        seen = valid.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
+        uv, points_cam, depth = uv.reshape(-1, 2)[seen], points_cam.reshape(-1, 3)[seen], depth.flatten()[seen]
         # grid_sample's normalised coordinates (align_corners=False): pixel centre u -> (2u + 1) / W - 1
-        grid = torch.stack([(2 * uv[..., 0] + 1) / W - 1, (2 * uv[..., 1] + 1) / H - 1], dim=-1)
-        grid = grid.clamp(-1.5, 1.5).reshape(B, Hy * M, 1, 2)
-        sampled = F.grid_sample(image, grid, align_corners=False)[..., 0]  # (B, dim, Hy * M)
-        sampled = sampled.transpose(1, 2).reshape(B, Hy, M, -1)
-        geometry = torch.stack([points_cam[..., 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
-        scores = self.score(F.relu(sampled + points[:, None] + self.geometry_proj(geometry)))[..., 0]
-        return (scores * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+        grid = torch.stack([(2 * uv[:, 0] + 1) / W - 1, (2 * uv[:, 1] + 1) / H - 1], dim=-1)
+        per_sample = valid.flatten(1).sum(-1).tolist()
+        sampled = torch.cat([F.grid_sample(image[b : b + 1], g.view(1, -1, 1, 2), align_corners=False)[0, :, :, 0].T
+                             for b, g in enumerate(grid.split(per_sample))])  # (E, dim)
+        geometry = torch.stack([points_cam[:, 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
+        point = RowIndex(seen // (Hy * M) * M + seen % M, B * M)  # rows of points.flatten(0, 1)
+        scores = self.score(F.relu(sampled + gather_rows(points.flatten(0, 1), point) + self.geometry_proj(geometry)))
+        scores = scores[:, 0]
+        sums = scores.new_zeros(B * Hy).index_add(0, seen // M, scores).view(B, Hy)
+        return sums / valid.sum(-1).clamp_min(1)
 
     def refinement_grid(self, centre: torch.Tensor, yaw: torch.Tensor, scale: float = 1.0):
         """Hypotheses about centre (B, 2) and yaw (B,): centres (B, R, 2) and unit rotations (B, R, 2), ordered
