@@ -34,19 +34,31 @@ def voxel_subsample(xyz: np.ndarray, voxel_size: float, size: int) -> np.ndarray
     return centroids[keep].astype(np.float32)
 
 
-def build_pyramid(points: np.ndarray, voxel_size: float, subsample_sizes: list[int], num_neighbors: int) -> dict:
-    """Pyramid of one cloud (N, 3): the keys of the module docstring without the batch dimension."""
+def pyramid_levels(points: np.ndarray, voxel_size: float, subsample_sizes: list[int]) -> list[np.ndarray]:
+    """The level points of one cloud (N, 3): [(N, 3), (M_1, 3), ...] float32, cloud frame."""
     xyz = [np.asarray(points, dtype=np.float32)]
     for level, size in enumerate(subsample_sizes, start=1):
         xyz.append(voxel_subsample(xyz[-1], voxel_size * 2**level, size))
+    return xyz
+
+
+def pyramid_indices(xyz: list[np.ndarray], num_neighbors: int) -> dict:
+    """The neighbour, pool and upsample indices of the level points ``xyz`` (``pyramid_levels``): the index keys
+    of the module docstring without the batch dimension."""
     trees = [cKDTree(x) for x in xyz]
-    pyramid = {"pyramid_xyz": xyz, "pyramid_neighbors": [], "pyramid_pools": [], "pyramid_upsamples": []}
+    pyramid = {"pyramid_neighbors": [], "pyramid_pools": [], "pyramid_upsamples": []}
     for level, tree in enumerate(trees):
         pyramid["pyramid_neighbors"].append(tree.query(xyz[level], num_neighbors)[1])
         if level > 0:
             pyramid["pyramid_pools"].append(trees[level - 1].query(xyz[level], num_neighbors)[1])
             pyramid["pyramid_upsamples"].append(tree.query(xyz[level - 1], 1)[1])
     return pyramid
+
+
+def build_pyramid(points: np.ndarray, voxel_size: float, subsample_sizes: list[int], num_neighbors: int) -> dict:
+    """Pyramid of one cloud (N, 3): the keys of the module docstring without the batch dimension."""
+    xyz = pyramid_levels(points, voxel_size, subsample_sizes)
+    return {"pyramid_xyz": xyz, **pyramid_indices(xyz, num_neighbors)}
 
 
 class Collate:
