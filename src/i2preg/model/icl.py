@@ -16,7 +16,7 @@ from ..config import deep_update
 from ..geometry import project_points, transform_points
 from .gpdm import GPDM
 from .iclm import ICLM
-from .image_encoder import ImageDecoder, ImageEncoder, token_centres
+from .image_encoder import ImageDecoder, build_image_encoder
 from .point_encoder import KPConvEncoder
 from .prm import PRM
 
@@ -26,7 +26,9 @@ class ICL(nn.Module):
         "dof": 3,  # 3: yaw + planar translation (the benchmark protocol); 6: general pose
         "detach_prm_inputs": True,  # the reference code: no PRM gradient into ICLM
         "image_encoder": {
-            "widths": (128, 256, 512),  # strides 2, 4, 8
+            "backbone": "scratch",  # image_encoder.BACKBONES: "scratch" or the pretrained "efficientnet-lite0"
+            "widths": (128, 256, 512),  # strides 2, 4, 8 (scratch; the pretrained backbone has its own)
+            "frozen_maps": 0,  # efficientnet-lite0: its stem and blocks up to this many maps are not trained
             "token_stride": 4,  # pixel tokens from the decoder at this stride (2, 4 or 8)
             "token_dim": 128,
         },
@@ -59,16 +61,19 @@ class ICL(nn.Module):
             "refine_points": 0,  # > 0: a grid scores only this many coarse points, those nearest its view
         },
         "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4,
-                 "anchor_sigma": 0.0},  # > 0: anchored queries (iclm.py; beyond the paper)
+                 "anchor_sigma": 0.0,  # > 0: anchored queries (iclm.py; beyond the paper)
+                 # coarse to fine (iclm.py; the reference code's ICL++): the global stage's stride (0: the token
+                 # stride) and a window stage per [stride, radius_px]; [] is the paper's single scale
+                 "global_stride": 0, "windows": []},
         "prm": {"dim": 128},
     }
 
     def __init__(self, conf: dict | None = None):
         super().__init__()
         self.conf = conf = deep_update(self.default_conf, conf or {})
-        image_widths = list(conf["image_encoder"]["widths"])
         self.token_stride = conf["image_encoder"]["token_stride"]
-        self.image_encoder = ImageEncoder(image_widths)
+        self.image_encoder = build_image_encoder(conf["image_encoder"])
+        image_widths = self.image_encoder.widths
         self.point_encoder = KPConvEncoder(conf["point_encoder"])
         self.gpdm = GPDM(image_widths[-1], self.point_encoder.out_dim, conf["gpdm"], conf["dof"])
         token_dim = conf["image_encoder"]["token_dim"]
@@ -100,21 +105,20 @@ class ICL(nn.Module):
         - GPDM: coarse_xyz (B, M, 3) cloud frame; cls_logits (B, M); frustum_centre, frustum_rotation (raw
           parameters: (B, 2) c and (B, 2) d for 3 DoF, (B, 3) centre and (B, 6) 6D for 6 DoF);
           frustum_pose (B, 4, 4); mask (B, M) bool, the points ICLM may attend to.
-        - ICLM: kp_2d (B, Nq, 2) input-image pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T);
-          heatmap_3d (B, Nq, M); desc_2d, desc_3d (B, Nq, d).
+        - ICLM: kp_2d (B, Nq, 2) input-image pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T) over
+          the token centres heatmap_2d_uv; heatmap_3d (B, Nq, M); desc_2d, desc_3d (B, Nq, d); with coarse to
+          fine windows also coarse_stages (``ICLM.forward``).
         - PRM: residual_rotation (B, 3, 3); residual_translation (B, 3); residual_rotation_params,
           residual_translation_params (raw head outputs); pose (B, 4, 4) cloud -> camera, the final estimate.
         """
         out, (image_features, coarse_feats) = self._encode_and_detect(batch)
         image_size = tuple(batch["image"].shape[-2:])
         token_map = self.image_decoder(image_features)
-        pixel_uv = token_centres(*token_map.shape[-2:], self.token_stride, device=token_map.device)
         frustum_pose = out["frustum_pose"].detach()
         xyz_frustum = transform_points(frustum_pose, out["coarse_xyz"])
         out.update(
             self.iclm(
-                token_map.flatten(2).transpose(1, 2),
-                pixel_uv,
+                token_map,
                 image_size,
                 coarse_feats,
                 out["coarse_xyz"],
