@@ -159,7 +159,9 @@ def main() -> None:
 
     cfg = deep_update(read_weights_config(args.weights), parse_overrides(args.set))  # weights hold a full config
     model = ICL(cfg["model"])
-    load_weights(model, args.weights)
+    fresh = load_weights(model, args.weights, strict=False)  # modules the weights lack (new ICLM stages) start fresh
+    fresh_modules = sorted({".".join(name.split(".")[:3]) for name in fresh})
+    print(f"freshly initialised: {', '.join(fresh_modules)}" if fresh else "every tensor from the weights", flush=True)
     model.freeze_gpdm()
     model.eval()
     collate = Collate(cfg["model"])

@@ -89,6 +89,7 @@ def fake_outputs(T_gt: torch.Tensor) -> dict:
         "frustum_pose": T_gt,
         "kp_2d": project_points(kp_cam, K)[0],
         "kp_3d": transform_points(inverse, kp_cam),
+        "heatmap_2d_uv": token_centres(8, 16, 4),  # the stride-4 tokens of the 32 x 64 image
         "residual_rotation": torch.eye(3).expand(B, 3, 3),
         "residual_translation": torch.zeros(B, 3),
     }
@@ -134,15 +135,15 @@ def test_heatmap_loss_is_least_for_the_gaussian_about_the_projected_3d_keypoint(
     valid = torch.ones(2, 8, dtype=torch.bool)
 
     def loss(heatmap):
-        return heatmap_loss(heatmap, outputs["kp_2d"], valid, IMAGE_SIZE, sigma_px=4.0)
+        return heatmap_loss(heatmap, uv, outputs["kp_2d"], valid, sigma_px=4.0)
 
     entropy = -(target * target.log()).sum(-1).mean()
     far = torch.softmax(-(outputs["kp_2d"][:, :, None] + torch.tensor([16.0, 0]) - uv).square().sum(-1) / 32, -1)
     torch.testing.assert_close(loss(target), entropy)
     assert loss(target) < loss(torch.full_like(target, 1 / 128)) < loss(far)
-    assert heatmap_loss(far, outputs["kp_2d"], torch.zeros_like(valid), IMAGE_SIZE, 4.0) == 0  # nothing valid
-    with pytest.raises(ValueError, match="no stride"):
-        heatmap_loss(target[..., :100], outputs["kp_2d"], valid, IMAGE_SIZE, 4.0)
+    assert heatmap_loss(far, uv, outputs["kp_2d"], torch.zeros_like(valid), 4.0) == 0  # nothing valid
+    per_query_uv = uv.expand(2, 8, -1, -1)  # the same tokens given per query, as windows are
+    torch.testing.assert_close(heatmap_loss(target, per_query_uv, outputs["kp_2d"], valid, 4.0), entropy)
 
     outputs["heatmap_2d"] = target
     assert "heat_2d" not in compute_losses(outputs, batch, stage=2)
@@ -191,6 +192,33 @@ def test_corr_and_heat_2d_skip_pairs_whose_frustum_pose_is_wrong():
     torch.testing.assert_close(both["corr"], torch.tensor(8.0))
     skipped = compute_losses(outputs, batch, weights, stage=2)  # skipping is the default
     torch.testing.assert_close(skipped["corr"], torch.tensor(4.0))
-    first = {k: v[:1] for k, v in outputs.items()}
+    first = {k: v if k == "heatmap_2d_uv" else v[:1] for k, v in outputs.items()}  # the token centres are shared
     first_only = compute_losses(first, {k: v[:1] for k, v in batch.items()}, weights, stage=2)
     torch.testing.assert_close(skipped["heat_2d"], first_only["heat_2d"])
+
+
+def test_window_stages_add_their_terms_and_count_only_queries_whose_target_is_in_their_window():
+    """Coarse to fine: corr, div_2d and heat_2d sum over the stages; a window stage (per-query token centres)
+    counts a query only if its target, the GT projection of its 3D keypoint, lies within its window."""
+    T_gt = yaw_poses(1)
+    batch = {"T_gt": T_gt, "K": K, "image": torch.zeros(1, 3, *IMAGE_SIZE)}
+    outputs = fake_outputs(T_gt)
+    target = outputs["kp_2d"]
+    offsets = torch.stack(torch.meshgrid(torch.arange(-3.0, 4), torch.arange(-3.0, 4), indexing="xy"), -1).reshape(-1, 2)
+    window_uv = target.round()[:, :, None] + 2 * offsets  # (1, 8, 49, 2): 7 x 7 tokens at stride 2 about each
+    window_uv[:, :4] += 20  # the first four queries' windows miss their targets
+    window = {"kp_2d": target + torch.tensor([0.0, 6]), "heatmap_2d": torch.full((1, 8, 49), 1 / 49),
+              "heatmap_2d_uv": window_uv}
+    single = {**outputs, "heatmap_2d": torch.full((1, 8, 128), 1 / 128)}
+    weights = {"heat_2d": 1.0, "corr_huber_px": 0.0, "corr_margin_px": math.inf}
+    coarse_to_fine = {**single, **window, "coarse_stages": [single]}
+    losses = compute_losses(coarse_to_fine, batch, weights, stage=2)
+    one_stage = compute_losses(single, batch, weights, stage=2)
+    torch.testing.assert_close(losses["corr"], one_stage["corr"] + 6.0)  # the global stage's 0 + the window's 6 px
+    assert diversity_loss(window["kp_2d"], 16.0) > 0
+    torch.testing.assert_close(losses["div_2d"], one_stage["div_2d"] + diversity_loss(window["kp_2d"], 16.0))
+    in_window = heatmap_loss(window["heatmap_2d"][:, 4:], window_uv[:, 4:], target[:, 4:], torch.ones(1, 4, dtype=torch.bool), 8.0)
+    torch.testing.assert_close(losses["heat_2d"], one_stage["heat_2d"] + in_window)
+    window["kp_2d"][:, :4] += 100  # queries outside their windows add nothing
+    moved = compute_losses({**single, **window, "coarse_stages": [single]}, batch, weights, stage=2)
+    torch.testing.assert_close(moved["corr"], losses["corr"])

@@ -11,7 +11,8 @@ from i2preg.geometry import invert_transform, make_transform, rotation_6d_to_mat
 from i2preg.losses import compute_losses, residual_target
 from i2preg.model import ICL
 from i2preg.model.gpdm import params_from_pose, pose_from_params
-from i2preg.model.iclm import ICLM, anchor_grid
+from i2preg.model.iclm import ICLM, anchor_grid, window_indices
+from i2preg.model.image_encoder import token_centres
 from i2preg.model.prm import compose_residual
 
 H, W, N = 32, 64, 1024
@@ -96,10 +97,9 @@ def test_forward_shapes(dof):
 
 def test_masked_points_get_zero_weight_and_never_move_keypoints():
     torch.manual_seed(0)
-    B, T, M, C = 2, 24, 40, 8
+    B, M, C = 2, 40, 8
     iclm = ICLM(C, C, {"dim": 16, "num_queries": 8, "num_iterations": 2, "num_heads": 4})
-    pixel_uv = torch.rand(T, 2) * 50
-    args = dict(pixel_feats=torch.randn(B, T, C), pixel_uv=pixel_uv, image_size=(50, 50))
+    args = dict(token_map=torch.randn(B, C, 4, 6), image_size=(16, 24))  # T = 24 tokens at stride 4
     point_feats, xyz = torch.randn(B, M, C), torch.randn(B, M, 3) * 10
     mask = torch.rand(B, M) < 0.5
     out = iclm(**args, point_feats=point_feats, point_xyz=xyz, point_xyz_frustum=xyz, mask=mask)
@@ -122,17 +122,61 @@ def test_anchored_queries_start_at_their_anchors_in_both_modalities():
     iclm = ICLM(C, C, {"dim": 16, "num_queries": 8, "num_iterations": 2, "num_heads": 4, "anchor_sigma": 0.01})
     anchors = anchor_grid(8, H, W)
     assert anchors.tolist() == [[8, 8], [24, 8], [40, 8], [56, 8], [8, 24], [24, 24], [40, 24], [56, 24]]
-    v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    pixel_uv = torch.stack([u, v], -1).reshape(-1, 2).float()
     point_uv = (anchors + torch.rand(8, 2) * 4 - 2).expand(B, -1, -1)  # each point within 2 px of an anchor
     xyz = torch.randn(B, 8, 3)
-    out = iclm(torch.randn(B, H * W, C), pixel_uv, (H, W), torch.randn(B, 8, C), xyz, xyz,
+    out = iclm(torch.randn(B, C, H, W), (H, W), torch.randn(B, 8, C), xyz, xyz,
                torch.ones(B, 8, dtype=torch.bool), point_uv)
     torch.testing.assert_close(out["kp_2d"], anchors.expand(B, -1, -1), atol=0.5, rtol=0)
     torch.testing.assert_close(out["kp_3d"], xyz, atol=1e-3, rtol=0)
     paper = ICLM(C, C, {"dim": 16, "num_queries": 8, "num_iterations": 2, "num_heads": 4})
-    free = paper(torch.randn(B, H * W, C), pixel_uv, (H, W), torch.randn(B, 8, C), xyz, xyz, torch.ones(B, 8, dtype=torch.bool))
+    free = paper(torch.randn(B, C, H, W), (H, W), torch.randn(B, 8, C), xyz, xyz, torch.ones(B, 8, dtype=torch.bool))
     assert (free["kp_2d"] - anchors).norm(dim=-1).mean() > 5  # without anchors they gather near the centre
+
+
+def test_window_indices_hold_the_nearest_token_and_stay_inside_the_map():
+    """n x n windows of a 5 x 12 map at stride 4 about random centres (some at the borders): each is an n x n
+    block of distinct tokens holding the centre's token, inside the map; n above a side shrinks to it."""
+    torch.manual_seed(0)
+    centre = torch.rand(3, 50, 2) * torch.tensor([48.0, 20]) + torch.tensor([-2.0, -2])
+    centre[0, 0] = torch.tensor([0.0, 0.0])
+    centre[0, 1] = torch.tensor([47.0, 19.0])
+    uv = token_centres(5, 12, 4)
+    for n in (1, 2, 4, 7):
+        index = window_indices(centre, 5, 12, 4, n)
+        rows, cols = min(n, 5), n
+        assert index.shape == (3, 50, rows * cols) and index.min() >= 0 and index.max() < 60
+        nearest = (centre[:, :, None] - uv).square().sum(-1).argmin(-1, keepdim=True)
+        assert (index == nearest).any(-1).all()
+        window_uv = uv[index]  # a regular block: spans of (side - 1) strides
+        torch.testing.assert_close(window_uv.amax(-2) - window_uv.amin(-2), torch.tensor([cols - 1.0, rows - 1.0]).expand(3, 50, 2) * 4)
+        assert (index.sort(-1).values.diff(dim=-1) > 0).all()
+
+
+def test_coarse_to_fine_refines_within_windows_about_the_global_keypoints():
+    """global_stride 8 and a window [4, 8]: the global stage's heatmap covers the stride-8 tokens, the final one
+    the 4 x 4 stride-4 tokens about the global 2D keypoint, and the final 2D keypoint lies in that window; the
+    3D keypoint is the global stage's; stage 2 trains the window stage."""
+    torch.manual_seed(0)
+    batch = synthetic_batch()
+    conf = {**TINY_CONF, "iclm": {**TINY_CONF["iclm"], "global_stride": 8, "windows": [[4, 8]]}}
+    model = ICL(conf)
+    out = model(batch)
+    (coarse,) = out["coarse_stages"]
+    B, Q = 2, 8
+    assert coarse["heatmap_2d"].shape == (B, Q, (H // 8) * (W // 8))
+    torch.testing.assert_close(coarse["heatmap_2d_uv"], token_centres(H // 8, W // 8, 8))
+    torch.testing.assert_close(coarse["kp_2d"], coarse["heatmap_2d"] @ coarse["heatmap_2d_uv"])
+    assert out["heatmap_2d"].shape == (B, Q, 16) and out["heatmap_2d_uv"].shape == (B, Q, 16, 2)
+    expected = token_centres(H // 4, W // 4, 4)[window_indices(coarse["kp_2d"], H // 4, W // 4, 4, 4)]
+    torch.testing.assert_close(out["heatmap_2d_uv"], expected)
+    torch.testing.assert_close(out["kp_2d"], (out["heatmap_2d"][..., None] * expected).sum(-2))
+    assert ((out["kp_2d"] - coarse["kp_2d"]).abs() <= 8).all()
+    torch.testing.assert_close(out["kp_3d"], out["heatmap_3d"] @ out["coarse_xyz"])
+    model.freeze_gpdm()
+    trained = stage_gradients(model, stage=2)[1]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trained
+    with pytest.raises(ValueError, match="no multiple of the token stride"):
+        ICL({**TINY_CONF, "iclm": {**TINY_CONF["iclm"], "windows": [[2, 8]]}})(batch)
 
 
 def test_keypoints_inside_image_and_masked_bounding_box():

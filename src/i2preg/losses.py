@@ -24,7 +24,6 @@ from .geometry import (
 )
 from .metrics import ACC_RRE_DEG, ACC_RTE_M
 from .model.gpdm import params_from_pose
-from .model.image_encoder import token_centres
 
 DEFAULT_WEIGHTS = {
     "cls": 1.0,
@@ -114,18 +113,20 @@ def diversity_loss(keypoints: torch.Tensor, margin: float) -> torch.Tensor:
     return F.relu(margin - pairwise_distance(keypoints))[:, off_diagonal].mean()
 
 
-def heatmap_loss(heatmap_2d: torch.Tensor, target_px: torch.Tensor, valid: torch.Tensor, image_size, sigma_px: float) -> torch.Tensor:
-    """Mean over the valid queries of the cross-entropy between heatmap_2d (B, Q, T), a softmax over the pixel
-    tokens of an (H, W) = image_size input at a stride that T implies, and a Gaussian of sigma_px about
-    target_px (B, Q, 2) input-image pixels; valid (B, Q) bool."""
-    H, W = image_size
-    stride = round(math.sqrt(H * W / heatmap_2d.shape[-1]))
-    if (H // stride) * (W // stride) != heatmap_2d.shape[-1]:
-        raise ValueError(f"{heatmap_2d.shape[-1]} tokens are no stride's grid over a {H} x {W} image")
-    uv = token_centres(H // stride, W // stride, stride, device=heatmap_2d.device)
-    target = torch.softmax(-(target_px[:, :, None] - uv).square().sum(-1) / (2 * sigma_px**2), dim=-1)
+def heatmap_loss(heatmap_2d: torch.Tensor, token_uv: torch.Tensor, target_px: torch.Tensor, valid: torch.Tensor,
+                 sigma_px: float) -> torch.Tensor:
+    """Mean over the valid queries of the cross-entropy between heatmap_2d (B, Q, T), a softmax over tokens whose
+    input-image centres are token_uv ((T, 2), or (B, Q, T, 2) per query), and a Gaussian of sigma_px about
+    target_px (B, Q, 2) input-image pixels (renormalised over those tokens); valid (B, Q) bool."""
+    target = torch.softmax(-(target_px[:, :, None] - token_uv).square().sum(-1) / (2 * sigma_px**2), dim=-1)
     cross_entropy = -(target * heatmap_2d.clamp_min(1e-12).log()).sum(-1)
     return (cross_entropy * valid).sum() / valid.sum().clamp_min(1)
+
+
+def inside_windows(token_uv: torch.Tensor, target_px: torch.Tensor) -> torch.Tensor:
+    """(B, Q) bool: target_px (B, Q, 2) lies within the span of its query's window of token centres
+    token_uv (B, Q, T, 2)."""
+    return ((target_px >= token_uv.amin(-2)) & (target_px <= token_uv.amax(-2))).all(-1)
 
 
 def residual_target(frustum_pose: torch.Tensor, T_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,16 +151,16 @@ def frustum_pose_right(frustum_pose: torch.Tensor, T_gt: torch.Tensor) -> torch.
 
 
 def correspondence_loss(kp_2d: torch.Tensor, kp_3d: torch.Tensor, T_gt: torch.Tensor, K: torch.Tensor, image_size,
-                        pair_valid: torch.Tensor, margin_px: float, cap_px: float, huber_px: float) -> torch.Tensor:
+                        valid: torch.Tensor, margin_px: float, cap_px: float, huber_px: float) -> torch.Tensor:
     """L_corr: mean over the counted queries of Huber(|pi(T_gt kp_3d) - kp_2d|; huber_px) (the distance itself when
-    huber_px is 0), pixels. kp_2d (B, Q, 2) pixels, kp_3d (B, Q, 3) cloud frame, pair_valid (B,) bool. A query
-    counts if its pair is valid, its 3D keypoint is deeper than MIN_DEPTH in the GT camera and projects within
+    huber_px is 0), pixels. kp_2d (B, Q, 2) pixels, kp_3d (B, Q, 3) cloud frame, valid (B, Q) bool. A query
+    counts if it is valid, its 3D keypoint is deeper than MIN_DEPTH in the GT camera and projects within
     margin_px of the H x W = image_size image, and its distance is below cap_px."""
     pixels, depth = project_points(transform_points(T_gt, kp_3d), K)
     distance = ((kp_2d - pixels).square().sum(-1) + 1e-8).sqrt()
     size = pixels.new_tensor(image_size[::-1])
     near_image = ((pixels > -margin_px) & (pixels < size + margin_px)).all(-1)
-    counted = (depth > MIN_DEPTH) & near_image & (distance < cap_px) & pair_valid[:, None]
+    counted = (depth > MIN_DEPTH) & near_image & (distance < cap_px) & valid
     if huber_px > 0:
         distance = torch.where(distance < huber_px, 0.5 * distance.square() / huber_px, distance - 0.5 * huber_px)
     return torch.where(counted, distance, 0).sum() / counted.sum().clamp_min(1)
@@ -168,8 +169,9 @@ def correspondence_loss(kp_2d: torch.Tensor, kp_3d: torch.Tensor, T_gt: torch.Te
 def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stage: int = 2) -> dict[str, torch.Tensor]:
     """Loss terms of the ICL ``outputs`` (``ICL.forward``; ``ICL.forward_gpdm`` suffices in stage 1) for ``batch``.
 
-    Returns cls (BCE), fru, and in stage 2 also corr (mean pixel distance over the 3D keypoints in front of the
-    GT camera), div_2d, div_3d (pixels), cam, heat_2d when its weight is above 0 (``heatmap_loss``),
+    Returns cls (BCE), fru, and in stage 2 also corr (``correspondence_loss``), div_2d, div_3d (pixels), cam,
+    heat_2d when its weight is above 0 (``heatmap_loss``), corr, div_2d and heat_2d summed over ICLM's stages
+    with coarse-to-fine windows (a window stage's counting only the queries whose target is in their window),
     plus total = the weighted sum of the stage's terms with ``weights`` over ``DEFAULT_WEIGHTS``.
     """
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
@@ -194,15 +196,22 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
         pair_valid = torch.ones_like(T_gt[:, 0, 0], dtype=torch.bool)
         if w["corr_skip_wrong_frustum"]:
             pair_valid = frustum_pose_right(outputs["frustum_pose"].detach(), T_gt)
-        losses["corr"] = correspondence_loss(outputs["kp_2d"], outputs["kp_3d"], T_gt, K, image_size, pair_valid,
-                                             w["corr_margin_px"], w["corr_cap_px"], w["corr_huber_px"])
-        losses["div_2d"] = diversity_loss(outputs["kp_2d"], w["div_margin_px"])
+        target, depth = project_points(transform_points(T_gt, outputs["kp_3d"].detach()), K)
+        inside = (depth > MIN_DEPTH) & (target >= 0).all(-1) & (target < target.new_tensor(image_size[::-1])).all(-1)
+        corr, div_2d, heat_2d = [], [], []
+        for stage_out in [*outputs.get("coarse_stages", ()), outputs]:  # coarse to fine: each stage's terms, summed
+            token_uv, valid = stage_out["heatmap_2d_uv"], pair_valid[:, None].expand_as(inside)
+            if token_uv.dim() == 4:  # a window stage counts only the queries whose target lies in their window
+                valid = valid & inside_windows(token_uv, target)
+            corr.append(correspondence_loss(stage_out["kp_2d"], outputs["kp_3d"], T_gt, K, image_size, valid,
+                                            w["corr_margin_px"], w["corr_cap_px"], w["corr_huber_px"]))
+            div_2d.append(diversity_loss(stage_out["kp_2d"], w["div_margin_px"]))
+            if w["heat_2d"] > 0:
+                heat_2d.append(heatmap_loss(stage_out["heatmap_2d"], token_uv, target, inside & valid, w["heat_sigma_px"]))
+        losses["corr"], losses["div_2d"] = sum(corr), sum(div_2d)
+        if heat_2d:
+            losses["heat_2d"] = sum(heat_2d)
         losses["div_3d"] = diversity_loss(kp_3d_pixels, w["div_margin_px"])
-        if w["heat_2d"] > 0:
-            target, depth = project_points(transform_points(T_gt, outputs["kp_3d"].detach()), K)
-            inside = (depth > MIN_DEPTH) & (target >= 0).all(-1) & (target < target.new_tensor(image_size[::-1])).all(-1)
-            inside &= pair_valid[:, None]
-            losses["heat_2d"] = heatmap_loss(outputs["heatmap_2d"], target, inside, image_size, w["heat_sigma_px"])
         losses["cam"] = camera_loss(
             outputs["residual_rotation"], outputs["residual_translation"], outputs["frustum_pose"], T_gt
         )

@@ -9,6 +9,13 @@ its cell of a grid over the image, added to it as the pixels' positional encodin
 logits get log N(uv_t; a_q, s^2) and its 3D heatmap logits log N(pi(T_f p_j); a_q, s^2), with s = anchor_sigma
 x image width and pi(T_f p_j) the point's projection through the frustum pose. The queries start spread over
 the image and paired through the frustum pose, instead of being free to collapse onto one pair.
+
+Coarse to fine (``windows``; the reference code's ICL++, empty for the paper's single scale): the global stage
+(``num_iterations`` blocks) runs over the token map average-pooled to ``global_stride`` (0: the token stride);
+then each window [stride, radius_px] adds a self-attention and a pixel attention whose keys, like its 2D
+heatmap, are only the (2 radius / stride)^2 tokens at that stride about the query's previous 2D keypoint. The
+window stages refine the 2D keypoint of the global stage's 3D keypoint (the coarse points have no finer level
+here), and desc_3d stays the global stage's.
 """
 
 from __future__ import annotations
@@ -16,9 +23,21 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .layers import AttentionBlock, masked_softmax, mlp
+from .image_encoder import token_centres
+from .layers import AttentionBlock, gather, masked_softmax, mlp
+
+
+class WindowStage(nn.Module):
+    """A window stage: the queries' self-attention and pixel attention, and the projections of its 2D heatmap's
+    logits (the 3D keypoint is the global stage's, so its point attention would train nothing)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.self_attention, self.pixel_attention = AttentionBlock(d, heads), AttentionBlock(d, heads)
+        self.heat_query_2d, self.heat_key_2d = nn.Linear(d, d), nn.Linear(d, d)
 
 
 class ICLM(nn.Module):
@@ -26,6 +45,8 @@ class ICLM(nn.Module):
         super().__init__()
         d, heads, iterations = conf["dim"], conf["num_heads"], conf["num_iterations"]
         self.anchor_sigma = float(conf.get("anchor_sigma", 0.0))
+        self.global_stride = int(conf.get("global_stride", 0))
+        self.windows = [(int(stride), float(radius)) for stride, radius in conf.get("windows", ())]
         self.queries = nn.Parameter(torch.randn(conf["num_queries"], d))
         self.anchor_cells = conf["num_queries"]  # the anchor grid's cell count, fixed by training
         self.register_buffer("query_cells", torch.arange(conf["num_queries"]), persistent=False)  # each query's cell
@@ -39,11 +60,11 @@ class ICLM(nn.Module):
         self.point_attention = nn.ModuleList(AttentionBlock(d, heads) for _ in range(iterations))
         self.heat_query_2d, self.heat_key_2d = nn.Linear(d, d), nn.Linear(d, d)
         self.heat_query_3d, self.heat_key_3d = nn.Linear(d, d), nn.Linear(d, d)
+        self.window_stages = nn.ModuleList(WindowStage(d, heads) for _ in self.windows)
 
     def forward(
         self,
-        pixel_feats: torch.Tensor,
-        pixel_uv: torch.Tensor,
+        token_map: torch.Tensor,
         image_size: tuple[int, int],
         point_feats: torch.Tensor,
         point_xyz: torch.Tensor,
@@ -51,19 +72,22 @@ class ICLM(nn.Module):
         mask: torch.Tensor,
         point_uv_frustum: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """pixel_feats: (B, T, Ci) tokens, pixel_uv: (T, 2) their centres in input-image pixels, image_size (H, W);
+        """token_map: (B, Ci, h, w) pixel tokens at stride H / h of the (H, W) = image_size input;
         point_feats: (B, M, Cp), point_xyz: (B, M, 3) cloud frame, point_xyz_frustum: (B, M, 3) the same points in
         the frustum-pose camera frame (positional encoding); mask: (B, M) bool, points that may be attended;
         point_uv_frustum: (B, M, 2) their projections through the frustum pose (needed with ``anchor_sigma``).
 
-        Returns kp_2d (B, Nq, 2) pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T); heatmap_3d (B, Nq, M)
-        (exactly 0 on masked-out points); desc_2d, desc_3d (B, Nq, d): the queries after the last pixel / point
-        attention.
+        Returns kp_2d (B, Nq, 2) pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T) over the tokens
+        whose input-image centres are heatmap_2d_uv, (T, 2) for the whole map or (B, Nq, T, 2) for per-query
+        windows; heatmap_3d (B, Nq, M) (exactly 0 on masked-out points); desc_2d, desc_3d (B, Nq, d): the
+        queries after the last pixel / point attention. These are the last stage's; with ``windows``,
+        coarse_stages lists the earlier stages' kp_2d, heatmap_2d and heatmap_2d_uv, global stage first.
         """
         H, W = image_size
-        pixel_tokens = self.image_proj(pixel_feats) + self.pixel_pos(pixel_uv / pixel_uv.new_tensor([W, H]))
+        token_stride = H // token_map.shape[-2]
+        pixel_tokens, pixel_uv, _ = self._pixel_tokens(token_map, self.global_stride or token_stride, token_stride, W, H)
         point_tokens = self.point_proj(point_feats) + self.point_pos(point_xyz_frustum / 10)
-        x = self.queries.expand(pixel_feats.shape[0], -1, -1)
+        x = self.queries.expand(token_map.shape[0], -1, -1)
         prior_2d = prior_3d = 0.0
         if self.anchor_sigma > 0:
             anchors = anchor_grid(self.anchor_cells, H, W).to(x)[self.query_cells]
@@ -86,14 +110,45 @@ class ICLM(nn.Module):
         heatmap_3d = masked_softmax(
             self.heat_query_3d(desc_3d) @ self.heat_key_3d(point_tokens).transpose(1, 2) * scale + prior_3d, mask[:, None]
         )
-        return {
-            "kp_2d": heatmap_2d @ pixel_uv,
-            "kp_3d": heatmap_3d @ point_xyz,
-            "heatmap_2d": heatmap_2d,
-            "heatmap_3d": heatmap_3d,
-            "desc_2d": desc_2d,
-            "desc_3d": desc_3d,
-        }
+        stages = [{"kp_2d": heatmap_2d @ pixel_uv, "heatmap_2d": heatmap_2d, "heatmap_2d_uv": pixel_uv}]
+        for (stride, radius), window_stage in zip(self.windows, self.window_stages):
+            tokens, uv, (h, w) = self._pixel_tokens(token_map, stride, token_stride, W, H)
+            index = window_indices(stages[-1]["kp_2d"].detach(), h, w, stride, round(2 * radius / stride))
+            window, window_uv = gather(tokens, index), uv[index]  # (B, Nq, n^2, d), (B, Nq, n^2, 2)
+            B, Q, n2, d = window.shape
+            x = window_stage.self_attention(x, x)
+            x = desc_2d = window_stage.pixel_attention(x.reshape(B * Q, 1, d), window.reshape(B * Q, n2, d)).view(B, Q, d)
+            keys = gather(window_stage.heat_key_2d(tokens), index)  # (B, Nq, n^2, d)
+            logits = (keys @ window_stage.heat_query_2d(desc_2d)[..., None])[..., 0] * scale
+            heatmap = logits.softmax(dim=-1)
+            stages.append({"kp_2d": (heatmap[..., None] * window_uv).sum(-2), "heatmap_2d": heatmap,
+                           "heatmap_2d_uv": window_uv})
+        out = {**stages[-1], "kp_3d": heatmap_3d @ point_xyz, "heatmap_3d": heatmap_3d, "desc_2d": desc_2d,
+               "desc_3d": desc_3d}
+        if len(stages) > 1:
+            out["coarse_stages"] = stages[:-1]
+        return out
+
+    def _pixel_tokens(self, token_map: torch.Tensor, stride: int, token_stride: int, W: int, H: int):
+        """The tokens at ``stride`` (the map average-pooled from its token_stride): (B, T, d) with their positional
+        encoding, their centres (T, 2) in input-image pixels and the (h, w) of their map."""
+        if stride % token_stride:
+            raise ValueError(f"ICLM's stride {stride} is no multiple of the token stride {token_stride}")
+        pooled = F.avg_pool2d(token_map, stride // token_stride) if stride > token_stride else token_map
+        uv = token_centres(*pooled.shape[-2:], stride, device=token_map.device)
+        tokens = self.image_proj(pooled.flatten(2).transpose(1, 2)) + self.pixel_pos(uv / uv.new_tensor([W, H]))
+        return tokens, uv, pooled.shape[-2:]
+
+
+def window_indices(centre: torch.Tensor, height: int, width: int, stride: int, size: int) -> torch.Tensor:
+    """(B, Q, n^2) row-major indices into a (height, width) token map at ``stride``: the n x n tokens (n = size,
+    at most the map's sides) about each centre (B, Q, 2) input-image pixels, the window shifted inside the map."""
+    n_v, n_u = min(size, height), min(size, width)
+    corner = torch.round((centre - (stride - 1) / 2) / stride - (centre.new_tensor([n_u, n_v]) - 1) / 2).long()  # (u, v)
+    u0 = corner[..., 0].clamp(0, width - n_u)
+    v0 = corner[..., 1].clamp(0, height - n_v)
+    dv, du = torch.meshgrid(torch.arange(n_v, device=centre.device), torch.arange(n_u, device=centre.device), indexing="ij")
+    return ((v0[..., None] + dv.flatten()) * width + u0[..., None] + du.flatten())
 
 
 def anchor_grid(num: int, height: int, width: int) -> torch.Tensor:
