@@ -7,11 +7,18 @@ import pytest
 import torch
 
 from i2preg.data.collate import Collate
-from i2preg.geometry import invert_transform, make_transform, rotation_6d_to_matrix, sample_perturbation
+from i2preg.geometry import (
+    invert_transform,
+    make_transform,
+    project_points,
+    rotation_6d_to_matrix,
+    sample_perturbation,
+    transform_points,
+)
 from i2preg.losses import compute_losses, residual_target
 from i2preg.model import ICL
 from i2preg.model.gpdm import params_from_pose, pose_from_params
-from i2preg.model.iclm import ICLM, anchor_grid, window_indices
+from i2preg.model.iclm import ICLM, anchor_grid, sample_window
 from i2preg.model.image_encoder import token_centres
 from i2preg.model.prm import compose_residual
 
@@ -102,14 +109,15 @@ def test_masked_points_get_zero_weight_and_never_move_keypoints():
     args = dict(token_map=torch.randn(B, C, 4, 6), image_size=(16, 24))  # T = 24 tokens at stride 4
     point_feats, xyz = torch.randn(B, M, C), torch.randn(B, M, 3) * 10
     mask = torch.rand(B, M) < 0.5
-    out = iclm(**args, point_feats=point_feats, point_xyz=xyz, point_xyz_frustum=xyz, mask=mask)
+    out = iclm(**args, point_feats=point_feats, point_xyz=xyz, point_xyz_frustum=xyz, mask=mask, K=torch.eye(3).expand(B, 3, 3))
     assert (out["heatmap_3d"][~mask[:, None].expand_as(out["heatmap_3d"])] == 0).all()
     torch.testing.assert_close(out["heatmap_3d"].sum(-1), torch.ones(B, 8))
 
     moved_feats, moved_xyz = point_feats.clone(), xyz.clone()
     moved_feats[~mask] = torch.randn_like(moved_feats[~mask]) * 100
     moved_xyz[~mask] = torch.randn_like(moved_xyz[~mask]) * 1000
-    moved = iclm(**args, point_feats=moved_feats, point_xyz=moved_xyz, point_xyz_frustum=moved_xyz, mask=mask)
+    moved = iclm(**args, point_feats=moved_feats, point_xyz=moved_xyz, point_xyz_frustum=moved_xyz, mask=mask,
+                 K=torch.eye(3).expand(B, 3, 3))
     torch.testing.assert_close(moved["kp_3d"], out["kp_3d"], atol=1e-7, rtol=0)
     torch.testing.assert_close(moved["kp_2d"], out["kp_2d"], atol=1e-7, rtol=0)
 
@@ -123,42 +131,45 @@ def test_anchored_queries_start_at_their_anchors_in_both_modalities():
     anchors = anchor_grid(8, H, W)
     assert anchors.tolist() == [[8, 8], [24, 8], [40, 8], [56, 8], [8, 24], [24, 24], [40, 24], [56, 24]]
     point_uv = (anchors + torch.rand(8, 2) * 4 - 2).expand(B, -1, -1)  # each point within 2 px of an anchor
-    xyz = torch.randn(B, 8, 3)
-    out = iclm(torch.randn(B, C, H, W), (H, W), torch.randn(B, 8, C), xyz, xyz,
-               torch.ones(B, 8, dtype=torch.bool), point_uv)
+    depth = torch.rand(B, 8, 1) * 10 + 2
+    xyz_frustum, K = torch.cat([point_uv, torch.ones(B, 8, 1)], -1) * depth, torch.eye(3).expand(B, 3, 3)  # K = I
+    xyz, everything = torch.randn(B, 8, 3), torch.ones(B, 8, dtype=torch.bool)
+    out = iclm(torch.randn(B, C, H, W), (H, W), torch.randn(B, 8, C), xyz, xyz_frustum, everything, K)
     torch.testing.assert_close(out["kp_2d"], anchors.expand(B, -1, -1), atol=0.5, rtol=0)
     torch.testing.assert_close(out["kp_3d"], xyz, atol=1e-3, rtol=0)
     paper = ICLM(C, C, {"dim": 16, "num_queries": 8, "num_iterations": 2, "num_heads": 4})
-    free = paper(torch.randn(B, C, H, W), (H, W), torch.randn(B, 8, C), xyz, xyz, torch.ones(B, 8, dtype=torch.bool))
+    free = paper(torch.randn(B, C, H, W), (H, W), torch.randn(B, 8, C), xyz, xyz_frustum, everything, K)
     assert (free["kp_2d"] - anchors).norm(dim=-1).mean() > 5  # without anchors they gather near the centre
 
 
-def test_window_indices_hold_the_nearest_token_and_stay_inside_the_map():
-    """n x n windows of a 5 x 12 map at stride 4 about random centres (some at the borders): each is an n x n
-    block of distinct tokens holding the centre's token, inside the map; n above a side shrinks to it."""
+def test_window_samples_equal_the_tokens_on_their_centres_and_flag_those_outside_the_image():
+    """A window about a token centre samples the map's tokens themselves; half a stride off, the mean of two
+    neighbours; samples beyond the image are flagged."""
     torch.manual_seed(0)
-    centre = torch.rand(3, 50, 2) * torch.tensor([48.0, 20]) + torch.tensor([-2.0, -2])
-    centre[0, 0] = torch.tensor([0.0, 0.0])
-    centre[0, 1] = torch.tensor([47.0, 19.0])
-    uv = token_centres(5, 12, 4)
-    for n in (1, 2, 4, 7):
-        index = window_indices(centre, 5, 12, 4, n)
-        rows, cols = min(n, 5), n
-        assert index.shape == (3, 50, rows * cols) and index.min() >= 0 and index.max() < 60
-        nearest = (centre[:, :, None] - uv).square().sum(-1).argmin(-1, keepdim=True)
-        assert (index == nearest).any(-1).all()
-        window_uv = uv[index]  # a regular block: spans of (side - 1) strides
-        torch.testing.assert_close(window_uv.amax(-2) - window_uv.amin(-2), torch.tensor([cols - 1.0, rows - 1.0]).expand(3, 50, 2) * 4)
-        assert (index.sort(-1).values.diff(dim=-1) > 0).all()
+    token_map, stride = torch.randn(2, 3, 5, 12), 4  # a 20 x 48 image
+    uv = token_centres(5, 12, stride)
+    centre = torch.stack([uv[12 * 2 + 5], uv[12 * 2 + 6]])[:, None]  # tokens (v 2, u 5) and (2, 6): (B, 1, 2)
+    samples, sample_uv, inside = sample_window(token_map, centre, stride, 3, (20, 48))
+    assert samples.shape == (2, 1, 9, 3) and inside.all()
+    for b, u in enumerate((5, 6)):
+        expected = token_map[b, :, 1:4, u - 1 : u + 2].flatten(1).T  # the 3 x 3 tokens about it, row-major
+        torch.testing.assert_close(samples[b, 0], expected)
+        torch.testing.assert_close(sample_uv[b, 0], uv.view(5, 12, 2)[1:4, u - 1 : u + 2].reshape(9, 2))
+    half = sample_window(token_map, centre + torch.tensor([stride / 2, 0]), stride, 1, (20, 48))[0]
+    torch.testing.assert_close(half[0, 0, 0], token_map[0, :, 2, 5:7].mean(-1))
+    corner = sample_window(token_map, torch.zeros(2, 1, 2), stride, 2, (20, 48))[2]
+    assert corner.tolist() == [[[False, False, False, True]]] * 2  # only the sample at (+2, +2) px is inside
 
 
-def test_coarse_to_fine_refines_within_windows_about_the_global_keypoints():
+@pytest.mark.parametrize("window_centre", ["keypoint", "frustum"])
+def test_coarse_to_fine_refines_within_windows(window_centre):
     """global_stride 8 and a window [4, 8]: the global stage's heatmap covers the stride-8 tokens, the final one
-    the 4 x 4 stride-4 tokens about the global 2D keypoint, and the final 2D keypoint lies in that window; the
-    3D keypoint is the global stage's; stage 2 trains the window stage."""
+    4 x 4 stride-4 samples about the global 2D keypoint (or the 3D keypoint's frustum projection), and the final
+    2D keypoint is their heatmap's mean; the 3D keypoint is the global stage's; stage 2 trains the window stage."""
     torch.manual_seed(0)
     batch = synthetic_batch()
-    conf = {**TINY_CONF, "iclm": {**TINY_CONF["iclm"], "global_stride": 8, "windows": [[4, 8]]}}
+    conf = {**TINY_CONF, "iclm": {**TINY_CONF["iclm"], "global_stride": 8, "windows": [[4, 8]],
+                                  "window_centre": window_centre}}
     model = ICL(conf)
     out = model(batch)
     (coarse,) = out["coarse_stages"]
@@ -167,10 +178,11 @@ def test_coarse_to_fine_refines_within_windows_about_the_global_keypoints():
     torch.testing.assert_close(coarse["heatmap_2d_uv"], token_centres(H // 8, W // 8, 8))
     torch.testing.assert_close(coarse["kp_2d"], coarse["heatmap_2d"] @ coarse["heatmap_2d_uv"])
     assert out["heatmap_2d"].shape == (B, Q, 16) and out["heatmap_2d_uv"].shape == (B, Q, 16, 2)
-    expected = token_centres(H // 4, W // 4, 4)[window_indices(coarse["kp_2d"], H // 4, W // 4, 4, 4)]
-    torch.testing.assert_close(out["heatmap_2d_uv"], expected)
-    torch.testing.assert_close(out["kp_2d"], (out["heatmap_2d"][..., None] * expected).sum(-2))
-    assert ((out["kp_2d"] - coarse["kp_2d"]).abs() <= 8).all()
+    centre = coarse["kp_2d"]
+    if window_centre == "frustum":
+        centre = project_points(transform_points(out["frustum_pose"], out["kp_3d"]), batch["K"])[0]
+    torch.testing.assert_close(out["heatmap_2d_uv"].mean(-2), centre)
+    torch.testing.assert_close(out["kp_2d"], (out["heatmap_2d"][..., None] * out["heatmap_2d_uv"]).sum(-2))
     torch.testing.assert_close(out["kp_3d"], out["heatmap_3d"] @ out["coarse_xyz"])
     model.freeze_gpdm()
     trained = stage_gradients(model, stage=2)[1]

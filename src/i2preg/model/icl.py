@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import deep_update
-from ..geometry import project_points, transform_points
+from ..geometry import transform_points
 from .gpdm import GPDM
 from .iclm import ICLM
 from .image_encoder import ImageDecoder, build_image_encoder
@@ -63,8 +63,9 @@ class ICL(nn.Module):
         "iclm": {"dim": 128, "num_queries": 64, "num_iterations": 3, "num_heads": 4,
                  "anchor_sigma": 0.0,  # > 0: anchored queries (iclm.py; beyond the paper)
                  # coarse to fine (iclm.py; the reference code's ICL++): the global stage's stride (0: the token
-                 # stride) and a window stage per [stride, radius_px]; [] is the paper's single scale
-                 "global_stride": 0, "windows": []},
+                 # stride), a window stage per [stride, radius_px] ([] is the paper's single scale), the first
+                 # window about the previous 2D keypoint ("keypoint") or the 3D keypoint's frustum projection
+                 "global_stride": 0, "windows": [], "window_centre": "keypoint"},
         "prm": {"dim": 128},
     }
 
@@ -124,7 +125,7 @@ class ICL(nn.Module):
                 out["coarse_xyz"],
                 xyz_frustum,
                 out["mask"],
-                project_points(xyz_frustum, batch["K"])[0] if self.iclm.anchor_sigma > 0 else None,
+                batch["K"],
             )
         )
         prm_inputs = [out["kp_2d"], out["kp_3d"], out["desc_2d"], out["desc_3d"]]

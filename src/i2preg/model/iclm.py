@@ -13,9 +13,12 @@ the image and paired through the frustum pose, instead of being free to collapse
 Coarse to fine (``windows``; the reference code's ICL++, empty for the paper's single scale): the global stage
 (``num_iterations`` blocks) runs over the token map average-pooled to ``global_stride`` (0: the token stride);
 then each window [stride, radius_px] adds a self-attention and a pixel attention whose keys, like its 2D
-heatmap, are only the (2 radius / stride)^2 tokens at that stride about the query's previous 2D keypoint. The
-window stages refine the 2D keypoint of the global stage's 3D keypoint (the coarse points have no finer level
-here), and desc_3d stays the global stage's.
+heatmap, are only the n x n = (2 radius / stride)^2 tokens sampled (bilinearly, from the map pooled to that
+stride) at stride spacing about a centre: the query's previous 2D keypoint (``window_centre`` "keypoint", the
+reference code), or for the first window the projection of its 3D keypoint through the frustum pose ("frustum",
+beyond the reference: an untrained window's uniform heatmap then pairs as GPDM's pose does). The window stages
+refine the 2D keypoint of the global stage's 3D keypoint (the coarse points have no finer level here), and
+desc_3d stays the global stage's.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..geometry import project_points
 from .image_encoder import token_centres
-from .layers import AttentionBlock, gather, masked_softmax, mlp
+from .layers import AttentionBlock, masked_softmax, mlp
 
 
 class WindowStage(nn.Module):
@@ -47,6 +51,9 @@ class ICLM(nn.Module):
         self.anchor_sigma = float(conf.get("anchor_sigma", 0.0))
         self.global_stride = int(conf.get("global_stride", 0))
         self.windows = [(int(stride), float(radius)) for stride, radius in conf.get("windows", ())]
+        self.window_centre = conf.get("window_centre", "keypoint")
+        if self.window_centre not in ("keypoint", "frustum"):
+            raise ValueError(f"iclm.window_centre must be 'keypoint' or 'frustum', got {self.window_centre!r}")
         self.queries = nn.Parameter(torch.randn(conf["num_queries"], d))
         self.anchor_cells = conf["num_queries"]  # the anchor grid's cell count, fixed by training
         self.register_buffer("query_cells", torch.arange(conf["num_queries"]), persistent=False)  # each query's cell
@@ -70,22 +77,24 @@ class ICLM(nn.Module):
         point_xyz: torch.Tensor,
         point_xyz_frustum: torch.Tensor,
         mask: torch.Tensor,
-        point_uv_frustum: torch.Tensor | None = None,
+        K: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """token_map: (B, Ci, h, w) pixel tokens at stride H / h of the (H, W) = image_size input;
         point_feats: (B, M, Cp), point_xyz: (B, M, 3) cloud frame, point_xyz_frustum: (B, M, 3) the same points in
         the frustum-pose camera frame (positional encoding); mask: (B, M) bool, points that may be attended;
-        point_uv_frustum: (B, M, 2) their projections through the frustum pose (needed with ``anchor_sigma``).
+        K: (B, 3, 3) intrinsics (the frustum-pose projections of anchors and frustum-centred windows).
 
         Returns kp_2d (B, Nq, 2) pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T) over the tokens
         whose input-image centres are heatmap_2d_uv, (T, 2) for the whole map or (B, Nq, T, 2) for per-query
-        windows; heatmap_3d (B, Nq, M) (exactly 0 on masked-out points); desc_2d, desc_3d (B, Nq, d): the
-        queries after the last pixel / point attention. These are the last stage's; with ``windows``,
-        coarse_stages lists the earlier stages' kp_2d, heatmap_2d and heatmap_2d_uv, global stage first.
+        windows (exactly 0 on window samples outside the image); heatmap_3d (B, Nq, M) (exactly 0 on masked-out
+        points); desc_2d, desc_3d (B, Nq, d): the queries after the last pixel / point attention. These are the
+        last stage's; with ``windows``, coarse_stages lists the earlier stages' kp_2d, heatmap_2d and
+        heatmap_2d_uv, global stage first.
         """
         H, W = image_size
         token_stride = H // token_map.shape[-2]
-        pixel_tokens, pixel_uv, _ = self._pixel_tokens(token_map, self.global_stride or token_stride, token_stride, W, H)
+        pixel_map, pixel_uv = self._pixel_map(token_map, self.global_stride or token_stride, token_stride)
+        pixel_tokens = pixel_map.flatten(2).transpose(1, 2) + self.pixel_pos(pixel_uv / pixel_uv.new_tensor([W, H]))
         point_tokens = self.point_proj(point_feats) + self.point_pos(point_xyz_frustum / 10)
         x = self.queries.expand(token_map.shape[0], -1, -1)
         prior_2d = prior_3d = 0.0
@@ -93,6 +102,7 @@ class ICLM(nn.Module):
             anchors = anchor_grid(self.anchor_cells, H, W).to(x)[self.query_cells]
             x = x + self.pixel_pos(anchors / anchors.new_tensor([W, H]))
             variance = 2 * (self.anchor_sigma * W) ** 2
+            point_uv_frustum = project_points(point_xyz_frustum, K)[0]
             prior_2d = -(anchors[:, None] - pixel_uv).square().sum(-1) / variance  # (Nq, T)
             prior_3d = -(anchors[:, None] - point_uv_frustum[:, None]).square().sum(-1) / variance  # (B, Nq, M)
         for self_1, pixel, self_2, point in zip(
@@ -111,44 +121,53 @@ class ICLM(nn.Module):
             self.heat_query_3d(desc_3d) @ self.heat_key_3d(point_tokens).transpose(1, 2) * scale + prior_3d, mask[:, None]
         )
         stages = [{"kp_2d": heatmap_2d @ pixel_uv, "heatmap_2d": heatmap_2d, "heatmap_2d_uv": pixel_uv}]
+        centre = stages[0]["kp_2d"]
+        if self.window_centre == "frustum":
+            centre = project_points(heatmap_3d @ point_xyz_frustum, K)[0]
         for (stride, radius), window_stage in zip(self.windows, self.window_stages):
-            tokens, uv, (h, w) = self._pixel_tokens(token_map, stride, token_stride, W, H)
-            index = window_indices(stages[-1]["kp_2d"].detach(), h, w, stride, round(2 * radius / stride))
-            window, window_uv = gather(tokens, index), uv[index]  # (B, Nq, n^2, d), (B, Nq, n^2, 2)
+            window_map = self._pixel_map(token_map, stride, token_stride)[0]
+            window, window_uv, inside = sample_window(window_map, centre.detach(), stride, round(2 * radius / stride), (H, W))
+            window = window + self.pixel_pos(window_uv / window_uv.new_tensor([W, H]))  # (B, Nq, n^2, d)
             B, Q, n2, d = window.shape
             x = window_stage.self_attention(x, x)
-            x = desc_2d = window_stage.pixel_attention(x.reshape(B * Q, 1, d), window.reshape(B * Q, n2, d)).view(B, Q, d)
-            keys = gather(window_stage.heat_key_2d(tokens), index)  # (B, Nq, n^2, d)
-            logits = (keys @ window_stage.heat_query_2d(desc_2d)[..., None])[..., 0] * scale
-            heatmap = logits.softmax(dim=-1)
-            stages.append({"kp_2d": (heatmap[..., None] * window_uv).sum(-2), "heatmap_2d": heatmap,
-                           "heatmap_2d_uv": window_uv})
+            desc_2d = window_stage.pixel_attention(x.reshape(B * Q, 1, d), window.reshape(B * Q, n2, d), inside.reshape(B * Q, n2))
+            x = desc_2d = desc_2d.view(B, Q, d)
+            logits = (window_stage.heat_key_2d(window) @ window_stage.heat_query_2d(desc_2d)[..., None])[..., 0]
+            heatmap = masked_softmax(logits * scale, inside)
+            centre = (heatmap[..., None] * window_uv).sum(-2)
+            stages.append({"kp_2d": centre, "heatmap_2d": heatmap, "heatmap_2d_uv": window_uv})
         out = {**stages[-1], "kp_3d": heatmap_3d @ point_xyz, "heatmap_3d": heatmap_3d, "desc_2d": desc_2d,
                "desc_3d": desc_3d}
         if len(stages) > 1:
             out["coarse_stages"] = stages[:-1]
         return out
 
-    def _pixel_tokens(self, token_map: torch.Tensor, stride: int, token_stride: int, W: int, H: int):
-        """The tokens at ``stride`` (the map average-pooled from its token_stride): (B, T, d) with their positional
-        encoding, their centres (T, 2) in input-image pixels and the (h, w) of their map."""
+    def _pixel_map(self, token_map: torch.Tensor, stride: int, token_stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token map average-pooled from its token_stride to ``stride`` and projected to the queries' width,
+        (B, d, H / stride, W / stride), and its token centres (T, 2) in input-image pixels, row-major."""
         if stride % token_stride:
             raise ValueError(f"ICLM's stride {stride} is no multiple of the token stride {token_stride}")
         pooled = F.avg_pool2d(token_map, stride // token_stride) if stride > token_stride else token_map
-        uv = token_centres(*pooled.shape[-2:], stride, device=token_map.device)
-        tokens = self.image_proj(pooled.flatten(2).transpose(1, 2)) + self.pixel_pos(uv / uv.new_tensor([W, H]))
-        return tokens, uv, pooled.shape[-2:]
+        projected = self.image_proj(pooled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return projected, token_centres(*pooled.shape[-2:], stride, device=token_map.device)
 
 
-def window_indices(centre: torch.Tensor, height: int, width: int, stride: int, size: int) -> torch.Tensor:
-    """(B, Q, n^2) row-major indices into a (height, width) token map at ``stride``: the n x n tokens (n = size,
-    at most the map's sides) about each centre (B, Q, 2) input-image pixels, the window shifted inside the map."""
-    n_v, n_u = min(size, height), min(size, width)
-    corner = torch.round((centre - (stride - 1) / 2) / stride - (centre.new_tensor([n_u, n_v]) - 1) / 2).long()  # (u, v)
-    u0 = corner[..., 0].clamp(0, width - n_u)
-    v0 = corner[..., 1].clamp(0, height - n_v)
-    dv, du = torch.meshgrid(torch.arange(n_v, device=centre.device), torch.arange(n_u, device=centre.device), indexing="ij")
-    return ((v0[..., None] + dv.flatten()) * width + u0[..., None] + du.flatten())
+def sample_window(token_map: torch.Tensor, centre: torch.Tensor, stride: int, size: int, image_size: tuple[int, int]):
+    """The n x n (n = size) window of a (B, C, h, w) token map at ``stride`` about each centre (B, Q, 2)
+    input-image pixels: samples at the centre + stride * (i - (n - 1) / 2), bilinear between token centres.
+
+    Returns the samples (B, Q, n^2, C), their input-image pixels (B, Q, n^2, 2), row-major, and (B, Q, n^2) bool:
+    the sample lies inside the (H, W) = image_size image.
+    """
+    steps = (torch.arange(size, device=centre.device, dtype=centre.dtype) - (size - 1) / 2) * stride
+    dv, du = torch.meshgrid(steps, steps, indexing="ij")
+    uv = centre[:, :, None] + torch.stack([du.flatten(), dv.flatten()], dim=-1)  # (B, Q, n^2, 2)
+    h, w = token_map.shape[-2:]
+    grid = ((uv - (stride - 1) / 2) / stride + 0.5) / uv.new_tensor([w, h]) * 2 - 1  # align_corners=False
+    samples = F.grid_sample(token_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    H, W = image_size
+    inside = (uv[..., 0] >= 0) & (uv[..., 0] <= W - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= H - 1)
+    return samples.permute(0, 2, 3, 1), uv, inside
 
 
 def anchor_grid(num: int, height: int, width: int) -> torch.Tensor:
