@@ -1,6 +1,7 @@
 """Image and LiDAR statistics of the real sample frames beside the synthetic world's, per appearance.
 
     python benchmarks/appearance_stats.py [--data ../shared/data] [--seed 100] [--sequences 4] [--frames 3]
+                                          [--appearances default varied]
 
 What the synthetic world should cover, measured without registering anything: every image is first
 resized to the focal length of a KITTI image at the model's scale (360 px), so that edges and textures
@@ -101,12 +102,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=100, help="seed of the synthetic sequences")
     parser.add_argument("--sequences", type=int, default=4)
     parser.add_argument("--frames", type=int, default=3, help="frames measured per synthetic sequence")
+    parser.add_argument("--appearances", nargs="+", choices=APPEARANCES, default=list(APPEARANCES),
+                        help="the synthetic appearances measured")
     args = parser.parse_args()
 
     groups = real_frames(Path(args.data))
     if "KITTI (real)" not in groups:
         raise SystemExit(f"no KITTI sample frames under {args.data}")
-    for appearance in APPEARANCES:
+    for appearance in args.appearances:
         groups[f"synthetic {appearance}"] = synthetic_frames(appearance, args.seed, args.sequences, args.frames)
 
     histograms = {name: sum(histogram(image, K) for image, K, _ in frames) for name, frames in groups.items()}

@@ -183,3 +183,22 @@ def test_bad_arguments(tmp_path, kwargs):
     args = dict(out_dir=tmp_path, sequences=1, frames=1, seed=0) | kwargs
     with pytest.raises(InputError):
         generate_dataset(**args)
+
+
+def test_varied_foliage_adds_dark_gaps_and_glossy_leaves_only_to_the_camera():
+    """The varied world's leaf clusters scale the default foliage albedo by 0.3 (a quarter of the 0.12 m
+    cells), 1.8 (a sixth) or 1; the default world and the LiDAR reflectance are unchanged."""
+    from types import SimpleNamespace
+
+    from i2preg.data.synthetic.materials import _foliage
+
+    points = np.random.default_rng(0).uniform(-20, 20, (3, 20000)).astype(np.float32)
+    inst = np.zeros(points.shape[1], np.int64)
+    colour = np.array([[0.2], [0.4], [0.1]], np.float32)
+    default, varied = (SimpleNamespace(key=5, inst_colour=colour, varied=v) for v in (False, True))
+    (albedo, reflectance), (varied_albedo, varied_reflectance) = _foliage(default, inst, points), _foliage(varied, inst, points)
+    assert np.array_equal(reflectance, varied_reflectance)
+    ratio = (varied_albedo / albedo)[1]
+    assert np.allclose(varied_albedo / albedo, ratio, rtol=1e-6)  # one factor for the three channels
+    for factor, share in ((0.3, 0.25), (1.8, 1 / 6), (1.0, 1 - 0.25 - 1 / 6)):
+        assert abs(np.isclose(ratio, factor, rtol=1e-6).mean() - share) < 0.02
