@@ -15,8 +15,8 @@ held-out) says:
 - on all of the split's pairs, in eval mode: ICLM's pair error (|pi(T_gt kp_3d) - kp_2d|, median over the
   queries in front of the GT camera) against the frustum pairing's on the same queries (``iclm_diagnostics``),
   the share of pairs under 8 px, the spread of the projected 3D keypoints (norm of their standard deviation,
-  pixels; a collapse shows as a few pixels), the 2D heatmaps' entropy, the Acc of PnP-RANSAC on ICLM's pairs,
-  and PRM's final pose against the frustum pose (Acc, median RTE and RRE).
+  pixels; a collapse shows as a few pixels), the heatmaps' entropy (2D: the last stage's), and PRM's final pose and
+  PnP-RANSAC's pose on ICLM's pairs against the frustum pose (Acc, median RTE and RRE).
 """
 
 from __future__ import annotations
@@ -128,12 +128,12 @@ def evaluate(model: ICL, pairs: EncodedPairs) -> dict[str, float]:
         "under_8px": 100 * np.nanmean(np.where(np.isnan(query_error), np.nan, query_error < 8)),
         "kp_3d_spread_px": stats["kp_3d_spread_px"].mean(),
         "entropy_2d": stats["entropy_2d"].mean(),
+        "entropy_3d": stats["entropy_3d"].mean(),
     }
     for name, parts_of in errors.items():
         s = summarize({k: np.concatenate([e[k] for e in parts_of]) for k in parts_of[0]})
         row[f"{name}_acc"] = 100 * s["acc"]
-        if name != "pnp":
-            row[f"{name}_rte_med"], row[f"{name}_rre_med"] = s["rte_median"], s["rre_median"]
+        row[f"{name}_rte_med"], row[f"{name}_rre_med"] = s["rte_median"], s["rre_median"]
     return row
 
 
