@@ -18,7 +18,7 @@ from i2preg.geometry import (
 from i2preg.losses import compute_losses, residual_target
 from i2preg.model import ICL
 from i2preg.model.gpdm import params_from_pose, pose_from_params
-from i2preg.model.iclm import ICLM, anchor_grid, sample_window
+from i2preg.model.iclm import ICLM, anchor_grid, sample_window, window_offsets
 from i2preg.model.image_encoder import token_centres
 from i2preg.model.prm import compose_residual
 
@@ -149,15 +149,15 @@ def test_window_samples_equal_the_tokens_on_their_centres_and_flag_those_outside
     token_map, stride = torch.randn(2, 3, 5, 12), 4  # a 20 x 48 image
     uv = token_centres(5, 12, stride)
     centre = torch.stack([uv[12 * 2 + 5], uv[12 * 2 + 6]])[:, None]  # tokens (v 2, u 5) and (2, 6): (B, 1, 2)
-    samples, sample_uv, inside = sample_window(token_map, centre, stride, 3, (20, 48))
+    samples, sample_uv, inside = sample_window(token_map, centre, window_offsets(3, stride), stride, (20, 48))
     assert samples.shape == (2, 1, 9, 3) and inside.all()
     for b, u in enumerate((5, 6)):
         expected = token_map[b, :, 1:4, u - 1 : u + 2].flatten(1).T  # the 3 x 3 tokens about it, row-major
         torch.testing.assert_close(samples[b, 0], expected)
         torch.testing.assert_close(sample_uv[b, 0], uv.view(5, 12, 2)[1:4, u - 1 : u + 2].reshape(9, 2))
-    half = sample_window(token_map, centre + torch.tensor([stride / 2, 0]), stride, 1, (20, 48))[0]
+    half = sample_window(token_map, centre + torch.tensor([stride / 2, 0]), window_offsets(1, stride), stride, (20, 48))[0]
     torch.testing.assert_close(half[0, 0, 0], token_map[0, :, 2, 5:7].mean(-1))
-    corner = sample_window(token_map, torch.zeros(2, 1, 2), stride, 2, (20, 48))[2]
+    corner = sample_window(token_map, torch.zeros(2, 1, 2), window_offsets(2, stride), stride, (20, 48))[2]
     assert corner.tolist() == [[[False, False, False, True]]] * 2  # only the sample at (+2, +2) px is inside
 
 

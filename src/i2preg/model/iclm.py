@@ -40,6 +40,7 @@ class WindowStage(nn.Module):
 
     def __init__(self, d: int, heads: int):
         super().__init__()
+        self.offset_pos = mlp([2, d, d])  # each sample's offset from the window's centre, in radii
         self.self_attention, self.pixel_attention = AttentionBlock(d, heads), AttentionBlock(d, heads)
         self.heat_query_2d, self.heat_key_2d = nn.Linear(d, d), nn.Linear(d, d)
 
@@ -126,8 +127,9 @@ class ICLM(nn.Module):
             centre = project_points(heatmap_3d @ point_xyz_frustum, K)[0]
         for (stride, radius), window_stage in zip(self.windows, self.window_stages):
             window_map = self._pixel_map(token_map, stride, token_stride)[0]
-            window, window_uv, inside = sample_window(window_map, centre.detach(), stride, round(2 * radius / stride), (H, W))
-            window = window + self.pixel_pos(window_uv / window_uv.new_tensor([W, H]))  # (B, Nq, n^2, d)
+            offsets = window_offsets(round(2 * radius / stride), stride).to(centre)
+            window, window_uv, inside = sample_window(window_map, centre.detach(), offsets, stride, (H, W))
+            window = window + self.pixel_pos(window_uv / window_uv.new_tensor([W, H])) + window_stage.offset_pos(offsets / radius)
             B, Q, n2, d = window.shape
             x = window_stage.self_attention(x, x)
             desc_2d = window_stage.pixel_attention(x.reshape(B * Q, 1, d), window.reshape(B * Q, n2, d), inside.reshape(B * Q, n2))
@@ -152,16 +154,23 @@ class ICLM(nn.Module):
         return projected, token_centres(*pooled.shape[-2:], stride, device=token_map.device)
 
 
-def sample_window(token_map: torch.Tensor, centre: torch.Tensor, stride: int, size: int, image_size: tuple[int, int]):
-    """The n x n (n = size) window of a (B, C, h, w) token map at ``stride`` about each centre (B, Q, 2)
-    input-image pixels: samples at the centre + stride * (i - (n - 1) / 2), bilinear between token centres.
-
-    Returns the samples (B, Q, n^2, C), their input-image pixels (B, Q, n^2, 2), row-major, and (B, Q, n^2) bool:
-    the sample lies inside the (H, W) = image_size image.
-    """
-    steps = (torch.arange(size, device=centre.device, dtype=centre.dtype) - (size - 1) / 2) * stride
+def window_offsets(size: int, stride: int) -> torch.Tensor:
+    """(n^2, 2) pixel offsets (u, v), row-major, of an n x n (n = size) window's samples from its centre:
+    stride * (i - (n - 1) / 2)."""
+    steps = (torch.arange(size) - (size - 1) / 2) * stride
     dv, du = torch.meshgrid(steps, steps, indexing="ij")
-    uv = centre[:, :, None] + torch.stack([du.flatten(), dv.flatten()], dim=-1)  # (B, Q, n^2, 2)
+    return torch.stack([du.flatten(), dv.flatten()], dim=-1)
+
+
+def sample_window(token_map: torch.Tensor, centre: torch.Tensor, offsets: torch.Tensor, stride: int,
+                  image_size: tuple[int, int]):
+    """Bilinear samples of a (B, C, h, w) token map at ``stride`` at each centre (B, Q, 2) + offsets (S, 2),
+    input-image pixels.
+
+    Returns the samples (B, Q, S, C), their input-image pixels (B, Q, S, 2) and (B, Q, S) bool: the sample lies
+    inside the (H, W) = image_size image.
+    """
+    uv = centre[:, :, None] + offsets
     h, w = token_map.shape[-2:]
     grid = ((uv - (stride - 1) / 2) / stride + 0.5) / uv.new_tensor([w, h]) * 2 - 1  # align_corners=False
     samples = F.grid_sample(token_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
