@@ -8,7 +8,8 @@ references: the error if every kp_2d sat at the mean of its pair's projected 3D 
 branch scores) and the error if every kp_2d were its 3D keypoint projected through the frustum pose instead of
 the GT one (what pairing through GPDM's pose alone scores: below it, ICLM sees more than GPDM); and the share of
 pairs under 8 px (what PnP-RANSAC would have as inliers). The heatmaps'
-entropy is given against a uniform one (log T over all pixel tokens, log of the masked points). PRM's residual
+entropy is given against a uniform one (log T over the 2D heatmap's T tokens, those of the whole image or, coarse
+to fine, of the last window; log of the masked points). PRM's residual
 (rotation in degrees, translation in metres) is compared with the residual the frustum pose actually needs.
 Prints a Markdown table of means (and medians) over the pairs; with ``--per-query``, also each query's median
 projection error and share under the inlier threshold, laid out as the anchor grid (``iclm.anchor_grid``).
