@@ -130,8 +130,9 @@ def pair_loader(cfg: dict, split: str, data_root: str | os.PathLike | None, limi
         raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
     dataset = build_dataset(cfg, split, data_root)
     pairs = Subset(dataset, range(min(len(dataset), limit or len(dataset))))
-    return DataLoader(pairs, batch_size=batch_size, collate_fn=Collate(cfg["model"]),
-                      num_workers=int(cfg["train"]["num_workers"]))
+    workers = int(cfg["train"]["num_workers"])  # none: the collate runs between the batches, its kNN on every core
+    return DataLoader(pairs, batch_size=batch_size, collate_fn=Collate(cfg["model"], knn_workers=1 if workers else -1),
+                      num_workers=workers)
 
 
 def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,29 +42,37 @@ def pyramid_levels(points: np.ndarray, voxel_size: float, subsample_sizes: list[
     return xyz
 
 
-def pyramid_indices(xyz: list[np.ndarray], num_neighbors: int) -> dict:
+def pyramid_indices(xyz: list[np.ndarray], num_neighbors: int, workers: int = 1) -> dict:
     """The neighbour, pool and upsample indices of the level points ``xyz`` (``pyramid_levels``): the index keys
-    of the module docstring without the batch dimension."""
+    of the module docstring without the batch dimension. workers: threads of the kNN queries (SciPy's; -1: every
+    core), which answer each query alone, so that the indices do not depend on it."""
     trees = [cKDTree(x) for x in xyz]
     pyramid = {"pyramid_neighbors": [], "pyramid_pools": [], "pyramid_upsamples": []}
     for level, tree in enumerate(trees):
-        pyramid["pyramid_neighbors"].append(tree.query(xyz[level], num_neighbors)[1])
+        pyramid["pyramid_neighbors"].append(tree.query(xyz[level], num_neighbors, workers=workers)[1])
         if level > 0:
-            pyramid["pyramid_pools"].append(trees[level - 1].query(xyz[level], num_neighbors)[1])
-            pyramid["pyramid_upsamples"].append(tree.query(xyz[level - 1], 1)[1])
+            pyramid["pyramid_pools"].append(trees[level - 1].query(xyz[level], num_neighbors, workers=workers)[1])
+            pyramid["pyramid_upsamples"].append(tree.query(xyz[level - 1], 1, workers=workers)[1])
     return pyramid
 
 
-def build_pyramid(points: np.ndarray, voxel_size: float, subsample_sizes: list[int], num_neighbors: int) -> dict:
-    """Pyramid of one cloud (N, 3): the keys of the module docstring without the batch dimension."""
+def build_pyramid(points: np.ndarray, voxel_size: float, subsample_sizes: list[int], num_neighbors: int,
+                  workers: int = 1) -> dict:
+    """Pyramid of one cloud (N, 3): the keys of the module docstring without the batch dimension (workers: as
+    ``pyramid_indices``)."""
     xyz = pyramid_levels(points, voxel_size, subsample_sizes)
-    return {"pyramid_xyz": xyz, **pyramid_indices(xyz, num_neighbors)}
+    return {"pyramid_xyz": xyz, **pyramid_indices(xyz, num_neighbors, workers)}
 
 
 class Collate:
-    """``DataLoader(collate_fn=Collate(model_conf))``: samples (dicts of the dataset) -> one batch dict."""
+    """``DataLoader(collate_fn=Collate(model_conf))``: samples (dicts of the dataset) -> one batch dict.
 
-    def __init__(self, model_conf: dict | None = None):
+    knn_workers: threads of the pyramid's kNN queries (``pyramid_indices``): 1 in DataLoader workers, which run
+    beside the training or inference in the main process; -1 (every core) where the collate runs in the main
+    process between network batches (``Registrator``)."""
+
+    def __init__(self, model_conf: dict | None = None, knn_workers: int = 1):
+        self.knn_workers = knn_workers
         conf = deep_update(ICL.default_conf, model_conf or {})
         encoder = conf["point_encoder"]
         self.voxel_size = encoder["voxel_size"]
@@ -78,7 +86,8 @@ class Collate:
         batch["resampled"] = torch.tensor([bool(s["resampled"]) for s in samples])
         batch["meta"] = [s["meta"] for s in samples]
         pyramids = [
-            build_pyramid(s["points"], self.voxel_size, self.subsample_sizes, self.num_neighbors) for s in samples
+            build_pyramid(s["points"], self.voxel_size, self.subsample_sizes, self.num_neighbors, self.knn_workers)
+            for s in samples
         ]
         for key in pyramids[0]:
             batch[key] = [
