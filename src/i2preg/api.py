@@ -37,6 +37,7 @@ from .data.readers import (
     undistort_image,
 )
 from .errors import InputError
+from .export import OnnxNetwork, export_onnx
 from .files import write_text
 from .geometry import invert_transform, project_pose, sample_perturbation, transform_points
 from .inference import infer, to_device
@@ -171,10 +172,13 @@ class Registrator:
     """A trained ICL model with the protocol's preprocessing: images of any size, clouds of any size.
 
     model: an ``ICL``; config: the full config it was trained with (its ``data`` section gives the image
-    scale, the voxel size and the network input: ``crop`` and ``num_points``).
+    scale, the voxel size and the network input: ``crop`` and ``num_points``). backend: what runs the network:
+    "torch" (the model itself), "onnx" (the model exported now, in memory, and run by ONNX Runtime on CPU; the
+    export takes minutes) or the path of an .onnx file ``i2preg export`` wrote from the same weights.
     """
 
-    def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
+                 backend: str | os.PathLike = "torch"):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.config = config
@@ -182,19 +186,25 @@ class Registrator:
         self.image_scale, self.voxel = float(data["image_scale"]), float(data["voxel"])
         self.image_size = tuple(data["crop"])  # (h, w)
         self.num_points = int(data["num_points"])
-        self.collate = Collate(model.conf)
+        self.collate = Collate(model.conf, knn_workers=-1)  # collates between network batches, on every core
+        self.network = self.model
+        if backend != "torch":
+            if self.device.type != "cpu":
+                raise InputError(f"the ONNX backend runs on the CPU, not on {self.device}")
+            source = export_onnx(self.model, None, self.image_size, self.num_points) if backend == "onnx" else backend
+            self.network = OnnxNetwork(source, self.model)
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | os.PathLike | None = None,
-                        device: str | torch.device = "cpu") -> Registrator:
+    def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                        backend: str | os.PathLike = "torch") -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
-        of a bundled model (None: ``synthetic-small``)."""
+        of a bundled model (None: ``synthetic-small``); backend: as for the constructor."""
         path = resolve_weights(path_or_name)
         model, config = load_model(path)
         if not isinstance(model, ICL):
             raise InputError(f"{config['method']} weights: the Registrator runs ICL; compare them with i2preg compare",
                              path)
-        return cls(model, config, device)
+        return cls(model, config, device, backend)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish,
                  intensity: Tensorish | None = None) -> RegistrationResult:
@@ -218,7 +228,7 @@ class Registrator:
         intensities = intensities if intensities is not None else [None] * len(images)
         prepared = [self._prepare(*args) for args in zip(images, clouds, Ks, intensities)]
         batch = to_device(self.collate([p.sample for p in prepared]), self.device)
-        result = infer(self.model, batch)
+        result = infer(self.network, batch)
         out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
         out.update(pose=result.pose, confidence=result.confidence)
         out = {k: v.double().cpu().numpy() for k, v in out.items()}

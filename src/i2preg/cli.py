@@ -63,6 +63,12 @@ def _register(args: argparse.Namespace) -> None:
                          extrinsic=args.extrinsic, protocol_seed=args.protocol_seed))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_weights
+
+    print(f"wrote {export_weights(args.weights, args.out)}")
+
+
 def _prepare_nuscenes(args: argparse.Namespace) -> None:
     from .data.nuscenes import prepare_nuscenes
 
@@ -166,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
                         " extrinsic, perturb it by the protocol with SEED, register, and report RTE and RRE")
     p.add_argument("--out", help="write pose.txt, overlay.png and overlay_frustum.png here")
     p.set_defaults(func=_register)
+
+    p = sub.add_parser("export", help="export trained weights' network to ONNX, for ONNX Runtime (Registrator backend)")
+    p.add_argument("--weights", help="weights file or bundled model name (default: the bundled synthetic-small)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("prepare", help="turn a public dataset into protocol-ready sequences")
     datasets = p.add_subparsers(dest="dataset", required=True)

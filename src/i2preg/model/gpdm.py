@@ -109,7 +109,7 @@ class GPDM(nn.Module):
             mask = in_image(uv, depth, *image_size)
         top = cls_logits.topk(min(self.fallback_topk, M), dim=1).indices
         fallback = torch.zeros_like(mask).scatter(1, top, True)
-        mask = torch.where(mask.any(dim=1, keepdim=True), mask, fallback)
+        mask = mask | (fallback & ~mask.any(dim=1, keepdim=True))  # not torch.where: ONNX Runtime has no bool Where
         return {
             "cls_logits": cls_logits,
             "frustum_centre": centre,

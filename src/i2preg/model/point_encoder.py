@@ -84,6 +84,46 @@ class Influence(NamedTuple):
     counts: list[int]
 
 
+class KernelEntries(NamedTuple):
+    """The nonzero kernel influences as flat entries, the form ``torch.export`` traces (ONNX export, ``i2preg.export``:
+    no Python number depends on the data). Entry e adds ``weight[e]`` times support row ``support[e]`` (a flat index
+    into B * S) to slot ``slot[e]`` = query row x K + kernel point (into B * M * K), M = ``num_queries``."""
+
+    support: torch.Tensor
+    slot: torch.Tensor
+    weight: torch.Tensor
+    num_queries: int
+
+
+def within_reach(offsets: torch.Tensor, kernel_points: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neighbours within reach of a kernel point and their squared distances to the kernel points: offsets
+    (B, M, k, 3) from the query points and kernel_points (K, 3) in voxels -> near (E0,) the flat (b, m, n) within
+    reach, sorted; squared (K, E0) |r - x_k|^2 / sigma^2, from one matmul (a rounding below 0 is possible)."""
+    kernel_points = kernel_points / sigma
+    reach = kernel_points.norm(dim=-1).max() + 1
+    offsets = offsets.div(sigma).flatten(0, 2)  # (B M k, 3) in units of sigma
+    near = (offsets.square().sum(-1) < reach**2).nonzero()[:, 0]
+    offsets = offsets[near]
+    squared = torch.addmm(kernel_points.square().sum(-1)[:, None], kernel_points, offsets.T, alpha=-2)
+    return near, squared.add_(offsets.square().sum(-1))
+
+
+@torch.no_grad()
+def kernel_entries(offsets: torch.Tensor, neighbors: torch.Tensor, kernel_points: torch.Tensor, sigma: float,
+                   num_supports: int) -> KernelEntries:
+    """``kernel_influence``'s nonzero entries (the same arguments) as ``KernelEntries``."""
+    B, M, k = neighbors.shape
+    near, squared = within_reach(offsets, kernel_points, sigma)
+    kernel, entry = (squared < 1).nonzero().unbind(1)
+    batch_offsets = (torch.arange(B, device=neighbors.device) * num_supports).view(B, 1, 1)
+    return KernelEntries(
+        support=(neighbors + batch_offsets).flatten()[near[entry]],
+        slot=near[entry] // k * len(kernel_points) + kernel,
+        weight=1 - squared[kernel, entry].clamp_min(0).sqrt(),
+        num_queries=M,
+    )
+
+
 @torch.no_grad()
 def kernel_influence(offsets: torch.Tensor, neighbors: torch.Tensor, kernel_points: torch.Tensor, sigma: float,
                      num_supports: int) -> Influence:
@@ -96,13 +136,7 @@ def kernel_influence(offsets: torch.Tensor, neighbors: torch.Tensor, kernel_poin
     the (E0, K) layout is their place in query order.
     """
     B, M, k = neighbors.shape
-    kernel_points = kernel_points / sigma
-    reach = kernel_points.norm(dim=-1).max() + 1
-    offsets = offsets.div(sigma).flatten(0, 2)  # (B M k, 3) in units of sigma
-    near = (offsets.square().sum(-1) < reach**2).nonzero()[:, 0]  # (E0,) the (b, m, n) within reach, sorted
-    offsets = offsets[near]
-    squared = torch.addmm(kernel_points.square().sum(-1)[:, None], kernel_points, offsets.T, alpha=-2)
-    squared += offsets.square().sum(-1)  # (K, E0) |r - x_k|^2
+    near, squared = within_reach(offsets, kernel_points, sigma)
     inside = squared < 1
     flat = inside.flatten().nonzero()[:, 0]  # sorted by kernel point
     kernel, entry = flat // len(near), flat % len(near)
@@ -133,9 +167,16 @@ class KPConv(nn.Module):
         bound = 1 / math.sqrt(self.weight.shape[0])  # as nn.Linear with fan-in K * in_dim
         nn.init.uniform_(self.weight, -bound, bound)
 
-    def forward(self, support_feats: torch.Tensor, influence: Influence) -> torch.Tensor:
-        """support_feats: (B, S, C), influence: over those S supports and M queries -> (B, M, out_dim)."""
+    def forward(self, support_feats: torch.Tensor, influence: Influence | KernelEntries) -> torch.Tensor:
+        """support_feats: (B, S, C), influence: over those S supports and M queries -> (B, M, out_dim). Over
+        ``KernelEntries`` (export) the influences are summed per (query, kernel point) slot first, and the slots
+        times the weight are one matmul."""
         B, _, C = support_feats.shape
+        if isinstance(influence, KernelEntries):
+            M = influence.num_queries
+            rows = support_feats.reshape(-1, C)[influence.support] * influence.weight[:, None]
+            slots = rows.new_zeros(B * M * (len(self.weight) // C), C).index_add(0, influence.slot, rows)
+            return (slots.view(B * M, -1) @ self.weight).view(B, M, -1)
         rows = gather_rows(support_feats.reshape(-1, C), influence.support) * influence.weight[:, None]
         messages = grouped_matmul(rows, self.weight.view(-1, C, self.weight.shape[1]), influence.counts)
         out = torch.segment_reduce(gather_rows(messages, influence.by_query), "sum", lengths=influence.query_counts,
@@ -216,12 +257,14 @@ class KPConvEncoder(nn.Module):
         )  # coarsest first
         self.out_dim = widths[self.coarse_level]
 
-    def influence(self, query_xyz, support_xyz, neighbors, level: int) -> Influence:
+    def influence(self, query_xyz, support_xyz, neighbors, level: int) -> Influence | KernelEntries:
         """Kernel influences of a convolution at the voxel size of ``level``: query_xyz (B, M, 3), support_xyz
-        (B, S, 3), neighbors (B, M, k) into S."""
+        (B, S, 3), neighbors (B, M, k) into S. ``KernelEntries`` while ``torch.export`` traces the model (ONNX
+        export), else ``Influence``."""
         voxel = self.voxel_size * 2**level
         offsets = gather(support_xyz, neighbors) - query_xyz[:, :, None]
-        return kernel_influence(offsets / voxel, neighbors, self.kernel_points, self.sigma, support_xyz.shape[1])
+        form = kernel_entries if torch.compiler.is_exporting() else kernel_influence
+        return form(offsets / voxel, neighbors, self.kernel_points, self.sigma, support_xyz.shape[1])
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """-> coarse_xyz (B, M, 3) cloud frame, coarse_feats (B, M, out_dim) with M = M_coarse_level."""

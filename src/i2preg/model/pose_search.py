@@ -34,6 +34,21 @@ def vector_yaws(d: torch.Tensor) -> torch.Tensor:
     return torch.atan2(-d[..., 0], d[..., 1])
 
 
+def sample_stacked(image: torch.Tensor, sample: torch.Tensor, uv: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear features at E points of differing samples: image (B, C, h, w) feature maps of (H, W) = image_size
+    input images, sample (E,) each point's sample, uv (E, 2) its input-image pixels -> (E, C), zero outside a map
+    (``F.grid_sample``, align_corners False). The maps are stacked into one of height B (h + 2), each framed by a
+    zero row above and below, which hold the zeros a lone map's border reads: one grid_sample serves every sample.
+    """
+    B, C, h, w = image.shape
+    H, W = image_size
+    stacked = F.pad(image, (0, 0, 1, 1)).transpose(0, 1).reshape(1, C, B * (h + 2), w)
+    row = (uv[:, 1] + 0.5) * (h / H) + (sample * (h + 2) + 1)  # stacked-map row coordinate, pixel edges at integers
+    # grid_sample's normalised coordinates (align_corners=False): pixel centre u -> (2u + 1) / W - 1
+    grid = torch.stack([(2 * uv[:, 0] + 1) / W - 1, 2 * row / (B * (h + 2)) - 1], dim=-1)
+    return F.grid_sample(stacked, grid.view(1, -1, 1, 2), align_corners=False)[0, :, :, 0].T
+
+
 class PoseSearch(nn.Module):
     """Frustum pose by scoring pose hypotheses (beyond the paper, for the 3-DoF protocol; ``gpdm.yaw_bins``).
 
@@ -132,11 +147,7 @@ class PoseSearch(nn.Module):
         valid = in_image(uv, depth, H, W)
         seen = valid.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
         uv, points_cam, depth = uv.reshape(-1, 2)[seen], points_cam.reshape(-1, 3)[seen], depth.flatten()[seen]
-        # grid_sample's normalised coordinates (align_corners=False): pixel centre u -> (2u + 1) / W - 1
-        grid = torch.stack([(2 * uv[:, 0] + 1) / W - 1, (2 * uv[:, 1] + 1) / H - 1], dim=-1)
-        per_sample = valid.flatten(1).sum(-1).tolist()
-        sampled = torch.cat([F.grid_sample(image[b : b + 1], g.view(1, -1, 1, 2), align_corners=False)[0, :, :, 0].T
-                             for b, g in enumerate(grid.split(per_sample))])  # (E, dim)
+        sampled = sample_stacked(image, seen // (Hy * M), uv, image_size)  # (E, dim)
         geometry = torch.stack([points_cam[:, 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
         point = RowIndex(seen // (Hy * M) * M + seen % M, B * M)  # rows of points.flatten(0, 1)
         scores = self.score(F.relu(sampled + gather_rows(points.flatten(0, 1), point) + self.geometry_proj(geometry)))
