@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from i2preg import api
 from i2preg.api import Registrator
 from i2preg.assembly import full_config
 from i2preg.cli import main
@@ -100,3 +101,20 @@ def test_example_batch_has_the_collate_keys():
     batch = example_batch(conf, (64, 128), 1024, batch_size=3)
     assert batch["image"].shape == (3, 3, 64, 128) and batch["points"].shape == (3, 1024, 3)
     assert len(batch["pyramid_xyz"]) == len(conf["point_encoder"]["widths"])
+
+
+@pytest.mark.slow
+def test_onnx_backend_exports_the_model_in_memory(tiny, monkeypatch):
+    """backend="onnx": the Registrator exports its model for its own input size and runs the bytes."""
+    weights, onnx_file = tiny
+    calls = []
+
+    def export(model, path, image_size, num_points):
+        calls.append((path, image_size, num_points))
+        return onnx_file.read_bytes()
+
+    monkeypatch.setattr(api, "export_onnx", export)
+    reg = Registrator.from_pretrained(weights, backend="onnx")
+    assert calls == [(None, (64, 128), 1024)] and isinstance(reg.network, OnnxNetwork)
+    image, points, K = sample_pairs(1)[0]
+    assert_same_results([Registrator.from_pretrained(weights).register(image, points, K)], [reg.register(image, points, K)])
