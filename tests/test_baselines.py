@@ -154,7 +154,7 @@ def test_matching_config_and_weights_header(tmp_path):
     cfg = full_config(load_config("matching-small"))
     assert cfg["method"] == "matching"
     assert set(cfg["model"]) == set(MatchingNet.default_conf)
-    assert cfg["model"]["image_encoder"] == load_config("synthetic-small")["model"]["image_encoder"]
+    assert cfg["model"]["image_encoder"] == full_config(load_config("synthetic-small"))["model"]["image_encoder"]
     assert set(cfg["loss"]) == {"desc", "overlap", "temperature", "negative_margin_px"}
     assert cfg["eval"]["pnp"] == {"iterations": 500, "reprojection_error": 1.0, "scale": 0.25, "confidence": 0.99,
                                   "min_matches": 4}

@@ -184,7 +184,10 @@ def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | N
     confidence = None
     if "kp_2d" in out:  # in the network's dtype
         dtype = out["kp_3d"].dtype
-        confidence = reprojection_confidence(out["kp_2d"], out["kp_3d"], pose.to(dtype), batch["K"].to(dtype))
+        # coarse to fine: the global stage's 2D keypoints, found over the whole image; a frustum-centred window
+        # starts at the frustum pose's projection, so its keypoints agree with that pose by construction
+        kp_2d = out["coarse_stages"][0]["kp_2d"] if out.get("coarse_stages") else out["kp_2d"]
+        confidence = reprojection_confidence(kp_2d, out["kp_3d"], pose.to(dtype), batch["K"].to(dtype))
     return Inference(out, pose, solved, confidence, forwarded - start, solved_at - forwarded)
 
 
