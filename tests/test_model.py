@@ -20,7 +20,7 @@ from i2preg.model import ICL
 from i2preg.model.gpdm import params_from_pose, pose_from_params
 from i2preg.model.iclm import ICLM, anchor_grid, sample_window, window_offsets
 from i2preg.model.image_encoder import token_centres
-from i2preg.model.prm import compose_residual
+from i2preg.model.prm import PRM, RESIDUAL_SCALE, compose_residual, reprojection_features
 
 H, W, N = 32, 64, 1024
 TINY_CONF = {  # with the paper's GPDM head (the pose search: test_yaw_search.py)
@@ -240,6 +240,47 @@ def test_parameterisation_round_trips():
     torch.testing.assert_close(pose_from_params(centre, rot6d), T_general)
     frustum = make_transform(rotation_6d_to_matrix(torch.randn(4, 6, dtype=torch.float64)), torch.randn(4, 3, dtype=torch.float64))
     torch.testing.assert_close(compose_residual(*residual_target(frustum, T_general), frustum), T_general)
+
+
+def test_reprojection_features_measure_the_pixel_shift_from_the_frustum_projection():
+    """Exact pairs under T_f give a zero residual; a shift of s pixels gives RESIDUAL_SCALE s / f; a keypoint
+    behind the frustum camera gives none."""
+    torch.manual_seed(0)
+    frustum = make_transform(rotation_6d_to_matrix(torch.randn(2, 6, dtype=torch.float64)), torch.randn(2, 3, dtype=torch.float64))
+    K = torch.tensor([[300.0, 0, 250], [0, 300, 80], [0, 0, 1]], dtype=torch.float64).expand(2, 3, 3)
+    in_camera = torch.cat([torch.randn(2, 5, 2) * 3, torch.rand(2, 5, 1) * 30 + 2], -1).double()
+    in_camera[1, 4, 2] = -5.0  # behind the camera
+    kp_3d = transform_points(invert_transform(frustum), in_camera)
+    kp_2d = project_points(in_camera, K)[0] + torch.tensor([6.0, -3.0], dtype=torch.float64)
+    normalized = (torch.cat([kp_2d, torch.ones_like(kp_2d[..., :1])], -1) @ torch.linalg.inv(K).transpose(-1, -2))[..., :2]
+    features = reprojection_features(normalized, transform_points(frustum, kp_3d))
+    in_front = torch.ones(2, 5, dtype=torch.float64)
+    in_front[1, 4] = 0
+    expected = RESIDUAL_SCALE * torch.tensor([6.0, -3.0], dtype=torch.float64) / 300 * in_front[..., None]
+    torch.testing.assert_close(features[..., :2], expected)
+    torch.testing.assert_close(features[..., 5], in_front)
+    torch.testing.assert_close(features[0, :, 2:4], in_camera[0, :, :2] / in_camera[0, :, 2:])
+
+
+def test_prm_reprojection_residual_is_an_added_branch():
+    """PRM weights without the residual branch load into a PRM with it (only residual_net is fresh); the branch
+    changes the pose, and zeroed it gives the plain PRM's pose."""
+    torch.manual_seed(0)
+    plain, residual = PRM(16, {"dim": 32}, 3), PRM(16, {"dim": 32, "reprojection_residual": True}, 3)
+    missing = residual.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(name.startswith("residual_net.") for name in missing)
+    B, Q = 2, 8
+    frustum = make_transform(torch.eye(3).expand(B, 3, 3), torch.zeros(B, 3))
+    K = torch.tensor([[32.0, 0, 31.5], [0, 32, 15.5], [0, 0, 1]]).expand(B, 3, 3)
+    kp_3d = torch.cat([torch.randn(B, Q, 2), torch.rand(B, Q, 1) * 10 + 2], -1)
+    kp_2d = project_points(kp_3d, K)[0]
+    args = (torch.randn(B, Q, 16), torch.randn(B, Q, 16), K, frustum)
+    out, out_plain = residual(kp_2d, kp_3d, *args), plain(kp_2d, kp_3d, *args)
+    assert out["pose"].shape == (B, 4, 4) and not torch.allclose(out["pose"], out_plain["pose"])
+    with torch.no_grad():
+        residual.residual_net[-2].weight.zero_()
+        residual.residual_net[-2].bias.zero_()
+    torch.testing.assert_close(residual(kp_2d, kp_3d, *args)["pose"], out_plain["pose"])
 
 
 def stage_gradients(model: ICL, stage: int) -> tuple[set[str], set[str]]:

@@ -66,7 +66,8 @@ class ICL(nn.Module):
                  # stride), a window stage per [stride, radius_px] ([] is the paper's single scale), the first
                  # window about the previous 2D keypoint ("keypoint") or the 3D keypoint's frustum projection
                  "global_stride": 0, "windows": [], "window_centre": "keypoint"},
-        "prm": {"dim": 128},
+        "prm": {"dim": 128,
+                "reprojection_residual": False},  # True: each query's reprojection residual as input (prm.py; beyond the paper)
     }
 
     def __init__(self, conf: dict | None = None):
