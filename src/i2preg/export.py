@@ -2,7 +2,7 @@
 
 The exported graph is ``ICL.forward`` on a collated batch (``data.collate``): its inputs are the batch's tensors
 (``input_names``: the image, K and the point pyramid, whose neighbour indices the collate computes), its outputs
-``OUTPUTS``; the batch size is dynamic. While ``torch.export`` traces the model, KPConv runs its scatter form
+``output_names``; the batch size is dynamic. While ``torch.export`` traces the model, KPConv runs its scatter form
 (``model.point_encoder.KernelEntries``), which no data-dependent Python number steers; the rest is the model's
 own code. ONNX has no matrix inverse, so ``torch.linalg.inv`` (PRM's K^-1, 3 x 3) is written out by cofactors.
 The file carries the model's fingerprint (``model_fingerprint``), so that a runner refuses other weights.
@@ -31,6 +31,10 @@ from .weights import resolve_weights
 OUTPUTS = ("pose", "frustum_pose", "kp_2d", "kp_3d")
 """The exported outputs, keys of ``ICL.forward``: pose, frustum_pose (B, 4, 4) cloud -> camera; kp_2d (B, Nq, 2)
 input-image pixels; kp_3d (B, Nq, 3) cloud frame."""
+
+GLOBAL_KP_2D = "global_kp_2d"
+"""The output a coarse-to-fine model (``iclm.windows``) exports too: its global stage's kp_2d (B, Nq, 2), pixels
+(``ICL.forward``'s coarse_stages[0]), which ``inference.infer``'s confidence scores."""
 
 FINGERPRINT_KEY = "i2preg.model_fingerprint"
 OPSET = 18
@@ -66,13 +70,20 @@ def flat_inputs(batch: dict, num_levels: int) -> dict[str, torch.Tensor]:
     return flat
 
 
+def output_names(conf: dict) -> list[str]:
+    """The graph's outputs for an ICL of model config ``conf``: ``OUTPUTS``, then ``GLOBAL_KP_2D`` when its ICLM
+    refines in windows."""
+    return list(OUTPUTS) + ([GLOBAL_KP_2D] if conf["iclm"]["windows"] else [])
+
+
 class FlatForward(nn.Module):
-    """``ICL.forward`` on the inputs ``input_names`` (positional) -> the ``OUTPUTS`` tensors, in that order."""
+    """``ICL.forward`` on the inputs ``input_names`` (positional) -> the ``output_names`` tensors, in that order."""
 
     def __init__(self, model: ICL):
         super().__init__()
         self.model = model
         self.num_levels = len(model.conf["point_encoder"]["widths"])
+        self.outputs = output_names(model.conf)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         L = self.num_levels
@@ -80,7 +91,9 @@ class FlatForward(nn.Module):
         xyz, neighbors, pools, upsamples = rest[:L], rest[L : 2 * L], rest[2 * L : 3 * L - 1], rest[3 * L - 1 :]
         out = self.model({"image": image, "K": K, "pyramid_xyz": xyz, "pyramid_neighbors": neighbors,
                           "pyramid_pools": pools, "pyramid_upsamples": upsamples})
-        return tuple(out[key] for key in OUTPUTS)
+        if GLOBAL_KP_2D in self.outputs:
+            out[GLOBAL_KP_2D] = out["coarse_stages"][0]["kp_2d"]
+        return tuple(out[key] for key in self.outputs)
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -138,10 +151,11 @@ def export_onnx(model: ICL, path: str | os.PathLike | None, image_size: tuple[in
     num_levels = len(model.conf["point_encoder"]["widths"])
     inputs = flat_inputs(example_batch(model.conf, image_size, num_points), num_levels)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    forward = FlatForward(model).eval()
     with torch.no_grad():
         program = torch.onnx.export(
-            FlatForward(model).eval(), tuple(inputs.values()), dynamo=True, opset_version=OPSET,
-            input_names=list(inputs), output_names=list(OUTPUTS),
+            forward, tuple(inputs.values()), dynamo=True, opset_version=OPSET,
+            input_names=list(inputs), output_names=forward.outputs,
             dynamic_shapes=(tuple({0: batch} for _ in inputs),),  # one entry: the *tensors of FlatForward
             custom_translation_table={torch.ops.aten.linalg_inv.default: _inverse_3x3}, verbose=False,
         )
@@ -170,7 +184,8 @@ def export_weights(weights: str | os.PathLike | None, out: str | os.PathLike) ->
 
 class OnnxNetwork:
     """An exported ICL forward run by ONNX Runtime on CPU, called like the model: a collated batch -> the
-    ``OUTPUTS`` tensors (a dict, float32, CPU).
+    ``OUTPUTS`` tensors (a dict, float32, CPU), and for a coarse-to-fine model coarse_stages [{"kp_2d": the global
+    stage's}] as ``ICL.forward`` gives it.
 
     source: an .onnx file (``export_onnx``) or its bytes; model: the ICL it must have been exported from (its
     fingerprint is checked); threads: ONNX Runtime's intra-op threads (None: torch's thread count)."""
@@ -194,7 +209,11 @@ class OnnxNetwork:
         if fingerprint != model_fingerprint(model):
             raise InputError("the ONNX model was exported from other weights (i2preg export --weights W)", where)
         self.num_levels = len(model.conf["point_encoder"]["widths"])
+        self.outputs = output_names(model.conf)
 
-    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: dict) -> dict:
         feeds = {name: tensor.cpu().numpy() for name, tensor in flat_inputs(batch, self.num_levels).items()}
-        return {key: torch.from_numpy(value) for key, value in zip(OUTPUTS, self.session.run(list(OUTPUTS), feeds))}
+        out = {key: torch.from_numpy(value) for key, value in zip(self.outputs, self.session.run(self.outputs, feeds))}
+        if GLOBAL_KP_2D in out:
+            out["coarse_stages"] = [{"kp_2d": out.pop(GLOBAL_KP_2D)}]
+        return out
