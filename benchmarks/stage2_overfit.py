@@ -6,7 +6,8 @@
 From stage-1 weights, Adam trains the stage-2 modules (GPDM frozen) on the fixed, seeded pairs of every sequence
 under --train-data, batches drawn at random (one seed). GPDM and its encoders are frozen and have no
 normalisation that depends on the batch, so their outputs are computed once per pair and reused: a step costs
-the image decoder, ICLM and PRM only. Every --log-every steps (and at step 0), one row per split (train,
+the image decoder, ICLM and PRM only. With --fresh-pairs the training pairs are drawn as ``i2preg train`` draws
+them instead (a new random perturbation each time, GPDM run on each batch). Every --log-every steps (and at step 0), one row per split (train,
 held-out) says:
 
 - the loss terms' means over the steps since the last row, the largest per-batch L_corr in that window, and the
@@ -14,7 +15,8 @@ held-out) says:
   camera), whatever the loss in use, so that runs compare;
 - on all of the split's pairs, in eval mode: ICLM's pair error (|pi(T_gt kp_3d) - kp_2d|, median over the
   queries in front of the GT camera) against the frustum pairing's on the same queries (``iclm_diagnostics``),
-  the share of pairs under 8 px, the spread of the projected 3D keypoints (norm of their standard deviation,
+  how far ICLM's 2D keypoints moved from the frustum pairing (median pixels) and the share of the frustum
+  pairing's error that move corrects (``frustum_pairing_errors``: 0 pairs as GPDM's pose does, 1 is exact), the share of pairs under 8 px, the spread of the projected 3D keypoints (norm of their standard deviation,
   pixels; a collapse shows as a few pixels), the heatmaps' entropy (2D: the last stage's), and PRM's final pose and
   PnP-RANSAC's pose on ICLM's pairs against the frustum pose (Acc, median RTE and RRE).
 """
@@ -79,9 +81,28 @@ class EncodedPairs:
         return {k: v[index] for k, v in self.batches.items()}, encoded
 
 
-def forward(model: ICL, pairs: EncodedPairs, indices) -> tuple[dict, dict]:
-    """ICL's forward on the pairs ``indices`` with the cached encoders and GPDM standing in for the model's own
-    ``_encode_and_detect`` during the call: (outputs, batch)."""
+class FreshPairs:
+    """Training pairs as ``i2preg train`` draws them: ``batch(indices)`` gives pairs ``indices`` of the sequences
+    under root with a fresh random perturbation, crop and voxel representatives each call (train mode, keys
+    (call, index)), the frozen encoders and GPDM run on them (no gradient)."""
+
+    def __init__(self, model: ICL, cfg: dict, root: Path, collate: Collate):
+        sequences = sorted(p.name for p in (root / "sequences").iterdir() if p.is_dir())
+        data_cfg = pair_config(cfg)
+        self.pairs = KittiPairs(KittiOdometry(root, sequences, data_cfg["cameras"]), data_cfg, train=True)
+        self.model, self.collate, self.size, self.calls = model, collate, len(self.pairs), 0
+
+    def batch(self, indices) -> tuple[dict, tuple]:
+        self.calls += 1
+        batch = self.collate([self.pairs[(self.calls, int(i))] for i in indices])
+        with torch.no_grad():
+            encoded = self.model._encode_and_detect(batch)
+        return {k: batch[k] for k in ("image", "K", "T_gt")}, encoded
+
+
+def forward(model: ICL, pairs: EncodedPairs | FreshPairs, indices) -> tuple[dict, dict]:
+    """ICL's forward on the pairs ``indices`` with the cached (or freshly drawn) encoders' and GPDM's outputs
+    standing in for the model's own ``_encode_and_detect`` during the call: (outputs, batch)."""
     batch, encoded = pairs.batch(indices)
     model._encode_and_detect = lambda _: encoded
     try:
@@ -97,13 +118,18 @@ def unbounded_corr(out: dict, batch: dict) -> float:
     return float((out["kp_2d"] - pixels).norm(dim=-1)[in_front].mean())
 
 
-def frustum_pairing_errors(out: dict, batch: dict) -> np.ndarray:
-    """(B, Q) |pi(T_f kp_3d) - pi(T_gt kp_3d)| pixels, the error of pairing each 3D keypoint through the frustum
-    pose T_f; NaN where the 3D keypoint is behind the GT camera."""
-    pixels, depth = project_points(transform_points(batch["T_gt"], out["kp_3d"]), batch["K"])
-    frustum_pixels = project_points(transform_points(out["frustum_pose"], out["kp_3d"]), batch["K"])[0]
-    error = (frustum_pixels - pixels).norm(dim=-1)
-    return torch.where(depth > MIN_DEPTH, error, torch.nan).double().numpy()
+def frustum_pairing_errors(out: dict, batch: dict) -> dict[str, np.ndarray]:
+    """Per query (B, Q), with f = pi(T_f kp_3d) the frustum pairing, g = pi(T_gt kp_3d) and k = kp_2d (pixels):
+    error |f - g|, NaN where the 3D keypoint is behind the GT camera; shift |k - f|, ICLM's move away from the
+    frustum pairing; dot (k - f).(g - f) and square |g - f|^2 (NaN behind the GT camera), whose sums give the
+    share of the frustum pairing's error that ICLM's shift corrects (least squares: 0 for the frustum pairing
+    itself, 1 for the GT pairs)."""
+    g, depth = project_points(transform_points(batch["T_gt"], out["kp_3d"]), batch["K"])
+    f = project_points(transform_points(out["frustum_pose"], out["kp_3d"]), batch["K"])[0]
+    in_front = depth > MIN_DEPTH
+    nan = lambda x: torch.where(in_front, x, torch.nan).double().numpy()  # noqa: E731
+    return {"error": nan((f - g).norm(dim=-1)), "shift": (out["kp_2d"] - f).norm(dim=-1).double().numpy(),
+            "dot": nan(((out["kp_2d"] - f) * (g - f)).sum(-1)), "square": nan((g - f).square().sum(-1))}
 
 
 def evaluate(model: ICL, pairs: EncodedPairs) -> dict[str, float]:
@@ -121,10 +147,13 @@ def evaluate(model: ICL, pairs: EncodedPairs) -> dict[str, float]:
                 errors[name].append(registration_errors(pose.double().numpy(), T_gt))
     model.train()
     stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    query_error, frustum_error = stats["query_error_px"], np.concatenate(frustum_errors)
+    query_error = stats["query_error_px"]
+    frustum = {k: np.concatenate([e[k] for e in frustum_errors]) for k in frustum_errors[0]}
     row = {
         "pair_px": np.nanmedian(query_error),
-        "frustum_pairing_px": np.nanmedian(frustum_error),
+        "frustum_pairing_px": np.nanmedian(frustum["error"]),
+        "shift_px": np.median(frustum["shift"]),
+        "shift_gain": np.nansum(frustum["dot"]) / np.nansum(frustum["square"]),
         "under_8px": 100 * np.nanmean(np.where(np.isnan(query_error), np.nan, query_error < 8)),
         "kp_3d_spread_px": stats["kp_3d_spread_px"].mean(),
         "entropy_2d": stats["entropy_2d"].mean(),
@@ -153,6 +182,9 @@ def main() -> None:
                         help="override a model, loss or train setting (train.gradient_clip_val, train.weight_decay)")
     parser.add_argument("--csv", type=Path, help="write the rows here too")
     parser.add_argument("--save", type=Path, help="save the trained weights here (safetensors)")
+    parser.add_argument("--fresh-pairs", action="store_true",
+                        help="train on the --train-data pairs drawn afresh each step (random perturbation, as i2preg "
+                             "train), GPDM run on each batch; the rows still score the fixed pairs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -168,11 +200,11 @@ def main() -> None:
     splits = {"train": EncodedPairs(model, fixed_pairs(cfg, args.train_data, args.pairs), collate),
               "heldout": EncodedPairs(model, fixed_pairs(cfg, args.heldout_data, args.pairs), collate)}
     model.train()
+    train = FreshPairs(model, cfg, args.train_data, collate) if args.fresh_pairs else splits["train"]
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=args.lr, weight_decay=cfg["train"].get("weight_decay", 0.0))
     clip = cfg["train"].get("gradient_clip_val")
     rng = np.random.default_rng(args.seed)
-    train = splits["train"]
     order: list[int] = []
     window: list[dict[str, float]] = []
     rows = []
