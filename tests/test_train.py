@@ -95,10 +95,35 @@ def test_two_stages_write_loadable_weights_with_config(tiny_root, tmp_path):
         assert "val/acc" in header and "val/rte" in header and "train/total" in header
 
 
+def killable_config(root: Path, max_steps: int) -> dict:
+    """The resumption tests' config: both stages 2 epochs of 2 steps (or ``max_steps`` each), a checkpoint every
+    step, one loader worker."""
+    return tiny_config(root, stage1_epochs=2, stage2_epochs=2, limit_train_batches=2, checkpoint_every_n_steps=1,
+                       num_workers=1, stage1_max_steps=max_steps, stage2_max_steps=max_steps)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_root, tmp_path_factory):
+    """max_steps -> the weights file of an uninterrupted run of ``killable_config`` (each run once per module)."""
+    runs = {}
+
+    def weights(max_steps: int) -> Path:
+        if max_steps not in runs:
+            folder = tmp_path_factory.mktemp("uninterrupted")
+            config = folder / "config.yaml"
+            config.write_text(yaml.safe_dump(killable_config(tiny_root, max_steps)))
+            whole = run_script(folder, KILLABLE_TRAIN, str(config), str(folder / "whole"))
+            assert whole.returncode == 0, whole.stderr[-3000:]
+            runs[max_steps] = folder / "whole" / "model.safetensors"
+        return runs[max_steps]
+
+    return weights
+
+
 @pytest.mark.parametrize(("kill_at", "max_steps"), [("2:2:batch", -1), ("2:1:batch", -1), ("2:2:val", -1),
                                                      ("2:2:batch", 3)],
                          ids=["epoch-boundary", "mid-epoch", "validation-after-last-batch", "epoch-boundary-step-limit"])
-def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path, kill_at, max_steps):
+def test_killed_run_resumes_to_the_same_weights(tiny_root, uninterrupted, tmp_path, kill_at, max_steps):
     """Stage 1 for 2 epochs and stage 2 for 2 epochs of 2 steps; a second run is killed in stage 2 at
     global step 2 (the start of its second epoch: the last checkpoint is an epoch-end one), at step 1
     (inside its first epoch: the last checkpoint is a step one) or in the first epoch's validation (the last
@@ -106,25 +131,21 @@ def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path, kill_at, ma
     resumed. With a loader worker, which draws batches before Lightning's on_train_* hooks run (it once
     resumed in epoch 0's order and cut the following epoch short). With a step limit (3: each stage stops one
     step into its second epoch), which once made Lightning close the restored epoch a second time."""
-    cfg = tiny_config(tiny_root, stage1_epochs=2, stage2_epochs=2, limit_train_batches=2, checkpoint_every_n_steps=1,
-                      num_workers=1, stage1_max_steps=max_steps, stage2_max_steps=max_steps)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    whole = run_script(tmp_path, KILLABLE_TRAIN, str(config), str(tmp_path / "whole"))
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    config.write_text(yaml.safe_dump(killable_config(tiny_root, max_steps)))
     killed = run_script(tmp_path, KILLABLE_TRAIN, str(config), str(tmp_path / "killed"), kill_at)
     assert killed.returncode == 17, killed.stderr[-3000:]
     assert not (tmp_path / "killed" / "model.safetensors").exists()
     resumed = run_script(tmp_path, KILLABLE_TRAIN, str(config), str(tmp_path / "killed"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    a = load_file(str(uninterrupted(max_steps)))
     b = load_file(str(tmp_path / "killed" / "model.safetensors"))
     first_launch = tmp_path / "killed" / "stage2" / "version_0" / "metrics.csv"
     assert (tmp_path / "killed" / "stage2" / "version_1" / "metrics.csv").exists() and first_launch.exists()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    for run in ("whole", "killed"):
-        with safe_open(str(tmp_path / run / "model.safetensors"), "pt") as f:
+    for weights in (uninterrupted(max_steps), tmp_path / "killed" / "model.safetensors"):
+        with safe_open(str(weights), "pt") as f:
             assert json.loads(f.metadata()["extra"])["global_step"] == (4 if max_steps == -1 else max_steps)
 
 
