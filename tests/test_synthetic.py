@@ -55,6 +55,18 @@ def kitti_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def plain_sequence() -> SyntheticSequence:
+    """Sequence 0 of the default world, its mesh built once for the tests that render or scan it."""
+    return SyntheticSequence(SEED, 0, FRAMES)
+
+
+@pytest.fixture(scope="module")
+def varied_sequence() -> SyntheticSequence:
+    """Sequence 0 of the varied world, its mesh built once for the tests that render or scan it."""
+    return SyntheticSequence(SEED, 0, FRAMES, appearance="varied")
+
+
 def test_kitti_layout_and_formats(kitti_root):
     folder = kitti_root / "sequences" / "00"
     for frame in range(FRAMES):
@@ -86,14 +98,14 @@ def test_default_appearance_writes_the_old_generators_bytes(kitti_root):
     assert tree_digest(kitti_root) == KITTI_DIGEST
 
 
-def test_varied_appearance_changes_the_world_not_the_drive(kitti_root, tmp_path):
+def test_varied_appearance_changes_the_world_not_the_drive(kitti_root, plain_sequence, varied_sequence, tmp_path):
     generate_dataset(tmp_path, [0], FRAMES, SEED, progress=False, appearance="varied")
     varied, default = sequence_files(tmp_path), sequence_files(kitti_root)
     assert varied.keys() == default.keys()
     for name in ("poses/00.txt", "sequences/00/calib.txt", "sequences/00/times.txt"):
         assert varied[name] == default[name]
     assert all(varied[name] != default[name] for name in varied if name.endswith((".png", ".bin")))
-    seq, plain = SyntheticSequence(SEED, 0, FRAMES, appearance="varied"), SyntheticSequence(SEED, 0, FRAMES)
+    seq, plain = varied_sequence, plain_sequence
     assert seq.world.varied and not plain.world.varied
     assert len(seq.world.faces) > len(plain.world.faces)  # the clutter
     assert seq.world.lighting.clouds > 0 and plain.world.lighting.clouds == 0
@@ -102,8 +114,8 @@ def test_varied_appearance_changes_the_world_not_the_drive(kitti_root, tmp_path)
     np.testing.assert_array_equal(rgb, written)  # camera responses are seeded per frame and camera
 
 
-def test_varied_scan_agrees_with_its_camera_depth(tmp_path):
-    seq = SyntheticSequence(SEED, 0, FRAMES, appearance="varied")
+def test_varied_scan_agrees_with_its_camera_depth(varied_sequence):
+    seq = varied_sequence
     calib = {f"P{i}": seq.rig.P[i] for i in range(4)} | {"Tr": seq.rig.Tr[:3]}
     uv, z = camera_pixels(seq.scan(0), calib, 376, 1241)
     _, depth = seq.render(0, 2)
@@ -124,10 +136,10 @@ def test_different_seed_different_world(kitti_root):
     assert other.poses_text() != (kitti_root / "poses" / "00.txt").read_text()
 
 
-def test_lidar_agrees_with_camera_depth(kitti_root):
+def test_lidar_agrees_with_camera_depth(kitti_root, plain_sequence):
     """The written scan, projected with P2 @ Tr, lands on the image where the camera sees a surface at
     the same depth (the LiDAR sits 0.27 m behind the camera, so occlusions differ a little)."""
-    seq = SyntheticSequence(SEED, 0, FRAMES)
+    seq = plain_sequence
     folder = kitti_root / "sequences" / "00"
     calib = read_calib(folder / "calib.txt")
     assert seq.poses_text() == (kitti_root / "poses" / "00.txt").read_text()
