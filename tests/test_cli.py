@@ -34,15 +34,10 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "missing.yaml" in err
 
 
-def test_demo_writes_a_picture_per_protocol_pair(tmp_path):
-    written = run_demo(tmp_path, frames=1)
-    assert [p.name for p in written] == ["pair_000.png", "pair_001.png"]  # two colour cameras
-    picture = cv2.imread(str(written[0]))
-    assert picture.shape == (320, 512, 3)  # registered above, unregistered below
-    assert Path(tmp_path / "data" / "sequences" / "00").is_dir()
-
-
-def test_demo_registers_with_the_bundled_model_when_installed(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """``run_demo`` on one frame with a tiny model as the bundled one (so its evaluation runs whether or not
+    the real one is installed): the demo's folder and the pictures it wrote."""
     import i2preg.demo
     from i2preg.assembly import full_config
     from i2preg.config import load_config
@@ -50,12 +45,25 @@ def test_demo_registers_with_the_bundled_model_when_installed(tmp_path, monkeypa
     from i2preg.weights import save_weights
 
     cfg = full_config(load_config("tiny"))
-    weights = tmp_path / "bundled.safetensors"
+    weights = tmp_path_factory.mktemp("weights") / "bundled.safetensors"
     save_weights(ICL(cfg["model"]), weights, cfg)
-    monkeypatch.setattr(i2preg.demo, "bundled_weights", lambda: weights)
-    run_demo(tmp_path / "demo", frames=1)
-    summary = json.loads((tmp_path / "demo" / "eval" / "summary.json").read_text())
-    assert summary["pairs"] == 2 and (tmp_path / "demo" / "eval" / "cumulative_rte.png").is_file()
+    out = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(i2preg.demo, "bundled_weights", lambda: weights)
+        return out, run_demo(out, frames=1)
+
+
+def test_demo_writes_a_picture_per_protocol_pair(demo):
+    out, written = demo
+    assert [p.name for p in written] == ["pair_000.png", "pair_001.png"]  # two colour cameras
+    picture = cv2.imread(str(written[0]))
+    assert picture.shape == (320, 512, 3)  # registered above, unregistered below
+    assert Path(out / "data" / "sequences" / "00").is_dir()
+
+
+def test_demo_registers_with_the_bundled_model_when_installed(demo):
+    summary = json.loads((demo[0] / "eval" / "summary.json").read_text())
+    assert summary["pairs"] == 2 and (demo[0] / "eval" / "cumulative_rte.png").is_file()
 
 
 def test_eval_and_compare_default_to_the_bundled_models_on_the_sequences_given(frame, tmp_path):
