@@ -165,11 +165,10 @@ def test_matching_config_and_weights_header(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_matching_runs_end_to_end(tmp_path):
-    from i2preg.data.synthetic import generate_dataset
+def test_train_matching_runs_end_to_end(synthetic_root, tmp_path):
     from i2preg.train import train
 
-    root = generate_dataset(tmp_path / "data", sequences=[0], frames=2, seed=3, progress=False)
+    root = synthetic_root
     cfg = load_config("tiny", {
         "method": "matching",
         "data": {"root": str(root), "train_sequences": ["00"], "val_sequences": ["00"]},

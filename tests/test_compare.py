@@ -13,7 +13,6 @@ import torch
 from i2preg.assembly import build_model, full_config
 from i2preg.compare import CSV_COLUMNS, MethodSpec, compare, parse_method
 from i2preg.config import load_config
-from i2preg.data.synthetic import generate_dataset
 from i2preg.errors import InputError
 from i2preg.evaluate import evaluate
 from i2preg.weights import save_weights
@@ -29,11 +28,11 @@ def tiny_weights(path: Path, overrides: dict | None = None, matching: bool = Fal
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, synthetic_root) -> dict:
     """Three test pairs; tiny ICL weights, ICL trained with other iteration and query counts, the matching
     baseline."""
     tmp = tmp_path_factory.mktemp("compare")
-    root = generate_dataset(tmp / "data", sequences=[0], frames=2, seed=3, progress=False)
+    root = synthetic_root
     icl = tiny_weights(tmp / "icl.safetensors")
     other = tiny_weights(tmp / "icl-2x4.safetensors", {"model": {"iclm": {"num_iterations": 2, "num_queries": 4}}})
     matching = tiny_weights(tmp / "matching.safetensors", matching=True)

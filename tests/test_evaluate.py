@@ -16,7 +16,6 @@ import torch
 
 from i2preg.assembly import full_config
 from i2preg.config import load_config
-from i2preg.data.synthetic import generate_dataset
 from i2preg.errors import InputError
 from i2preg.evaluate import evaluate, pair_list, roc_auc
 from i2preg.metrics import format_table, success, summarize
@@ -29,10 +28,10 @@ COLUMNS = ["index", "sequence", "frame", "camera", "rte", "rre", "rre_geodesic",
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, synthetic_root) -> dict:
     """Four test pairs (two frames, two cameras), tiny weights, and one evaluation of the first three."""
     tmp = tmp_path_factory.mktemp("evaluate")
-    root = generate_dataset(tmp / "data", sequences=[0], frames=2, seed=3, progress=False)
+    root = synthetic_root
     cfg = full_config(load_config("tiny"))
     torch.manual_seed(0)
     weights = tmp / "tiny.safetensors"
