@@ -43,12 +43,11 @@ def reg(weights) -> Registrator:
 
 
 @pytest.fixture(scope="module")
-def frame(tmp_path_factory) -> dict:
+def frame(synthetic_root) -> dict:
     """One synthetic KITTI frame: image (376, 1241, 3), velodyne points (N, 4), K and T_cam_velo of camera 2."""
-    root = generate_dataset(tmp_path_factory.mktemp("synthetic"), sequences=[0], frames=1, seed=3, progress=False)
-    frames = KittiOdometry(root, ["00"])
+    frames = KittiOdometry(synthetic_root, ["00"])
     calibration = frames.calibration(0)[2]
-    sequence = root / "sequences" / "00"
+    sequence = synthetic_root / "sequences" / "00"
     return {"image": frames.image(0, 2), "points": frames.points(0), "K": calibration.K,
             "T": calibration.T_cam_velo, "bin": sequence / "velodyne" / "000000.bin", "calib": sequence / "calib.txt"}
 

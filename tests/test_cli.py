@@ -10,15 +10,8 @@ import pytest
 
 from i2preg.cli import main
 from i2preg.data.readers import read_point_cloud
-from i2preg.data.synthetic import generate_dataset
 from i2preg.demo import run_demo
 from i2preg.weights import bundled_weights
-
-
-@pytest.fixture(scope="module")
-def frame(tmp_path_factory) -> Path:
-    """One frame of sequence 00: two test pairs (its two colour cameras)."""
-    return generate_dataset(tmp_path_factory.mktemp("cli"), sequences=[0], frames=1, seed=5, progress=False)
 
 
 def test_synth_writes_the_kitti_layout(tmp_path, capsys):
@@ -66,8 +59,8 @@ def test_demo_registers_with_the_bundled_model_when_installed(demo):
     assert summary["pairs"] == 2 and (demo[0] / "eval" / "cumulative_rte.png").is_file()
 
 
-def test_eval_and_compare_default_to_the_bundled_models_on_the_sequences_given(frame, tmp_path):
-    common = ["--data", str(frame), "--sequences", "00", "--limit", "1", "--device", "cpu"]
+def test_eval_and_compare_default_to_the_bundled_models_on_the_sequences_given(synthetic_root, tmp_path):
+    common = ["--data", str(synthetic_root), "--sequences", "00", "--limit", "1", "--device", "cpu"]
     assert main(["eval", *common, "--out", str(tmp_path / "eval"), "--figure-pairs", ""]) == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["weights"]["path"] == str(bundled_weights().resolve()) and summary["pairs"] == 1
@@ -80,9 +73,9 @@ def test_eval_and_compare_default_to_the_bundled_models_on_the_sequences_given(f
     assert float(rows[0]["rte_mean"]) == pytest.approx(summary["final"]["rte_mean"])
 
 
-def test_a_warning_is_one_line_on_stderr(frame, tmp_path, capsys):
+def test_a_warning_is_one_line_on_stderr(synthetic_root, tmp_path, capsys):
     """A cloud with missing returns (NaN rows) registers, with one warning line that gives their count."""
-    sequence = frame / "sequences" / "00"
+    sequence = synthetic_root / "sequences" / "00"
     xyz, intensity = read_point_cloud(sequence / "velodyne" / "000000.bin")
     cloud = np.c_[xyz, intensity]
     cloud[[0, 10, 20]] = np.nan
