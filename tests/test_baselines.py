@@ -168,10 +168,9 @@ def test_matching_config_and_weights_header(tmp_path):
 def test_train_matching_runs_end_to_end(synthetic_root, tmp_path):
     from i2preg.train import train
 
-    root = synthetic_root
     cfg = load_config("tiny", {
         "method": "matching",
-        "data": {"root": str(root), "train_sequences": ["00"], "val_sequences": ["00"]},
+        "data": {"root": str(synthetic_root), "train_sequences": ["00"], "val_sequences": ["00"]},
         "train": {"stage1_max_steps": 1, "stage2_max_steps": 1, "limit_val_batches": 1, "val_pairs": 2},
     })
     weights = train(cfg, tmp_path / "run")
