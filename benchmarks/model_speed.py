@@ -1,14 +1,17 @@
 """Speed and memory of the ICL model, alone or side by side with another git revision.
 
     python benchmarks/model_speed.py [--configs synthetic-small kitti] [--against REV] [--rounds 3]
-        [--repeats 3] [--threads 2] [--device cpu|cuda] [--forward-batches 1 8] [--train-batches 8]
+        [--repeats 3] [--threads 2] [--device cpu|cuda] [--forward-batches 1 8] [--train-batches 8] [--data ROOT]
 
 Measures, per bundled config: the forward time per pair (inference: eval mode, no_grad) at each forward batch
 size; the collate time per pair (the point pyramid, built on the data side); one training step (forward +
 losses + backward + Adam, as ``train`` sets up each stage: stage 1 trains GPDM, stage 2 the rest with GPDM
 frozen) at each training batch size; and the peak memory of each (CPU: the growth of the process's max RSS over
-model + batch; CUDA: torch.cuda.max_memory_allocated). Inputs are random images and KITTI-like clouds of the
-config's input size; times do not depend on the weights.
+model + batch; CUDA: torch.cuda.max_memory_allocated). Inputs are random images and KITTI-like extents of
+uniform random points at the config's input size, or with ``--data ROOT`` the first test pairs of that
+KITTI-layout root (e.g. ``datasets/synthetic-test``), read once by this tree and handed to every tree as arrays.
+Real scans are dense near the sensor, so their KPConv neighbourhoods hold many more nonzero kernel influences
+than uniform points: time the point encoder on ``--data``. Times do not depend on the weights.
 
 Each measurement runs in a fresh subprocess whose PYTHONPATH points at a tree's ``src``, and reports the median
 of ``--repeats`` runs after one warm-up. ``--against REV`` checks REV out into a temporary git worktree and
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import resource
 import statistics
 import subprocess
@@ -71,14 +75,27 @@ def synthetic_samples(cfg: dict, batch_size: int, seed: int = 0) -> list[dict]:
     return samples
 
 
+def dataset_samples(name: str, root: str, batch_size: int) -> list[dict]:
+    """The first ``batch_size`` test pairs of the KITTI-layout data under ``root``, read by this tree with the
+    config's data settings, as the arrays ``synthetic_samples`` gives."""
+    from i2preg.data.pairs import build_dataset
+
+    dataset = build_dataset(full_config(name), "test", root)
+    keys = ("image", "K", "points", "intensity", "T_gt")
+    return [{**{key: dataset[i][key].numpy() for key in keys}, "resampled": False, "meta": {}}
+            for i in range(batch_size)]
+
+
 def current_rss_kb() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
-def measure(name: str, mode: str, batch_size: int, device: str, threads: int, repeats: int) -> dict:
+def measure(name: str, mode: str, batch_size: int, device: str, threads: int, repeats: int,
+            samples_file: str | None = None) -> dict:
     """One measurement of the tree on sys.path, meant for a fresh process. mode: forward, collate, stage1 or
-    stage2. Returns the median seconds per run and the peak memory in MB."""
+    stage2; samples_file: a pickle of ``dataset_samples``' list (default: ``synthetic_samples``). Returns the
+    median seconds per run and the peak memory in MB."""
     import torch
 
     from i2preg.data.collate import Collate
@@ -89,7 +106,11 @@ def measure(name: str, mode: str, batch_size: int, device: str, threads: int, re
     torch.manual_seed(0)
     cfg = full_config(name)
     model = ICL(cfg["model"]).to(device)
-    samples = synthetic_samples(cfg, batch_size)
+    if samples_file:
+        with open(samples_file, "rb") as file:
+            samples = pickle.load(file)[:batch_size]
+    else:
+        samples = synthetic_samples(cfg, batch_size)
     collate = Collate(cfg["model"])
     if mode == "collate":
         times = []
@@ -172,6 +193,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --against")
     parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--train-batches", type=int, nargs="+", default=[8])
+    parser.add_argument("--data", help="KITTI-layout root whose first test pairs are the inputs (default: random)")
     args = parser.parse_args()
 
     trees = {"this tree": REPO / "src"}
@@ -182,9 +204,17 @@ def main() -> None:
                             args.against], check=True)
             trees[args.against] = worktree / "src"
         try:
+            samples_files = {name: None for name in args.configs}
+            if args.data:
+                largest = max(args.forward_batches + args.train_batches)
+                for name in args.configs:
+                    samples_files[name] = str(Path(scratch) / f"{name}.pkl")
+                    with open(samples_files[name], "wb") as file:
+                        pickle.dump(dataset_samples(name, args.data, largest), file)
             rounds = args.rounds if args.against else 1
-            print(f"{args.device}, {args.threads} threads; each cell: median over {rounds} interleaved round(s) of the"
-                  f" median of {args.repeats} runs after one warm-up\n")
+            inputs = f"the first test pairs of {args.data}" if args.data else "random inputs"
+            print(f"{args.device}, {args.threads} threads, {inputs}; each cell: median over {rounds} interleaved"
+                  f" round(s) of the median of {args.repeats} runs after one warm-up\n")
             header = " | ".join(f"{tree} | peak MB" for tree in trees)
             ratio = f" {args.against} / this tree |" if args.against else ""
             print(f"| config | measure | {header} |{ratio}")
@@ -194,7 +224,7 @@ def main() -> None:
                 for _ in range(rounds):
                     for tree, src in trees.items():
                         results[tree].append(measure_tree(src, name, mode, batch_size, args.device, args.threads,
-                                                          args.repeats))
+                                                          args.repeats, samples_files[name]))
                 cells, seconds = [], {}
                 for tree, runs in results.items():
                     seconds[tree] = statistics.median(r["seconds"] for r in runs)

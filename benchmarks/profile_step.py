@@ -33,7 +33,7 @@ from i2preg.data.collate import Collate, pyramid_indices, pyramid_levels
 from i2preg.data.pairs import build_dataset
 from i2preg.losses import compute_losses
 from i2preg.model import ICL
-from i2preg.weights import load_weights
+from i2preg.weights import load_weights, read_weights_config, resolve_weights
 
 MODULES = {
     "image encoder": "image_encoder",
@@ -183,7 +183,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="synthetic-small", help="bundled config name or YAML path")
     parser.add_argument("--data", default="datasets/synthetic-test", help="KITTI-layout root with the test split")
-    parser.add_argument("--weights", help="safetensors weights (default: random initialisation, same cost)")
+    parser.add_argument("--weights", help="safetensors weights, with their own config (default: --config, random"
+                        " initialisation, same cost)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=3)
@@ -192,7 +193,7 @@ def main() -> None:
     parser.add_argument("--trace", help="folder for Chrome traces, one per run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = full_config(load_config(args.config))
+    cfg = full_config(read_weights_config(resolve_weights(args.weights)) if args.weights else load_config(args.config))
 
     data_timer = SectionTimer()
     batch = load_batch(cfg, args.data, args.batch_size, data_timer)

@@ -9,7 +9,7 @@ from i2preg.config import deep_update
 from i2preg.data.collate import build_pyramid
 from i2preg.model.icl import ICL
 from i2preg.model.layers import gather
-from i2preg.model.point_encoder import KPConvEncoder
+from i2preg.model.point_encoder import KPConv, KPConvEncoder
 
 CONF = deep_update(ICL.default_conf["point_encoder"], {
     "widths": (8, 16, 32, 32), "voxel_size": 0.3, "subsample_sizes": (512, 128, 32), "num_neighbors": 8,
@@ -105,3 +105,22 @@ def test_encoder_output_and_gradients_equal_the_dense_formulation(seed):
     dense_grads = torch.autograd.grad((dense * target).sum(), list(encoder.parameters()))
     for name, a, b in zip([n for n, _ in encoder.named_parameters()], sparse_grads, dense_grads):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("in_dim, out_dim", [(2, 8), (8, 8)])  # summed per slot first / messages per entry
+def test_kpconv_output_and_input_gradient_equal_the_dense_convolution(in_dim, out_dim):
+    torch.manual_seed(0)
+    batch = cloud_batch()
+    encoder = KPConvEncoder(CONF)
+    xyz, index = batch["pyramid_xyz"][0], batch["pyramid_neighbors"][0]
+    offsets = (gather(xyz, index) - xyz[:, :, None]) / encoder.voxel_size
+    conv = KPConv(in_dim, out_dim, len(encoder.kernel_points))
+    feats = torch.randn(*xyz.shape[:2], in_dim, requires_grad=True)
+    sparse = conv(feats, encoder.influence(xyz, xyz, index, 0))
+    dense = dense_conv(conv, feats, index, dense_influence(offsets, encoder.kernel_points, encoder.sigma))
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+    target = torch.randn_like(dense)
+    sparse_grads = torch.autograd.grad((sparse * target).sum(), [feats, conv.weight])
+    dense_grads = torch.autograd.grad((dense * target).sum(), [feats, conv.weight])
+    for a, b in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -131,14 +131,17 @@ class EfficientNetLite0Encoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         """image: (B, 3, H, W) RGB in [0, 1] -> maps [(B, widths[i], H / 2^(i+1), W / 2^(i+1))], finest first."""
+        # channels-last maps: mkldnn's depthwise convolutions run 1.4-1.8 times faster forward + backward, 1.2 times
+        # forward (batch 8, 160 x 512, 2 threads); the maps go out in the default layout
+        x = ((image * 255 - 127) / 128).contiguous(memory_format=torch.channels_last)  # the weights' input scaling
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_maps == 0):
-            x = self.stem((image * 255 - 127) / 128)  # the input scaling the weights were trained with
+            x = self.stem(x)
         features = []
         for index, block in enumerate(self.blocks):
             with torch.set_grad_enabled(torch.is_grad_enabled() and index >= self.frozen_blocks):
                 x = block(x)
             if index in EFFICIENTNET_LITE0_TAPS:
-                features.append(x)
+                features.append(x.contiguous())
         return features
 
 
