@@ -82,8 +82,11 @@ def dataset_samples(name: str, root: str, batch_size: int) -> list[dict]:
 
     dataset = build_dataset(full_config(name), "test", root)
     keys = ("image", "K", "points", "intensity", "T_gt")
-    return [{**{key: dataset[i][key].numpy() for key in keys}, "resampled": False, "meta": {}}
-            for i in range(batch_size)]
+    samples = []
+    for i in range(batch_size):
+        pair = dataset[i]  # reads and builds the pair: once
+        samples.append({**{key: pair[key].numpy() for key in keys}, "resampled": False, "meta": {}})
+    return samples
 
 
 def current_rss_kb() -> int:
