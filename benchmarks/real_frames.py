@@ -1,7 +1,7 @@
 """The model on real sensor frames: the six KITTI frames and the nuScenes frame of ``../shared/data``.
 
     python benchmarks/real_frames.py [--weights W] [--data ../shared/data] [--seeds 5] [--seed 7351]
-                                     [--out outputs/real] [--pose final|frustum]
+                                     [--out outputs/real] [--pose final|frustum] [--refine none|edges]
 
 Each frame goes through ``i2preg register --protocol-seed`` (``api.register_files``) once per protocol seed:
 the scan is moved into the camera frame with the frame's own calibration (the ground truth), perturbed by the
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/real")
     parser.add_argument("--pose", choices=("final", "frustum"), default="final",
                         help="the pose scored: the model's final one, or GPDM's frustum pose")
+    parser.add_argument("--refine", help="none or edges: the final pose's refinement (default: the weights' own)")
     args = parser.parse_args()
 
     found = frames(Path(args.data))
@@ -110,7 +111,8 @@ def main() -> None:
             start = time.perf_counter()
             result = register_files(frame["image"], frame["points"], frame["calib"],
                                     Path(args.out) / frame["name"].replace(" ", "_") / f"seed{seed}",
-                                    weights=args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed)
+                                    weights=args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed,
+                                    refine=args.refine)
             T_gt = result.info["protocol"]["T_gt"]
             pose = result.frustum_pose if args.pose == "frustum" else result.pose
             errors = registration_errors(pose[None], T_gt[None])

@@ -249,7 +249,7 @@ def test_register_files_protocol_check(tmp_path, frame, reg, monkeypatch):
     cv2.imwrite(str(image_path), cv2.cvtColor(frame["image"], cv2.COLOR_RGB2BGR))
     P = sample_perturbation(np.random.default_rng(5), full_config({})["data"]["amplitudes"])
     monkeypatch.setattr(reg.model, "forward", oracle(invert_transform(P), []))
-    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights: reg)
+    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights, refine=None: reg)
     clouds = []
     register = reg.register
     monkeypatch.setattr(reg, "register", lambda image, points, *args: clouds.append(points) or register(image, points, *args))
@@ -270,6 +270,20 @@ def test_register_files_protocol_check(tmp_path, frame, reg, monkeypatch):
     with_extrinsic = register_files(image_path, frame["bin"], tmp_path / "K.txt", extrinsic=tmp_path / "lidar2cam.txt",
                                     protocol_seed=5)
     assert with_extrinsic.info["protocol"]["rte"] < 1e-6
+
+
+def test_edge_refinement_keeps_the_true_pose_and_reads_the_input_cloud(reg, frame, monkeypatch):
+    """refine="edges": the network's pose (here the truth, from an oracle) is refined on the voxel-kept input
+    cloud, not the network's 1,024 points, and stays at the truth (a synthetic frame's edges fit it)."""
+    edges = Registrator(reg.model, reg.config, refine="edges")
+    assert edges.eval_config["refine"] == "edges" and reg.eval_config["refine"] == "none"
+    batches = []
+    monkeypatch.setattr(reg.model, "forward", oracle(frame["T"], batches))
+    result = edges.register(frame["image"], frame["points"], frame["K"])
+    assert len(batches[0]["dense_points"][0]) > 10 * edges.num_points
+    errors = registration_errors(result.pose[None], frame["T"][None])
+    assert errors["rte"][0] < 0.15 and errors["rre"][0] < 0.3
+    assert "dense_points" not in reg._prepare(frame["image"], frame["points"], frame["K"], None).sample
 
 
 def test_register_files_errors(tmp_path, frame, weights):

@@ -51,12 +51,14 @@ def euler_xyz(T):
 
 def test_sample_dict_interface():
     sample = KittiPairs(FakeFrames(), SMALL)[1]
-    assert set(sample) == {"image", "K", "points", "intensity", "T_gt", "resampled", "meta"}
+    assert set(sample) == {"image", "K", "points", "intensity", "T_gt", "resampled", "meta", "dense_points"}
     assert sample["image"].shape == (3, 160, 512) and sample["image"].dtype == torch.float32
     assert 0 <= sample["image"].min() and sample["image"].max() <= 1
     assert sample["K"].shape == (3, 3) and sample["T_gt"].shape == (4, 4)
     assert sample["points"].shape == (1024, 3) and sample["intensity"].shape == (1024,)
-    assert all(sample[k].dtype == torch.float32 for k in ("K", "points", "intensity", "T_gt"))
+    assert all(sample[k].dtype == torch.float32 for k in ("K", "points", "intensity", "T_gt", "dense_points"))
+    dense = sample["dense_points"]  # the voxel-kept points of the 3,000 (fewer than 40,960), none twice
+    assert 2000 < len(dense) <= 3000 and len(torch.unique(dense, dim=0)) == len(dense) and dense.shape[1] == 3
     assert sample["meta"] == {"sequence": "00", "frame": 0, "camera": 3, "index": 1}
     assert sample["image"][0, 0, 0] == pytest.approx(3 / 255)
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .assembly import load_model
+from .assembly import full_config, load_model
 from .data.collate import Collate
 from .data.ops import sample_indices, voxel_downsample
 from .data.pairs import pair_config, resize_and_crop
@@ -174,11 +174,13 @@ class Registrator:
     model: an ``ICL``; config: the full config it was trained with (its ``data`` section gives the image
     scale, the voxel size and the network input: ``crop`` and ``num_points``). backend: what runs the network:
     "torch" (the model itself), "onnx" (the model exported now, in memory, and run by ONNX Runtime on CPU; the
-    export takes minutes) or the path of an .onnx file ``i2preg export`` wrote from the same weights.
+    export takes minutes) or the path of an .onnx file ``i2preg export`` wrote from the same weights. refine:
+    "edges" refines each pose by edge alignment on the input cloud (``refine.py``, beyond the paper), "none" does
+    not; None: the config's ``eval.refine``.
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
-                 backend: str | os.PathLike = "torch"):
+                 backend: str | os.PathLike = "torch", refine: str | None = None):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.config = config
@@ -186,6 +188,10 @@ class Registrator:
         self.image_scale, self.voxel = float(data["image_scale"]), float(data["voxel"])
         self.image_size = tuple(data["crop"])  # (h, w)
         self.num_points = int(data["num_points"])
+        self.dense_points = int(data["dense_points"])
+        self.eval_config = full_config(config or {})["eval"]  # its refine and edges: ``inference.solve``
+        if refine is not None:
+            self.eval_config["refine"] = refine
         self.collate = Collate(model.conf, knn_workers=-1)  # collates between network batches, on every core
         self.network = self.model
         if backend != "torch":
@@ -196,15 +202,15 @@ class Registrator:
 
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                        backend: str | os.PathLike = "torch") -> Registrator:
+                        backend: str | os.PathLike = "torch", refine: str | None = None) -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
-        of a bundled model (None: ``synthetic-small``); backend: as for the constructor."""
+        of a bundled model (None: ``synthetic-small``); backend and refine: as for the constructor."""
         path = resolve_weights(path_or_name)
         model, config = load_model(path)
         if not isinstance(model, ICL):
             raise InputError(f"{config['method']} weights: the Registrator runs ICL; compare them with i2preg compare",
                              path)
-        return cls(model, config, device, backend)
+        return cls(model, config, device, backend, refine)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish,
                  intensity: Tensorish | None = None) -> RegistrationResult:
@@ -228,7 +234,7 @@ class Registrator:
         intensities = intensities if intensities is not None else [None] * len(images)
         prepared = [self._prepare(*args) for args in zip(images, clouds, Ks, intensities)]
         batch = to_device(self.collate([p.sample for p in prepared]), self.device)
-        result = infer(self.network, batch)
+        result = infer(self.network, batch, eval_cfg=self.eval_config)
         out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
         out.update(pose=result.pose, confidence=result.confidence)
         out = {k: v.double().cpu().numpy() for k, v in out.items()}
@@ -257,6 +263,9 @@ class Registrator:
             "resampled": resampled,
             "meta": {},
         }
+        if self.eval_config["refine"] == "edges" and self.dense_points > 0:  # its cloud, as evaluation pairs draw it
+            dense = kept[np.random.default_rng(SAMPLE_SEED).permutation(len(kept))[: self.dense_points]]
+            sample["dense_points"] = torch.from_numpy(xyz[dense]).float()
         return _Prepared(sample, xyz, finite, K, K_model, (H, W), scale, offset)
 
     @staticmethod
@@ -289,8 +298,9 @@ class Registrator:
 def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike, calib_path: str | os.PathLike,
                    out_dir: str | os.PathLike | None = None, camera: int = 2,
                    weights: str | os.PathLike | None = None, extrinsic: str | os.PathLike | None = None,
-                   protocol_seed: int | None = None) -> RegistrationResult:
-    """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one).
+                   protocol_seed: int | None = None, refine: str | None = None) -> RegistrationResult:
+    """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one), and
+    ``refine`` as ``Registrator``'s.
 
     Files are read by ``data.readers``: the cloud (KITTI .bin, nuScenes .pcd.bin, PCD, PLY, NPY, NPZ)
     with its intensity; K and the lens distortion from ``calib_path`` (KITTI calib.txt: camera
@@ -314,7 +324,7 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
     calibration = read_calibration_file(calib_path, camera, extrinsic)
     image, K = undistort_image(read_image_file(image_path), calibration.K, calibration.distortion)
     points, intensity = read_point_cloud(points_path)
-    registrator = Registrator.from_pretrained(weights)
+    registrator = Registrator.from_pretrained(weights, refine=refine)
     T_gt = None
     if protocol_seed is not None:
         if np.allclose(calibration.T_cam_velo, np.eye(4)):

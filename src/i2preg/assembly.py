@@ -22,6 +22,7 @@ from .errors import InputError
 from .losses import DEFAULT_WEIGHTS
 from .metrics import ACC_RRE_DEG, ACC_RTE_M
 from .model.icl import ICL
+from .refine import EDGE_DEFAULTS
 from .weights import load_weights, read_weights_config
 
 METHODS = ("icl", "matching")
@@ -61,6 +62,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 EVAL_DEFAULTS: dict[str, Any] = {
     "thresholds": {"rte_thresh": ACC_RTE_M, "rre_thresh": ACC_RRE_DEG},  # Acc: RTE and RRE below both
     "pnp": PNP_DEFAULTS,  # PnP-RANSAC of the pnp solver and of the matching baseline
+    "refine": "none",  # "edges": ICL's final pose refined by edge alignment on data.dense_points (refine.py)
+    "edges": EDGE_DEFAULTS,
 }
 """The ``eval`` section; the matching baseline adds ``matching`` (``baselines.matching.MATCH_DEFAULTS``)."""
 

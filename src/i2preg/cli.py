@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import parse_overrides
+from .config import deep_update, parse_overrides
 from .errors import InputError
 
 
@@ -40,12 +40,23 @@ def _train(args: argparse.Namespace) -> None:
     print(f"final weights: {train(cfg, run_dir, resume=args.resume, overrides=overrides)}")
 
 
+def _add_refine_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refine", metavar="none|edges",
+                   help="after the solver: edges (edge alignment on the dense cloud, beyond the paper) or none"
+                        " (default: the weights' eval.refine)")
+
+
 def _eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
     evaluate(args.weights, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
              batch_size=args.batch_size, device=args.device, figure_pairs=args.figure_pairs,
-             overrides=parse_overrides(args.set), solver=args.solver, sequences=args.sequences)
+             overrides=deep_update(parse_overrides(args.set), _refine_override(args)), solver=args.solver,
+             sequences=args.sequences)
+
+
+def _refine_override(args: argparse.Namespace) -> dict:
+    return {} if args.refine is None else {"eval": {"refine": args.refine}}
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -60,7 +71,7 @@ def _register(args: argparse.Namespace) -> None:
     from .api import register_files
 
     print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights,
-                         extrinsic=args.extrinsic, protocol_seed=args.protocol_seed))
+                         extrinsic=args.extrinsic, protocol_seed=args.protocol_seed, refine=args.refine))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -147,12 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="indices of the pairs to draw (default: the first 3; '' for none)")
     p.add_argument("--solver", default="prm",
                    help="final pose: prm (PRM's), pnp (PnP-RANSAC on ICL's keypoint pairs) or frustum (GPDM's)")
+    _add_refine_argument(p)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("compare", help="ICL, its ablations and the matching baseline on one test set, one table")
     p.add_argument("--method", action="append",
-                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier]",
+                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier][:refine=none|edges]",
                    help="a method to run (repeat); WEIGHTS: a file or a bundled model's name, whose header says which"
                         " model it is (default: icl=synthetic-small and matching=matching-small, the bundled ones)")
     _add_test_set_arguments(p, config_help="YAML file or bundled name whose data and eval sections all methods use")
@@ -171,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the model on this frame: move the cloud into the camera frame with the calib's"
                         " extrinsic, perturb it by the protocol with SEED, register, and report RTE and RRE")
     p.add_argument("--out", help="write pose.txt, overlay.png and overlay_frustum.png here")
+    _add_refine_argument(p)
     p.set_defaults(func=_register)
 
     p = sub.add_parser("export", help="export trained weights' network to ONNX, for ONNX Runtime (Registrator backend)")

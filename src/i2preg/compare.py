@@ -9,7 +9,8 @@ says which model to build)::
     gpdm=runs/a/model.safetensors:solver=frustum      GPDM's frustum pose alone (no ICLM, no PRM)
     matching=matching-small                           the explicit-matching baseline (method: matching), bundled
 
-Options (ICL only): ``solver`` = prm | pnp | frustum, ``mask`` = geometric | classifier (default: the weights' own).
+Options (ICL only): ``solver`` = prm | pnp | frustum, ``mask`` = geometric | classifier (default: the weights' own);
+for every method ``refine`` = none | edges (default: the shared ``eval.refine``; ``refine.py``).
 Without methods, ``DEFAULT_METHODS``: the two bundled models. The forward pass and the solvers are ``inference``'s.
 Every method reads the same pairs (the data is seeded per pair) with the same ``data`` and ``eval`` settings:
 those of ``config`` when given, else of the first method's weights.
@@ -45,17 +46,17 @@ from torch.utils.data import DataLoader
 from .assembly import load_model
 from .errors import InputError
 from .files import write_text
-from .inference import SOLVERS, evaluation_config, pair_loader, resolve_device, run, with_sequences
+from .inference import REFINEMENTS, SOLVERS, evaluation_config, pair_loader, resolve_device, run, with_sequences
 from .metrics import registration_errors, summarize
 from .weights import DEFAULT_MODEL, MATCHING_MODEL, read_weights_config, resolve_weights
 
-OPTIONS = {"solver": SOLVERS, "mask": ("geometric", "classifier")}
+OPTIONS = {"solver": SOLVERS, "mask": ("geometric", "classifier"), "refine": REFINEMENTS}
 OPTIONS_HELP = ", ".join(f"{key}={'|'.join(values)}" for key, values in OPTIONS.items())
 
 DEFAULT_METHODS = (f"icl={DEFAULT_MODEL}", f"matching={MATCHING_MODEL}")
 """The methods compared when none are named: the bundled ICL model and the bundled matching baseline."""
 
-CSV_COLUMNS = ["method", "weights", "solver", "mask", "pairs", "rte_mean", "rte_std",
+CSV_COLUMNS = ["method", "weights", "solver", "mask", "refine", "pairs", "rte_mean", "rte_std",
                "rte_median", "rre_mean", "rre_std", "rre_median", "rre_geodesic_mean", "rre_geodesic_median", "acc",
                "failures", "network_ms", "solver_ms", "peak_mib", "device", "batch_size"]
 
@@ -86,10 +87,12 @@ class MethodSpec:
     weights: Path  # a file, or a bundled model's name
     solver: str | None = None  # None: "prm" for ICL, "pnp" for the matching baseline
     mask: str | None = None  # None: the weights' own gpdm.mask_source ("" for the matching baseline)
+    refine: str | None = None  # None: the shared eval.refine
 
 
 def parse_method(text: str) -> MethodSpec:
-    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier]"`` -> MethodSpec (module docstring)."""
+    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier][:refine=none|edges]"`` -> MethodSpec
+    (module docstring)."""
     name, _, rest = text.partition("=")
     weights, *options = rest.split(":")
     if not name.strip() or not weights:
@@ -104,18 +107,21 @@ def parse_method(text: str) -> MethodSpec:
 
 
 def method_config(spec: MethodSpec, reference: dict) -> tuple[MethodSpec, dict]:
-    """One method resolved: the spec with its weights file, solver and mask filled in, and its config (the
-    weights' model with the shared ``data`` and ``eval`` sections of ``reference``)."""
+    """One method resolved: the spec with its weights file, solver, mask and refinement filled in, and its config
+    (the weights' model with the shared ``data`` and ``eval`` sections of ``reference``)."""
     spec = replace(spec, weights=resolve_weights(spec.weights))
     weights_config = read_weights_config(spec.weights)
+    refine = {} if spec.refine is None else {"eval": {"refine": spec.refine}}
     if weights_config.get("method", "icl") == "matching":
         if spec.solver == "prm" or spec.solver == "frustum" or spec.mask:
             raise InputError(f"method {spec.name}: the matching baseline takes no solver=prm|frustum or mask option",
                              spec.weights)
-        return replace(spec, solver="pnp", mask=""), evaluation_config(weights_config, reference)
+        cfg = evaluation_config(weights_config, reference, refine)
+        return replace(spec, solver="pnp", mask="", refine=cfg["eval"]["refine"]), cfg
     overrides = {} if spec.mask is None else {"model": {"gpdm": {"mask_source": spec.mask}}}
-    cfg = evaluation_config(weights_config, reference, overrides)
-    return replace(spec, solver=spec.solver or "prm", mask=cfg["model"]["gpdm"]["mask_source"]), cfg
+    cfg = evaluation_config(weights_config, reference, {**overrides, **refine})
+    return replace(spec, solver=spec.solver or "prm", mask=cfg["model"]["gpdm"]["mask_source"],
+                   refine=cfg["eval"]["refine"]), cfg
 
 
 class PeakMemory:
@@ -177,6 +183,7 @@ def run_method(spec: MethodSpec, cfg: dict, loader: Callable[[dict], DataLoader]
     stats = summarize(registration_errors(np.concatenate(poses), np.concatenate(truths)), **cfg["eval"]["thresholds"])
     return {
         "method": spec.name, "weights": str(spec.weights), "solver": spec.solver, "mask": spec.mask,
+        "refine": spec.refine,
         **{key: stats[key] for key in CSV_COLUMNS if key in stats},
         "failures": int((~np.concatenate(successes)).sum()),
         "network_ms": 1000 * network_s / pairs, "solver_ms": 1000 * solver_s / pairs,

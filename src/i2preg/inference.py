@@ -6,6 +6,8 @@ collated batch and solves the final pose, ``run`` does so over a loader.
 Solvers (``SOLVERS``), for ICL: ``prm``, the network's own final pose; ``pnp``, OpenCV's EPnP + RANSAC on ICL's
 keypoint pairs kp_2d <-> kp_3d (settings ``eval.pnp``); ``frustum``, GPDM's frustum pose alone. The matching
 baseline has one: PnP-RANSAC on its mutual nearest-neighbour matches (``baselines.matching.estimate_poses``).
+With ``eval.refine: edges`` the pose of any solver, and the baseline's, is then refined by edge alignment on the
+batch's dense clouds (``refine.refine_poses``, beyond the paper).
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ from .data.collate import Collate
 from .data.pairs import build_dataset
 from .errors import InputError
 from .geometry import project_points, transform_points
+from .refine import refine_poses
 
 SOLVERS = ("prm", "pnp", "frustum")
 """Where ICL's final pose comes from (module docstring)."""
+
+REFINEMENTS = ("none", "edges")
+"""``eval.refine``: what follows the solver, for every method (module docstring)."""
 
 CONFIDENCE_SIGMA_PX = 8.0
 """Pixel scale of ``reprojection_confidence``."""
@@ -138,15 +144,24 @@ def pair_loader(cfg: dict, split: str, data_root: str | os.PathLike | None, limi
 def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """After the network: the final poses (B, 4, 4) cloud -> camera and whether each solve succeeded (B,) bool.
     solver: one of ``SOLVERS`` for ICL (module docstring); the matching baseline always solves PnP on its matches.
-    eval_cfg: the ``eval`` section (its ``pnp``, and ``matching`` for the baseline)."""
+    eval_cfg: the ``eval`` section (its ``pnp``, ``refine`` and ``edges``, and ``matching`` for the baseline)."""
+    refine = eval_cfg.get("refine", "none")
+    if refine not in REFINEMENTS:
+        raise InputError(f"eval.refine must be one of {', '.join(REFINEMENTS)}, not {refine!r}")
     if isinstance(model, MatchingNet):
-        return estimate_poses(out, batch["K"], eval_cfg)[:2]
-    if solver not in SOLVERS:
+        pose, solved = estimate_poses(out, batch["K"], eval_cfg)[:2]
+    elif solver not in SOLVERS:
         raise InputError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
-    if solver == "pnp":
-        return pnp_poses(out["kp_2d"], out["kp_3d"], batch["K"], eval_cfg["pnp"])
-    pose = out["frustum_pose"] if solver == "frustum" else out["pose"]
-    return pose, torch.ones(len(pose), dtype=torch.bool)
+    elif solver == "pnp":
+        pose, solved = pnp_poses(out["kp_2d"], out["kp_3d"], batch["K"], eval_cfg["pnp"])
+    else:
+        pose = out["frustum_pose"] if solver == "frustum" else out["pose"]
+        solved = torch.ones(len(pose), dtype=torch.bool)
+    if refine == "edges":
+        if "dense_points" not in batch:
+            raise InputError("eval.refine: edges needs the pairs' dense clouds (data.dense_points > 0)")
+        pose = refine_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("edges")).to(pose)
+    return pose, solved
 
 
 @dataclass

@@ -41,6 +41,7 @@ PAIR_DEFAULTS: dict[str, Any] = {
     "crop": [160, 512],  # height, width
     "voxel": 0.1,  # metres
     "num_points": 40960,
+    "dense_points": 40960,  # evaluation pairs also carry up to this many voxel-kept points (0: none), for eval.refine
     "amplitudes": list(STANDARD_AMPLITUDES),  # tx, ty, tz (metres), rx, ry, rz (radians)
     "seed": 7351,
     "cameras": [2, 3],
@@ -65,6 +66,8 @@ class Pair:
     points: (N, 3) perturbed cloud (cloud frame). intensity: (N,) reflectance.
     T_gt: (4, 4) maps ``points`` into the camera frame. resampled: points were repeated to reach N.
     source_index: (N,) index of each point in the input cloud. crop_offset: (dx, dy) in resized pixels.
+    dense_points: (D, 3) up to ``data.dense_points`` of the voxel-kept points (cloud frame), drawn without
+    repetition, for the edge refinement (``refine``); None in training or with ``dense_points: 0``.
     """
 
     image: np.ndarray
@@ -75,10 +78,12 @@ class Pair:
     resampled: bool
     source_index: np.ndarray
     crop_offset: tuple[int, int]
+    dense_points: np.ndarray | None = None
 
     def to_sample(self, meta: dict) -> dict[str, Any]:
-        """The shared sample dict: image (3, h, w) in [0, 1], K, points, intensity, T_gt, resampled, meta."""
-        return {
+        """The shared sample dict: image (3, h, w) in [0, 1], K, points, intensity, T_gt, resampled, meta, and
+        dense_points when the pair has them."""
+        sample = {
             "image": torch.from_numpy(self.image).permute(2, 0, 1).float().div_(255),
             "K": torch.from_numpy(self.K).float(),
             "points": torch.from_numpy(self.points).float(),
@@ -87,6 +92,9 @@ class Pair:
             "resampled": self.resampled,
             "meta": meta,
         }
+        if self.dense_points is not None:
+            sample["dense_points"] = torch.from_numpy(self.dense_points).float()
+        return sample
 
 
 def pair_config(cfg: dict | None = None) -> dict[str, Any]:
@@ -154,6 +162,10 @@ def build_pair(
     if perturbation is None:
         perturbation = sample_perturbation(rng, cfg["amplitudes"])
     intensity = np.zeros(len(points)) if intensity is None else np.asarray(intensity)
+    dense = None
+    if not train and cfg["dense_points"] > 0:  # drawn last: the pair's other draws stay as they were
+        dense = kept[rng.permutation(len(kept))[: cfg["dense_points"]]]
+        dense = transform_points(perturbation, points_cam[dense])
     return Pair(
         image=image,
         K=K_crop,
@@ -163,6 +175,7 @@ def build_pair(
         resampled=resampled,
         source_index=source_index,
         crop_offset=crop_offset,
+        dense_points=dense,
     )
 
 
