@@ -284,6 +284,8 @@ def test_edge_refinement_keeps_the_true_pose_and_reads_the_input_cloud(reg, fram
     errors = registration_errors(result.pose[None], frame["T"][None])
     assert errors["rte"][0] < 0.15 and errors["rre"][0] < 0.3
     assert "dense_points" not in reg._prepare(frame["image"], frame["points"], frame["K"], None).sample
+    with pytest.raises(InputError, match="eval.refine must be one of none, edges"):
+        Registrator(reg.model, reg.config, refine="photometric")
 
 
 def test_register_files_errors(tmp_path, frame, weights):

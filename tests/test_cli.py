@@ -73,6 +73,17 @@ def test_eval_and_compare_default_to_the_bundled_models_on_the_sequences_given(s
     assert float(rows[0]["rte_mean"]) == pytest.approx(summary["final"]["rte_mean"])
 
 
+def test_eval_refine_flag_sets_the_refinement_and_rejects_unknown_ones(synthetic_root, tmp_path, capsys):
+    common = ["--data", str(synthetic_root), "--sequences", "00", "--limit", "1", "--device", "cpu", "--figure-pairs", ""]
+    assert main(["eval", *common, "--refine", "edges", "--out", str(tmp_path / "edges")]) == 0
+    assert json.loads((tmp_path / "edges" / "summary.json").read_text())["config"]["eval"]["refine"] == "edges"
+    capsys.readouterr()
+    assert main(["eval", *common, "--refine", "photometric", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "eval.refine must be one of none, edges" in err
+    assert not (tmp_path / "bad" / "summary.json").exists()
+
+
 def test_a_warning_is_one_line_on_stderr(synthetic_root, tmp_path, capsys):
     """A cloud with missing returns (NaN rows) registers, with one warning line that gives their count."""
     sequence = synthetic_root / "sequences" / "00"

@@ -40,7 +40,7 @@ from .errors import InputError
 from .export import OnnxNetwork, export_onnx
 from .files import write_text
 from .geometry import invert_transform, project_pose, sample_perturbation, transform_points
-from .inference import infer, to_device
+from .inference import checked_refinement, infer, to_device
 from .metrics import registration_errors, success
 from .model.icl import ICL
 from .weights import resolve_weights
@@ -191,7 +191,7 @@ class Registrator:
         self.dense_points = int(data["dense_points"])
         self.eval_config = full_config(config or {})["eval"]  # its refine and edges: ``inference.solve``
         if refine is not None:
-            self.eval_config["refine"] = refine
+            self.eval_config["refine"] = checked_refinement(refine)
         self.collate = Collate(model.conf, knn_workers=-1)  # collates between network batches, on every core
         self.network = self.model
         if backend != "torch":

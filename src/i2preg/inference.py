@@ -40,6 +40,13 @@ SOLVERS = ("prm", "pnp", "frustum")
 REFINEMENTS = ("none", "edges")
 """``eval.refine``: what follows the solver, for every method (module docstring)."""
 
+
+def checked_refinement(refine: str) -> str:
+    """``refine`` if it is one of ``REFINEMENTS``, else an InputError."""
+    if refine not in REFINEMENTS:
+        raise InputError(f"eval.refine must be one of {', '.join(REFINEMENTS)}, not {refine!r}")
+    return refine
+
 CONFIDENCE_SIGMA_PX = 8.0
 """Pixel scale of ``reprojection_confidence``."""
 
@@ -86,6 +93,7 @@ def evaluation_config(
         allowed = ", ".join(f"model.{section}.{key}" for section, key in sorted(INFERENCE_SETTINGS))
         raise InputError(f"the model settings come from the weights; overrides may change only {allowed}")
     cfg = deep_update(cfg, overrides or {})
+    checked_refinement(cfg["eval"]["refine"])
     data, input_size = cfg["data"], trained["data"]
     if list(data["crop"]) != list(input_size["crop"]) or int(data["num_points"]) != int(input_size["num_points"]):
         raise InputError(
@@ -145,9 +153,7 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict)
     """After the network: the final poses (B, 4, 4) cloud -> camera and whether each solve succeeded (B,) bool.
     solver: one of ``SOLVERS`` for ICL (module docstring); the matching baseline always solves PnP on its matches.
     eval_cfg: the ``eval`` section (its ``pnp``, ``refine`` and ``edges``, and ``matching`` for the baseline)."""
-    refine = eval_cfg.get("refine", "none")
-    if refine not in REFINEMENTS:
-        raise InputError(f"eval.refine must be one of {', '.join(REFINEMENTS)}, not {refine!r}")
+    refine = checked_refinement(eval_cfg.get("refine", "none"))
     if isinstance(model, MatchingNet):
         pose, solved = estimate_poses(out, batch["K"], eval_cfg)[:2]
     elif solver not in SOLVERS:
