@@ -28,7 +28,7 @@ import torch
 
 from .assembly import full_config, load_model
 from .data.collate import Collate
-from .data.ops import sample_indices, voxel_downsample
+from .data.ops import distinct_indices, sample_indices, voxel_downsample
 from .data.pairs import pair_config, resize_and_crop
 from .data.readers import (
     read_calibration_file,
@@ -264,7 +264,7 @@ class Registrator:
             "meta": {},
         }
         if self.eval_config["refine"] == "edges" and self.dense_points > 0:  # its cloud, as evaluation pairs draw it
-            dense = kept[np.random.default_rng(SAMPLE_SEED).permutation(len(kept))[: self.dense_points]]
+            dense = kept[distinct_indices(len(kept), self.dense_points, np.random.default_rng(SAMPLE_SEED))]
             sample["dense_points"] = torch.from_numpy(xyz[dense]).float()
         return _Prepared(sample, xyz, finite, K, K_model, (H, W), scale, offset)
 

@@ -8,7 +8,7 @@ its projection, and keeps the best; a small penalty on the offset keeps the star
 prefer another pose. The depth along the optical axis is left to the network: edges
 pin it weakly. It needs the cloud denser than the network's input (``data.dense_points``): on the 48
 held-out pairs of the stage-2 design set the true pose outscores GPDM's in 73 % of the pairs with 8,192 points
-and in 88 % with 40,960 (BENCHMARKS.md, "Edge alignment").
+and in 88 % with 40,960 (docs/METHOD.md, "Edge alignment after the network").
 """
 
 from __future__ import annotations
@@ -118,13 +118,13 @@ def refine_pose(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose
                                                         tuple(gradients.shape[-2:]), conf)
     if len(points_cam) == 0:
         return pose
+    points_cam, weights, directions, K32 = points_cam.float(), weights.float(), directions.float(), K.float().cpu()
     correction = torch.eye(4, dtype=torch.float64)
     yaw, lateral, steps = math.radians(conf["yaw_deg"]), conf["lateral_m"], conf["steps"]
     for level in range(conf["passes"]):
         R, t, offset = hypotheses(yaw, lateral, steps)
         R, t = R @ correction[:3, :3], t + correction[:3, 3] @ R.transpose(-1, -2)  # about the current best
-        scores = edge_scores(gradients, points_cam.float(), weights.float(), directions.float(), K.float().cpu(),
-                             R.float(), t.float()).double()
+        scores = edge_scores(gradients, points_cam, weights, directions, K32, R.float(), t.float()).double()
         scores = scores / scores[len(scores) // 2].clamp_min(1e-9) - conf["penalty"] * offset / steps**level
         best = int(scores.argmax())
         correction = torch.eye(4, dtype=torch.float64)

@@ -20,6 +20,12 @@ def voxel_downsample(points: np.ndarray, voxel: float, rng: np.random.Generator 
     return np.sort(order[first])
 
 
+def distinct_indices(num_available: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``limit`` distinct random indices into ``num_available`` points (all of them, shuffled, when there
+    are fewer): the dense cloud of ``eval.refine``."""
+    return rng.permutation(num_available)[:limit]
+
+
 def sample_indices(num_available: int, num_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     """Exactly ``num_samples`` random indices into ``num_available`` points, in random order.
 

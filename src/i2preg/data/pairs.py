@@ -33,7 +33,7 @@ from ..geometry import (
 )
 from .augment import PHOTOMETRIC_DEFAULTS, photometric_augment
 from .kitti import KittiObject, KittiOdometry
-from .ops import sample_indices, voxel_downsample
+from .ops import distinct_indices, sample_indices, voxel_downsample
 
 PAIR_DEFAULTS: dict[str, Any] = {
     "layout": "odometry",  # "odometry" (ROOT/sequences/NN) or "object" (ROOT = .../training, no split)
@@ -164,8 +164,7 @@ def build_pair(
     intensity = np.zeros(len(points)) if intensity is None else np.asarray(intensity)
     dense = None
     if not train and cfg["dense_points"] > 0:  # drawn last: the pair's other draws stay as they were
-        dense = kept[rng.permutation(len(kept))[: cfg["dense_points"]]]
-        dense = transform_points(perturbation, points_cam[dense])
+        dense = transform_points(perturbation, points_cam[kept[distinct_indices(len(kept), cfg["dense_points"], rng)]])
     return Pair(
         image=image,
         K=K_crop,
