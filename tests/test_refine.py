@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from i2preg.assembly import full_config
 from i2preg.data.pairs import build_dataset
@@ -16,7 +17,7 @@ from i2preg.geometry import make_transform, project_points, rot_y, transform_poi
 from i2preg.inference import infer
 from i2preg.metrics import registration_errors
 from i2preg.model import ICL
-from i2preg.refine import EDGE_DEFAULTS, depth_edge_points, refine_pose
+from i2preg.refine import EDGE_DEFAULTS, depth_edge_points, edge_scores, gradient_maps, refine_pose, yaw_shift
 from test_model import TINY_CONF, synthetic_batch
 
 H, W = 160, 512
@@ -56,6 +57,25 @@ def test_edge_points_are_the_boards_outlines_not_their_inside():
     uv = project_points(points, K.double())[0]
     middle_of_board = ((uv[:, 0] - 255.5 - 300 * 1.25 / 11).abs() < 10) & (uv[:, 1].abs() < 10)
     assert not middle_of_board.any()
+
+
+def test_edge_scores_equal_each_hypothesis_projected_on_its_own():
+    """The scores' per-yaw factorisation against moving, projecting and sampling the points for each hypothesis."""
+    image, cloud = box_scene()
+    gradients = gradient_maps(image, EDGE_DEFAULTS["blur_px"])
+    points, weights, directions = depth_edge_points(cloud.double(), K.double(), (H, W), EDGE_DEFAULTS)
+    points, weights, directions = points.float(), weights.float(), directions.float()
+    yaws, laterals = torch.tensor([-0.05, 0.0, 0.02], dtype=torch.float64), torch.tensor([-0.9, 0.0, 0.4])
+    scores = edge_scores(gradients, points, weights, directions, K, yaws, laterals)
+    for i, yaw in enumerate(yaws):
+        for j, lateral in enumerate(laterals):
+            uv, depth = project_points(transform_points(yaw_shift(float(yaw), float(lateral)).float(), points), K)
+            grid = (uv / torch.tensor([W - 1, H - 1]) * 2 - 1)[None, None]
+            values = F.grid_sample(gradients[None], grid, align_corners=True)[0, :, 0]  # (2, E)
+            inside = ((grid[0, 0].abs() <= 1).all(-1) & (depth > 0.5)) * weights
+            expected = ((directions.T * values).sum(0) * inside).sum() / inside.sum()
+            assert scores[i, j] == pytest.approx(float(expected), rel=1e-5)
+    assert scores[1, 1] > scores[0, 0] and scores[1, 1] > scores[2, 2]  # the true pose is the best of these
 
 
 @pytest.mark.parametrize("yaw_deg, lateral_m", [(2.5, 0.0), (1.5, 0.2), (-2.0, -0.3)])

@@ -71,36 +71,33 @@ def depth_edge_points(points_cam: torch.Tensor, K: torch.Tensor, image_size: tup
     return points_cam[keep], torch.from_numpy(jump[keep]), torch.from_numpy(direction[keep])
 
 
-def hypotheses(yaw_rad: float, lateral_m: float, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The grid of (2 steps + 1)^2 corrections dT: rotations (P, 3, 3) about the camera's y axis by offsets in
-    -yaw_rad..yaw_rad and translations (P, 3) along its x axis in -lateral_m..lateral_m, and each one's offset in
-    grid ranges (P,) (0 at the middle one, index P // 2; 1 at the middle of an edge)."""
-    fractions = torch.arange(-steps, steps + 1, dtype=torch.float64) / steps
-    yaw, lateral = torch.meshgrid(fractions * yaw_rad, fractions * lateral_m, indexing="ij")
-    offset = torch.hypot(*torch.meshgrid(fractions, fractions, indexing="ij")).flatten()
-    yaw, lateral = yaw.flatten(), lateral.flatten()
-    c, s, zero, one = yaw.cos(), yaw.sin(), torch.zeros_like(yaw), torch.ones_like(yaw)
-    R = torch.stack([c, zero, s, zero, one, zero, -s, zero, c], -1).view(-1, 3, 3)
-    return R, torch.stack([lateral, zero, zero], -1), offset
+def yaw_shift(yaw_rad: float, lateral_m: float) -> torch.Tensor:
+    """(4, 4) float64: a rotation by yaw_rad about the camera's y axis, then a shift by lateral_m along its x axis."""
+    c, s = math.cos(yaw_rad), math.sin(yaw_rad)
+    return torch.tensor([[c, 0, s, lateral_m], [0, 1, 0, 0], [-s, 0, c, 0], [0, 0, 0, 1]], dtype=torch.float64)
 
 
 def edge_scores(gradients: torch.Tensor, points_cam: torch.Tensor, weights: torch.Tensor, directions: torch.Tensor,
-                K: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """How well the depth jumps of camera-frame points (E, 3) (weights (E,), directions (E, 2)) moved by each
-    correction (R (P, 3, 3) rotations about the camera's y axis, t (P, 3) with t_y = 0) fall on image edges across
-    them: (P,) the weighted mean over the points of the gradient maps (2, h, w) at the projection, each component
-    times the jump direction's. A projection outside the map counts for nothing."""
+                K: torch.Tensor, yaws: torch.Tensor, laterals: torch.Tensor) -> torch.Tensor:
+    """How well the depth jumps of camera-frame points (E, 3) (weights (E,), directions (E, 2)) fall on image edges
+    across them once each hypothesis ``yaw_shift(yaws[i], laterals[j])`` moves them: (Y, L) the weighted mean over
+    the points of the gradient maps (2, h, w) at the projection, each component times the jump direction's. A
+    projection outside the map counts for nothing. A yaw moves a point's depth and image row, the shift only its
+    column: both are computed per yaw (Y, E), the columns per hypothesis (Y, L, E)."""
     h, w = gradients.shape[-2:]
-    x, y, z = (c[None] for c in points_cam.T)  # (1, E) each; a y-axis rotation leaves y as it is
-    moved_x = R[:, 0, 0, None] * x + R[:, 0, 2, None] * z + t[:, 0, None]  # (P, E)
-    depth = R[:, 2, 0, None] * x + R[:, 2, 2, None] * z + t[:, 2, None]
+    x, y, z = points_cam.T  # (E,) each; a y-axis rotation leaves y as it is
+    c, s = yaws.cos().float()[:, None], yaws.sin().float()[:, None]  # (Y, 1)
+    depth = c * z - s * x  # (Y, E)
     inverse = 1 / depth.clamp_min(0.5)
-    u = K[0, 0] * moved_x * inverse + K[0, 2]
-    v = K[1, 1] * y * inverse + K[1, 2]
-    grid = torch.stack([u * (2 / (w - 1)) - 1, v * (2 / (h - 1)) - 1], -1)  # grid_sample's align_corners=True
-    values = F.grid_sample(gradients[None], grid[None], align_corners=True)[0]  # (2, P, E)
-    across = directions[:, 0] * values[0] + directions[:, 1] * values[1]
-    inside = ((grid.abs() <= 1).all(-1) & (depth > 0.5)).to(across.dtype) * weights
+    grid_u = (K[0, 0] * (2 / (w - 1))) * ((c * x + s * z)[:, None] + laterals.float()[None, :, None]) \
+        * inverse[:, None] + (K[0, 2] * (2 / (w - 1)) - 1)  # (Y, L, E), grid_sample's align_corners=True
+    grid_v = (K[1, 1] * (2 / (h - 1))) * y * inverse + (K[1, 2] * (2 / (h - 1)) - 1)  # (Y, E)
+    Y, L, E = grid_u.shape
+    grid = torch.stack([grid_u, grid_v[:, None].expand(Y, L, E)], -1).view(1, Y * L, E, 2)
+    values = F.grid_sample(gradients[None], grid, align_corners=True)[0]  # (2, Y L, E)
+    across = (directions[:, 0] * values[0] + directions[:, 1] * values[1]).view(Y, L, E)
+    row_weights = ((grid_v.abs() <= 1) & (depth > 0.5)).to(across.dtype) * weights  # (Y, E)
+    inside = (grid_u.abs() <= 1).to(across.dtype) * row_weights[:, None]
     return (across * inside).sum(-1) / inside.sum(-1).clamp_min(1e-6)
 
 
@@ -108,9 +105,12 @@ def refine_pose(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose
                 conf: dict | None = None) -> torch.Tensor:
     """One pair. image (3, h, w) RGB in [0, 1] with intrinsics K (3, 3); points (N, 3) the dense cloud (cloud
     frame); pose (4, 4) cloud -> camera, the start. Returns the refined pose (4, 4), cloud -> camera, in the
-    start's dtype; the start itself when the cloud has no depth-jump points in view. Each grid's scores are taken
-    relative to its middle hypothesis (the current best) less ``penalty`` times the offset in first-grid ranges,
-    so that a far hypothesis must score clearly better to win."""
+    start's dtype; the start itself when the cloud has no depth-jump points in view.
+
+    Each pass scores the (2 steps + 1)^2 hypotheses ``yaw_shift`` of a grid about the current best (offsets
+    -yaw..yaw by -lateral..lateral, the first pass's from ``conf``, each later one a step of the last either side),
+    relative to the grid's middle hypothesis (the current best) less ``penalty`` times the offset in first-grid
+    ranges, so that a far hypothesis must score clearly better to win."""
     conf = {**EDGE_DEFAULTS, **(conf or {})}
     K64, start = K.double().cpu(), pose.double().cpu()
     gradients = gradient_maps(image, conf["blur_px"])
@@ -118,17 +118,19 @@ def refine_pose(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose
                                                         tuple(gradients.shape[-2:]), conf)
     if len(points_cam) == 0:
         return pose
-    points_cam, weights, directions, K32 = points_cam.float(), weights.float(), directions.float(), K.float().cpu()
+    weights, directions, K32 = weights.float(), directions.float(), K.float().cpu()
+    steps = conf["steps"]
+    fractions = torch.arange(-steps, steps + 1, dtype=torch.float64) / steps
+    offset = torch.hypot(*torch.meshgrid(fractions, fractions, indexing="ij")).flatten()  # in grid ranges
     correction = torch.eye(4, dtype=torch.float64)
-    yaw, lateral, steps = math.radians(conf["yaw_deg"]), conf["lateral_m"], conf["steps"]
+    yaw, lateral = math.radians(conf["yaw_deg"]), conf["lateral_m"]
     for level in range(conf["passes"]):
-        R, t, offset = hypotheses(yaw, lateral, steps)
-        R, t = R @ correction[:3, :3], t + correction[:3, 3] @ R.transpose(-1, -2)  # about the current best
-        scores = edge_scores(gradients, points_cam, weights, directions, K32, R.float(), t.float()).double()
+        moved = transform_points(correction, points_cam).float()  # the edge points under the current best
+        scores = edge_scores(gradients, moved, weights, directions, K32, fractions * yaw, fractions * lateral)
+        scores = scores.double().flatten()
         scores = scores / scores[len(scores) // 2].clamp_min(1e-9) - conf["penalty"] * offset / steps**level
-        best = int(scores.argmax())
-        correction = torch.eye(4, dtype=torch.float64)
-        correction[:3, :3], correction[:3, 3] = R[best], t[best]
+        best_yaw, best_lateral = divmod(int(scores.argmax()), len(fractions))
+        correction = yaw_shift(float(fractions[best_yaw]) * yaw, float(fractions[best_lateral]) * lateral) @ correction
         yaw, lateral = yaw / steps, lateral / steps
     return (correction @ start).to(pose)
 
