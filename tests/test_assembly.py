@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from i2preg.assembly import build_model, full_config
 from i2preg.baselines.matching import MatchingNet
 from i2preg.config import available_configs, load_config
+from i2preg.data.collate import Collate
 from i2preg.errors import InputError
+from i2preg.geometry import invert_transform, sample_perturbation
 from i2preg.model import ICL
+from i2preg.train import icl_stage
 
 
 @pytest.mark.parametrize("name", available_configs())
@@ -28,3 +33,34 @@ def test_six_dof_keeps_the_papers_head_and_methods_are_checked():
     assert model.gpdm.search is None and model.gpdm.rotation_head.out_features == 6
     with pytest.raises(InputError, match="method must be one of icl, matching"):
         full_config({"method": "corri2p"})
+
+
+def test_paper_size_config_trains_stage_two_on_generated_data():
+    """configs/kitti.yaml at the reference code's sizes (encoders, ICLM with 64 queries and 3 iterations, 40,960
+    points, batch 2): two stage-2 steps move ICLM and PRM, leave the frozen GPDM as it was, and stay finite."""
+    cfg = full_config(load_config("kitti"))
+    (H, W), N = cfg["data"]["crop"], cfg["data"]["num_points"]
+    assert (N, cfg["model"]["image_encoder"]["widths"], cfg["model"]["iclm"]["num_iterations"]) == (40960, [128, 256, 512], 3)
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(2):
+        P = sample_perturbation(rng)
+        points_cam = rng.uniform([-30, -2, -30], [30, 2, 30], size=(N, 3))
+        samples.append({"image": rng.random((3, H, W), dtype=np.float32),
+                        "K": np.array([[W / 2, 0, (W - 1) / 2], [0, W / 2, (H - 1) / 2], [0, 0, 1]], dtype=np.float32),
+                        "points": (points_cam @ P[:3, :3].T + P[:3, 3]).astype(np.float32),
+                        "intensity": np.zeros(N, dtype=np.float32), "T_gt": invert_transform(P).astype(np.float32),
+                        "resampled": False, "meta": {}})
+    batch = Collate(cfg["model"])(samples)
+    torch.manual_seed(0)
+    module = icl_stage(cfg, stage=2)
+    before = {name: p.detach().clone() for name, p in module.model.named_parameters()}
+    optimizer = module.configure_optimizers()["optimizer"]
+    for _ in range(2):
+        losses = module.losses(module(batch), batch)
+        assert torch.isfinite(losses["total"])
+        optimizer.zero_grad()
+        losses["total"].backward()
+        optimizer.step()
+    moved = {name.split(".")[0] for name, p in module.model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == {"image_decoder", "iclm", "prm"}
