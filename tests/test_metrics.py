@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from i2preg.geometry import euler_to_matrix, make_transform
-from i2preg.metrics import format_table, registration_errors, success, summarize
+from i2preg.metrics import centre_offsets, format_table, registration_errors, success, summarize
 
 
 def method_formula(T_pred, T_gt):
@@ -90,3 +90,18 @@ def test_acc_thresholds_and_statistics_over_all_pairs():
     table = format_table({"ICL": s})
     std = math.sqrt(np.mean((errors["rte"] - errors["rte"].mean()) ** 2))  # population std, as the peers
     assert f"| ICL | 8.62 +- {std:.2f} (2.00) |" in table and "50.00 %" in table
+
+
+def test_centre_offsets_are_in_the_true_cameras_axes_and_ignore_the_clouds_origin():
+    """A camera 0.5 m right of the true one and turned by 2 deg: the offset is (0.5, 0, 0) wherever the cloud
+    frame's origin lies, while the RTE grows with that distance times the rotation error."""
+    yaw = np.radians(2.0)
+    turn = make_transform(euler_to_matrix(0.0, yaw, 0.0), np.zeros(3))
+    right = make_transform(np.eye(3), np.array([-0.5, 0.0, 0.0]))  # cloud -> camera: the camera moved +0.5 m in x
+    rte = []
+    for origin in (np.array([0.0, 0.0, 0.0]), np.array([3.0, 0.0, 12.0])):
+        T_gt = make_transform(euler_to_matrix(0.0, 0.7, 0.0), origin)  # any true pose
+        T_pred = turn @ right @ T_gt
+        np.testing.assert_allclose(centre_offsets(T_pred, T_gt), [[0.5, 0.0, 0.0]], atol=1e-12)
+        rte.append(registration_errors(T_pred, T_gt)["rte"][0])
+    assert rte[0] == pytest.approx(0.5) and abs(rte[1] - 0.5) > 0.3  # the RTE moves with the origin

@@ -6,7 +6,8 @@ are ``inference``'s.
 
 Written into ``out_dir``::
 
-    pairs.csv                   one row per pair: errors of the final and the frustum pose, confidence, time
+    pairs.csv                   one row per pair: errors of the final and the frustum pose (RTE, RRE and the
+                                camera centre's offset in the true camera's axes), confidence, time
     summary.json                the protocol statistics of both poses, the confidence's ROC AUC, the config,
                                 the weights' path and sha256, device and speed
     cumulative_rte.png          cumulative error curves of the final and the frustum pose
@@ -46,7 +47,7 @@ from .inference import (
     run,
     with_sequences,
 )
-from .metrics import format_table, registration_errors, success, summarize
+from .metrics import centre_offsets, format_table, registration_errors, success, summarize
 from .weights import read_weights_config, resolve_weights
 
 DEFAULT_FIGURE_PAIRS = 3
@@ -56,9 +57,11 @@ POSES = (("final", "", "pose"), ("frustum", "frustum_", "frustum_pose"))
 """The two poses evaluated, PRM's final one and GPDM's frustum pose: (table row, CSV column prefix, model output)."""
 
 ERROR_KEYS = ("rte", "rre", "rre_geodesic")
+OFFSET_KEYS = ("centre_dx", "centre_dy", "centre_dz")
+"""``metrics.centre_offsets``: the predicted camera centre minus the true one, in the true camera's axes."""
 
-CSV_COLUMNS = ["index", "sequence", "frame", "camera", *ERROR_KEYS, "success",
-               *(f"frustum_{k}" for k in ERROR_KEYS), "frustum_success", "confidence", "forward_ms"]
+CSV_COLUMNS = ["index", "sequence", "frame", "camera", *ERROR_KEYS, "success", *OFFSET_KEYS,
+               *(f"frustum_{k}" for k in (*ERROR_KEYS, "success", *OFFSET_KEYS)), "confidence", "forward_ms"]
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -105,8 +108,10 @@ def predict(
         T_gt = batch["T_gt"].double().cpu().numpy()
         per_pose = {}
         for _, prefix, key in POSES:
-            errors = registration_errors(out[key].double().cpu().numpy(), T_gt)
+            T_pred = out[key].double().cpu().numpy()
+            errors = registration_errors(T_pred, T_gt)
             errors["success"] = success(errors, **thresholds)
+            errors.update(zip(OFFSET_KEYS, centre_offsets(T_pred, T_gt).T))
             per_pose.update({prefix + name: values for name, values in errors.items()})
         for b, meta in enumerate(batch["meta"]):
             rows.append({
@@ -170,6 +175,17 @@ def confidence_report(confidence: np.ndarray, successes: np.ndarray) -> dict[str
         "mean_success": mean(confidence[successes]),
         "mean_failure": mean(confidence[~successes]),
     }
+
+
+def centre_offset_by_camera(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Per pose (final, frustum) and camera: the mean camera-centre offset (x right, y down, z forward; metres)
+    over that camera's pairs. A systematic offset shows here, e.g. a model that places the camera of a stereo rig
+    between its two cameras."""
+    report: dict[str, dict[str, list[float]]] = {}
+    for name, prefix, _ in POSES:
+        report[name] = {str(camera): [float(np.mean([r[prefix + k] for r in rows if r["camera"] == camera]))
+                                      for k in OFFSET_KEYS] for camera in sorted({r["camera"] for r in rows})}
+    return report
 
 
 def evaluate(
@@ -241,6 +257,7 @@ def evaluate(
         "table": table,
         "thresholds": thresholds,
         "confidence": confidence_report(np.array([r["confidence"] for r in rows]), errors["final"]["success"]),
+        "centre_offset_by_camera": centre_offset_by_camera(rows),
         "pairs": num_pairs,
         "split": split,
         "solver": solver,

@@ -33,6 +33,17 @@ def registration_errors(T_pred: np.ndarray, T_gt: np.ndarray) -> dict[str, np.nd
     return {"rte": rte, "rre": rre, "rre_geodesic": rre_geodesic}
 
 
+def centre_offsets(T_pred: np.ndarray, T_gt: np.ndarray) -> np.ndarray:
+    """(B, 3) metres: the predicted camera centre minus the true one, in the true camera's axes (x right, y down,
+    z forward), for poses (B, 4, 4) or (4, 4) cloud -> camera. Unlike the RTE, it does not grow with the rotation
+    error times the distance of the cloud frame's origin."""
+    T_pred = np.asarray(T_pred, dtype=np.float64).reshape(-1, 4, 4)
+    T_gt = np.asarray(T_gt, dtype=np.float64).reshape(-1, 4, 4)
+    centre_pred = -np.einsum("bji,bj->bi", T_pred[:, :3, :3], T_pred[:, :3, 3])
+    centre_gt = -np.einsum("bji,bj->bi", T_gt[:, :3, :3], T_gt[:, :3, 3])
+    return np.einsum("bij,bj->bi", T_gt[:, :3, :3], centre_pred - centre_gt)
+
+
 def success(errors: dict[str, np.ndarray], rte_thresh: float = ACC_RTE_M, rre_thresh: float = ACC_RRE_DEG) -> np.ndarray:
     """(B,) bool: the pairs whose RTE and (Euler-sum) RRE are below the thresholds."""
     return (errors["rte"] < rte_thresh) & (errors["rre"] < rre_thresh)
