@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from i2preg.assembly import build_model, full_config
 from i2preg.baselines.matching import MatchingNet
 from i2preg.config import available_configs, load_config
-from i2preg.data.collate import Collate
 from i2preg.errors import InputError
-from i2preg.geometry import invert_transform, sample_perturbation
 from i2preg.model import ICL
 from i2preg.train import icl_stage
+from test_model import synthetic_batch
 
 
 @pytest.mark.parametrize("name", available_configs())
@@ -41,17 +39,7 @@ def test_paper_size_config_trains_stage_two_on_generated_data():
     cfg = full_config(load_config("kitti"))
     (H, W), N = cfg["data"]["crop"], cfg["data"]["num_points"]
     assert (N, cfg["model"]["image_encoder"]["widths"], cfg["model"]["iclm"]["num_iterations"]) == (40960, [128, 256, 512], 3)
-    rng = np.random.default_rng(0)
-    samples = []
-    for _ in range(2):
-        P = sample_perturbation(rng)
-        points_cam = rng.uniform([-30, -2, -30], [30, 2, 30], size=(N, 3))
-        samples.append({"image": rng.random((3, H, W), dtype=np.float32),
-                        "K": np.array([[W / 2, 0, (W - 1) / 2], [0, W / 2, (H - 1) / 2], [0, 0, 1]], dtype=np.float32),
-                        "points": (points_cam @ P[:3, :3].T + P[:3, 3]).astype(np.float32),
-                        "intensity": np.zeros(N, dtype=np.float32), "T_gt": invert_transform(P).astype(np.float32),
-                        "resampled": False, "meta": {}})
-    batch = Collate(cfg["model"])(samples)
+    batch = synthetic_batch(2, conf=cfg["model"], image_size=(H, W), num_points=N)
     torch.manual_seed(0)
     module = icl_stage(cfg, stage=2)
     before = {name: p.detach().clone() for name, p in module.model.named_parameters()}

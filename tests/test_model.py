@@ -32,25 +32,26 @@ TINY_CONF = {  # with the paper's GPDM head (the pose search: test_yaw_search.py
 }
 
 
-def synthetic_sample(rng: np.random.Generator) -> dict:
-    """A random image and a cloud around the camera (about a quarter of it in view), moved by the protocol
-    perturbation; T_gt maps it back into the camera frame."""
-    points_cam = rng.uniform([-20, -2, -20], [20, 2, 20], size=(N, 3))
+def synthetic_sample(rng: np.random.Generator, image_size: tuple[int, int] = (H, W), num_points: int = N) -> dict:
+    """A random image of image_size (focal length half its width) and num_points around the camera (about a
+    quarter of them in view), moved by the protocol perturbation; T_gt maps them back into the camera frame."""
+    (height, width), points_cam = image_size, rng.uniform([-20, -2, -20], [20, 2, 20], size=(num_points, 3))
     P = sample_perturbation(rng)
     return {
-        "image": rng.random((3, H, W), dtype=np.float32),
-        "K": np.array([[32, 0, (W - 1) / 2], [0, 32, (H - 1) / 2], [0, 0, 1]], dtype=np.float32),
+        "image": rng.random((3, height, width), dtype=np.float32),
+        "K": np.array([[width / 2, 0, (width - 1) / 2], [0, width / 2, (height - 1) / 2], [0, 0, 1]], dtype=np.float32),
         "points": (points_cam @ P[:3, :3].T + P[:3, 3]).astype(np.float32),
-        "intensity": rng.random(N, dtype=np.float32),
+        "intensity": rng.random(num_points, dtype=np.float32),
         "T_gt": invert_transform(P).astype(np.float32),
         "resampled": False,
         "meta": {},
     }
 
 
-def synthetic_batch(batch_size: int = 2, seed: int = 0, conf: dict = TINY_CONF) -> dict:
+def synthetic_batch(batch_size: int = 2, seed: int = 0, conf: dict = TINY_CONF, image_size: tuple[int, int] = (H, W),
+                    num_points: int = N) -> dict:
     rng = np.random.default_rng(seed)
-    return Collate(conf)([synthetic_sample(rng) for _ in range(batch_size)])
+    return Collate(conf)([synthetic_sample(rng, image_size, num_points) for _ in range(batch_size)])
 
 
 def test_collate_shapes_and_true_neighbours():

@@ -181,11 +181,9 @@ def centre_offset_by_camera(rows: list[dict[str, Any]]) -> dict[str, dict[str, l
     """Per pose (final, frustum) and camera: the mean camera-centre offset (x right, y down, z forward; metres)
     over that camera's pairs. A systematic offset shows here, e.g. a model that places the camera of a stereo rig
     between its two cameras."""
-    report: dict[str, dict[str, list[float]]] = {}
-    for name, prefix, _ in POSES:
-        report[name] = {str(camera): [float(np.mean([r[prefix + k] for r in rows if r["camera"] == camera]))
-                                      for k in OFFSET_KEYS] for camera in sorted({r["camera"] for r in rows})}
-    return report
+    by_camera = {camera: [r for r in rows if r["camera"] == camera] for camera in sorted({r["camera"] for r in rows})}
+    return {name: {str(camera): [float(np.mean([r[prefix + k] for r in mine])) for k in OFFSET_KEYS]
+                   for camera, mine in by_camera.items()} for name, prefix, _ in POSES}
 
 
 def evaluate(

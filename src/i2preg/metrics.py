@@ -39,9 +39,8 @@ def centre_offsets(T_pred: np.ndarray, T_gt: np.ndarray) -> np.ndarray:
     error times the distance of the cloud frame's origin."""
     T_pred = np.asarray(T_pred, dtype=np.float64).reshape(-1, 4, 4)
     T_gt = np.asarray(T_gt, dtype=np.float64).reshape(-1, 4, 4)
-    centre_pred = -np.einsum("bji,bj->bi", T_pred[:, :3, :3], T_pred[:, :3, 3])
-    centre_gt = -np.einsum("bji,bj->bi", T_gt[:, :3, :3], T_gt[:, :3, 3])
-    return np.einsum("bij,bj->bi", T_gt[:, :3, :3], centre_pred - centre_gt)
+    centres = invert_transform(T_pred)[:, :3, 3] - invert_transform(T_gt)[:, :3, 3]  # cloud frame
+    return np.einsum("bij,bj->bi", T_gt[:, :3, :3], centres)
 
 
 def success(errors: dict[str, np.ndarray], rte_thresh: float = ACC_RTE_M, rre_thresh: float = ACC_RRE_DEG) -> np.ndarray:
