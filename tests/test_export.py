@@ -48,11 +48,13 @@ def assert_same_results(torch_results, onnx_results, pose_atol: float = 1e-4) ->
 
 
 def exported_config() -> dict:
-    """The tiny model with a coarse-to-fine window stage, small in the depths an export's time grows with: two
-    pyramid levels, one pose-search refinement (each op kind of the model is still in its graph)."""
+    """The tiny model with a coarse-to-fine window stage and the fine search (on the input points), small in the
+    depths an export's time grows with: two pyramid levels, one pose-search refinement, one fine grid (each op kind
+    of the model is still in its graph)."""
     return full_config(deep_update(load_config("tiny"), {"model": {
         "iclm": {"windows": [[4, 32]]}, "gpdm": {"refine_iterations": 1},
-        "point_encoder": {"widths": [8, 16], "subsample_sizes": [256], "coarse_level": 1}}}))
+        "point_encoder": {"widths": [8, 16], "subsample_sizes": [256], "coarse_level": 1},
+        "fine": {"num_points": 64, "level": 0, "iterations": 1}}}))
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +103,9 @@ def test_onnx_backend_equals_torch_on_a_tiny_model(tiny):
     assert (global_kp_2d - exported.network(collated)["kp_2d"]).abs().max() > 0.1  # not the window stage's
 
 
-def test_a_window_model_exports_its_global_keypoints_too():
+def test_window_and_fine_models_export_their_global_keypoints_and_fine_pose_too():
     assert output_names(full_config(load_config("tiny"))["model"]) == list(OUTPUTS)
-    assert output_names(exported_config()["model"]) == [*OUTPUTS, GLOBAL_KP_2D]
+    assert output_names(exported_config()["model"]) == [*OUTPUTS, GLOBAL_KP_2D, "fine_pose"]
 
 
 @pytest.mark.slow

@@ -87,6 +87,7 @@ def fake_outputs(T_gt: torch.Tensor) -> dict:
         "frustum_centre": centre,
         "frustum_rotation": rotation,
         "frustum_pose": T_gt,
+        "prior_pose": T_gt,
         "kp_2d": project_points(kp_cam, K)[0],
         "kp_3d": transform_points(inverse, kp_cam),
         "heatmap_2d_uv": token_centres(8, 16, 4),  # the stride-4 tokens of the 32 x 64 image

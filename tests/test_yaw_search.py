@@ -11,7 +11,7 @@ import torch
 from i2preg.geometry import frustum_params_to_pose, invert_transform, pose_to_frustum_params, transform_points
 from i2preg.losses import compute_losses, refine_search_loss, yaw_search_loss
 from i2preg.model import ICL
-from i2preg.model.pose_search import PoseSearch, yaw_bin_vectors
+from i2preg.model.pose_search import PoseSearch, points_near_view, yaw_bin_vectors
 from i2preg.weights import load_weights, save_weights
 from test_model import TINY_CONF, synthetic_batch
 
@@ -122,7 +122,7 @@ def test_refine_points_keeps_the_points_near_the_view_and_the_same_logits():
     order = torch.randperm(50)
     xyz = transform_points(invert_transform(pose), torch.cat([ahead, behind], dim=1)[:, order])
     search = PoseSearch(image_dim=3, point_dim=4, conf=search_conf(refine_points=20, yaw_search_dim=8))
-    picked = search.near_view(xyz, *pose_to_frustum_params(pose), K, (H, W))
+    picked = points_near_view(xyz, *pose_to_frustum_params(pose), K, (H, W), 20)
     assert sorted(picked[0].tolist()) == sorted((order < 20).nonzero()[:, 0].tolist())
     inputs = (torch.randn(1, 8, H // 8, W // 8), torch.randn(1, 50, 8), xyz, *pose_to_frustum_params(pose), K, (H, W), 1.0)
     subset = search.refine(*inputs)[2]

@@ -157,14 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-pairs", dest="figure_pairs", type=_index_list, metavar="I,J,...",
                    help="indices of the pairs to draw (default: the first 3; '' for none)")
     p.add_argument("--solver", default="prm",
-                   help="final pose: prm (PRM's), pnp (PnP-RANSAC on ICL's keypoint pairs) or frustum (GPDM's)")
+                   help="final pose: prm (PRM's), pnp (PnP-RANSAC on ICL's keypoint pairs), frustum (GPDM's) or fine"
+                        " (the fine search's, weights trained with it)")
     _add_refine_argument(p)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("compare", help="ICL, its ablations and the matching baseline on one test set, one table")
     p.add_argument("--method", action="append",
-                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier][:refine=none|edges]",
+                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum|fine][:mask=geometric|classifier][:refine=none|edges]",
                    help="a method to run (repeat); WEIGHTS: a file or a bundled model's name, whose header says which"
                         " model it is (default: icl=synthetic-small and matching=matching-small, the bundled ones)")
     _add_test_set_arguments(p, config_help="YAML file or bundled name whose data and eval sections all methods use")

@@ -9,7 +9,7 @@ says which model to build)::
     gpdm=runs/a/model.safetensors:solver=frustum      GPDM's frustum pose alone (no ICLM, no PRM)
     matching=matching-small                           the explicit-matching baseline (method: matching), bundled
 
-Options (ICL only): ``solver`` = prm | pnp | frustum, ``mask`` = geometric | classifier (default: the weights' own);
+Options (ICL only): ``solver`` = prm | pnp | frustum | fine, ``mask`` = geometric | classifier (default: the weights' own);
 for every method ``refine`` = none | edges (default: the shared ``eval.refine``; ``refine.py``).
 Without methods, ``DEFAULT_METHODS``: the two bundled models. The forward pass and the solvers are ``inference``'s.
 Every method reads the same pairs (the data is seeded per pair) with the same ``data`` and ``eval`` settings:
@@ -91,7 +91,7 @@ class MethodSpec:
 
 
 def parse_method(text: str) -> MethodSpec:
-    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum][:mask=geometric|classifier][:refine=none|edges]"`` -> MethodSpec
+    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum|fine][:mask=geometric|classifier][:refine=none|edges]"`` -> MethodSpec
     (module docstring)."""
     name, _, rest = text.partition("=")
     weights, *options = rest.split(":")
@@ -113,8 +113,8 @@ def method_config(spec: MethodSpec, reference: dict) -> tuple[MethodSpec, dict]:
     weights_config = read_weights_config(spec.weights)
     refine = {} if spec.refine is None else {"eval": {"refine": spec.refine}}
     if weights_config.get("method", "icl") == "matching":
-        if spec.solver == "prm" or spec.solver == "frustum" or spec.mask:
-            raise InputError(f"method {spec.name}: the matching baseline takes no solver=prm|frustum or mask option",
+        if spec.solver not in (None, "pnp") or spec.mask:
+            raise InputError(f"method {spec.name}: the matching baseline takes no solver=prm|frustum|fine or mask option",
                              spec.weights)
         cfg = evaluation_config(weights_config, reference, refine)
         return replace(spec, solver="pnp", mask="", refine=cfg["eval"]["refine"]), cfg

@@ -54,14 +54,27 @@ DEFAULT_FIGURE_PAIRS = 3
 """Pairs drawn when none are named: the first ones."""
 
 POSES = (("final", "", "pose"), ("frustum", "frustum_", "frustum_pose"))
-"""The two poses evaluated, PRM's final one and GPDM's frustum pose: (table row, CSV column prefix, model output)."""
+"""The poses evaluated, PRM's final one and GPDM's frustum pose: (table row, CSV column prefix, model output);
+``FINE_POSE`` joins them for weights with the fine search."""
+
+FINE_POSE = ("fine", "fine_", "fine_pose")
 
 ERROR_KEYS = ("rte", "rre", "rre_geodesic")
 OFFSET_KEYS = ("centre_dx", "centre_dy", "centre_dz")
 """``metrics.centre_offsets``: the predicted camera centre minus the true one, in the true camera's axes."""
 
-CSV_COLUMNS = ["index", "sequence", "frame", "camera", *ERROR_KEYS, "success", *OFFSET_KEYS,
-               *(f"frustum_{k}" for k in (*ERROR_KEYS, "success", *OFFSET_KEYS)), "confidence", "forward_ms"]
+
+
+def evaluated_poses(model: torch.nn.Module) -> tuple[tuple[str, str, str], ...]:
+    """``POSES``, and ``FINE_POSE`` when ``model`` has the fine search."""
+    return (*POSES, FINE_POSE) if getattr(model, "fine", None) is not None else POSES
+
+
+def csv_columns(poses: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """pairs.csv's columns: the pair, each pose's errors, success and centre offsets, the confidence, the time."""
+    return ["index", "sequence", "frame", "camera",
+            *(prefix + k for _, prefix, _ in poses for k in (*ERROR_KEYS, "success", *OFFSET_KEYS)),
+            "confidence", "forward_ms"]
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -96,7 +109,7 @@ def predict(
     progress: bool,
 ) -> tuple[list[dict[str, Any]], dict[int, tuple[dict, dict]], float]:
     """Run the model over ``loader`` with ``solver`` (``inference.run``). Returns one CSV row per pair (the
-    columns of ``CSV_COLUMNS``), the sample and outputs (on the CPU, no batch dimension; ``pose`` the final one)
+    columns of ``csv_columns``), the sample and outputs (on the CPU, no batch dimension; ``pose`` the final one)
     of the pairs whose index is in ``keep``, and the seconds spent in the model's forward (the solve is not part
     of forward_ms)."""
     rows, kept, forward_seconds = [], {}, 0.0
@@ -107,7 +120,7 @@ def predict(
         confidence = result.confidence.cpu()
         T_gt = batch["T_gt"].double().cpu().numpy()
         per_pose = {}
-        for _, prefix, key in POSES:
+        for _, prefix, key in evaluated_poses(model):
             T_pred = out[key].double().cpu().numpy()
             errors = registration_errors(T_pred, T_gt)
             errors["success"] = success(errors, **thresholds)
@@ -177,13 +190,13 @@ def confidence_report(confidence: np.ndarray, successes: np.ndarray) -> dict[str
     }
 
 
-def centre_offset_by_camera(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """Per pose (final, frustum) and camera: the mean camera-centre offset (x right, y down, z forward; metres)
-    over that camera's pairs. A systematic offset shows here, e.g. a model that places the camera of a stereo rig
+def centre_offset_by_camera(rows: list[dict[str, Any]], poses=POSES) -> dict[str, dict[str, list[float]]]:
+    """Per pose of ``poses`` (default ``POSES``: final, frustum) and camera: the mean camera-centre offset (x right,
+    y down, z forward; metres) over that camera's pairs. A systematic offset shows here, e.g. a model that places the camera of a stereo rig
     between its two cameras."""
     by_camera = {camera: [r for r in rows if r["camera"] == camera] for camera in sorted({r["camera"] for r in rows})}
     return {name: {str(camera): [float(np.mean([r[prefix + k] for r in mine])) for k in OFFSET_KEYS]
-                   for camera, mine in by_camera.items()} for name, prefix, _ in POSES}
+                   for camera, mine in by_camera.items()} for name, prefix, _ in poses}
 
 
 def evaluate(
@@ -234,7 +247,7 @@ def evaluate(
 
     # The statistics are those of the CSV's rows, the numbers anyone can recompute from the file.
     errors = {name: {k: np.array([row[prefix + k] for row in rows]) for k in (*ERROR_KEYS, "success")}
-              for name, prefix, _ in POSES}
+              for name, prefix, _ in evaluated_poses(model)}
     stats = {name: summarize(e, **thresholds) for name, e in errors.items()}
     table = format_table(stats)
     figures = summary_figures(errors, thresholds)
@@ -244,7 +257,7 @@ def evaluate(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     text = io.StringIO()
-    writer = csv.DictWriter(text, CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, csv_columns(evaluated_poses(model)), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(out_dir / "pairs.csv", text.getvalue())
@@ -255,7 +268,7 @@ def evaluate(
         "table": table,
         "thresholds": thresholds,
         "confidence": confidence_report(np.array([r["confidence"] for r in rows]), errors["final"]["success"]),
-        "centre_offset_by_camera": centre_offset_by_camera(rows),
+        "centre_offset_by_camera": centre_offset_by_camera(rows, evaluated_poses(model)),
         "pairs": num_pairs,
         "split": split,
         "solver": solver,

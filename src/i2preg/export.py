@@ -72,8 +72,9 @@ def flat_inputs(batch: dict, num_levels: int) -> dict[str, torch.Tensor]:
 
 def output_names(conf: dict) -> list[str]:
     """The graph's outputs for an ICL of model config ``conf``: ``OUTPUTS``, then ``GLOBAL_KP_2D`` when its ICLM
-    refines in windows."""
-    return list(OUTPUTS) + ([GLOBAL_KP_2D] if conf["iclm"]["windows"] else [])
+    refines in windows, and fine_pose (B, 4, 4) when it has the fine search (``model.fine``)."""
+    return (list(OUTPUTS) + ([GLOBAL_KP_2D] if conf["iclm"]["windows"] else [])
+            + (["fine_pose"] if conf["fine"]["num_points"] > 0 else []))
 
 
 class FlatForward(nn.Module):

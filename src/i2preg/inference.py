@@ -4,7 +4,8 @@ One path for ``api`` (one call's inputs), ``evaluate`` and ``compare`` (a test s
 collated batch and solves the final pose, ``run`` does so over a loader.
 
 Solvers (``SOLVERS``), for ICL: ``prm``, the network's own final pose; ``pnp``, OpenCV's EPnP + RANSAC on ICL's
-keypoint pairs kp_2d <-> kp_3d (settings ``eval.pnp``); ``frustum``, GPDM's frustum pose alone. The matching
+keypoint pairs kp_2d <-> kp_3d (settings ``eval.pnp``); ``frustum``, GPDM's frustum pose alone; ``fine``, the fine
+search's refinement of it (``model.fine``, beyond the paper; weights trained with it). The matching
 baseline has one: PnP-RANSAC on its mutual nearest-neighbour matches (``baselines.matching.estimate_poses``).
 With ``eval.refine: edges`` the pose of any solver, and the baseline's, is then refined by edge alignment on the
 batch's dense clouds (``refine.refine_poses``, beyond the paper).
@@ -34,7 +35,7 @@ from .errors import InputError
 from .geometry import project_points, transform_points
 from .refine import refine_poses
 
-SOLVERS = ("prm", "pnp", "frustum")
+SOLVERS = ("prm", "pnp", "frustum", "fine")
 """Where ICL's final pose comes from (module docstring)."""
 
 REFINEMENTS = ("none", "edges")
@@ -161,7 +162,9 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict)
     elif solver == "pnp":
         pose, solved = pnp_poses(out["kp_2d"], out["kp_3d"], batch["K"], eval_cfg["pnp"])
     else:
-        pose = out["frustum_pose"] if solver == "frustum" else out["pose"]
+        if solver == "fine" and "fine_pose" not in out:
+            raise InputError("solver fine needs weights trained with the fine search (model.fine.num_points > 0)")
+        pose = out[{"frustum": "frustum_pose", "fine": "fine_pose", "prm": "pose"}[solver]]
         solved = torch.ones(len(pose), dtype=torch.bool)
     if refine == "edges":
         if "dense_points" not in batch:

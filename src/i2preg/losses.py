@@ -23,6 +23,7 @@ from .geometry import (
     transform_points,
 )
 from .metrics import ACC_RRE_DEG, ACC_RTE_M
+from .model.fine_search import offsets_to
 from .model.gpdm import params_from_pose
 
 DEFAULT_WEIGHTS = {
@@ -54,6 +55,9 @@ DEFAULT_WEIGHTS = {
     "yaw_sigma_bins": 1.0,
     "refine": 1.0,
     "coarse_centre": 0.1,
+    # The fine search (model.fine), stage 2: cross-entropy of each of its grids against a Gaussian about the GT
+    # offset (sigma: one grid step an axis), over the pairs whose frustum pose is right
+    "fine": 1.0,
 }
 
 MIN_DEPTH = 0.1
@@ -99,6 +103,19 @@ def refine_search_loss(logits: torch.Tensor, centres: torch.Tensor, rotations: t
                 + yaw_difference.square() / yaw_sigma**2)
     target = (-0.5 * distance).softmax(dim=-1)
     return -(target * logits.log_softmax(dim=-1)).sum(-1).mean()
+
+
+def fine_search_loss(logits: torch.Tensor, grid_centres: torch.Tensor, grid_rotations: torch.Tensor, grid: torch.Tensor,
+                     steps: torch.Tensor, T_gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the fine search's logits (B, I, G) over its I grids, each of offsets grid (G, 3) (lateral,
+    forward, yaw; ``fine_search.offsets_to``) about the poses grid_centres, grid_rotations (B, I, 2), against a
+    Gaussian about the GT's offset, sigma one step (3,) an axis; the mean over the pairs where valid (B,) (0
+    without any)."""
+    centre_gt, d_gt = pose_to_frustum_params(T_gt)
+    target = offsets_to(grid_centres, grid_rotations, centre_gt[:, None], d_gt[:, None])  # (B, I, 3)
+    distance = ((grid - target[..., None, :]) / steps).square().sum(-1)  # (B, I, G)
+    cross_entropy = -((-0.5 * distance).softmax(dim=-1) * logits.log_softmax(dim=-1)).sum(-1).mean(-1)
+    return (cross_entropy * valid).sum() / valid.sum().clamp_min(1)
 
 
 def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +187,7 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
     """Loss terms of the ICL ``outputs`` (``ICL.forward``; ``ICL.forward_gpdm`` suffices in stage 1) for ``batch``.
 
     Returns cls (BCE), fru, and in stage 2 also corr (``correspondence_loss``), div_2d, div_3d (pixels), cam,
-    heat_2d when its weight is above 0 (``heatmap_loss``), corr, div_2d and heat_2d summed over ICLM's stages
+    heat_2d when its weight is above 0 (``heatmap_loss``), fine with the fine search (``fine_search_loss``), corr, div_2d and heat_2d summed over ICLM's stages
     with coarse-to-fine windows (a window stage's counting only the queries whose target is in their window),
     plus total = the weighted sum of the stage's terms with ``weights`` over ``DEFAULT_WEIGHTS``.
     """
@@ -213,8 +230,14 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
             losses["heat_2d"] = sum(heat_2d)
         losses["div_3d"] = diversity_loss(kp_3d_pixels, w["div_margin_px"])
         losses["cam"] = camera_loss(
-            outputs["residual_rotation"], outputs["residual_translation"], outputs["frustum_pose"], T_gt
+            outputs["residual_rotation"], outputs["residual_translation"], outputs["prior_pose"], T_gt
         )
+        if "fine_logits" in outputs:
+            losses["fine"] = fine_search_loss(
+                outputs["fine_logits"], outputs["fine_grid_centres"], outputs["fine_grid_rotations"],
+                outputs["fine_grid"], outputs["fine_steps"], T_gt,
+                frustum_pose_right(outputs["frustum_pose"].detach(), T_gt).float(),
+            )
     elif stage != 1:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     losses["total"] = sum(w[name] * value for name, value in losses.items())

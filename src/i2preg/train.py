@@ -151,12 +151,18 @@ class TrainingModule(L.LightningModule):
 
 
 def icl_stage(cfg: dict, stage: int) -> TrainingModule:
-    """ICL's stage 1 (GPDM alone: its forward, L_cls + L_fru, the frustum pose) or stage 2 (all but GPDM, frozen:
-    the full forward, all terms, the final pose)."""
+    """ICL's stage 1 (GPDM alone: its forward, L_cls + L_fru, the frustum pose) or stage 2 (all but GPDM and the
+    modules ``train.frozen`` names, which stay as they are: the full forward, all terms, the final pose)."""
     model = ICL(cfg["model"])
     gpdm = {id(p) for p in model.gpdm_parameters()}
     for parameter in model.parameters():
         parameter.requires_grad_((id(parameter) in gpdm) == (stage == 1))
+    if stage == 2:
+        for name in cfg["train"]["frozen"]:
+            module = getattr(model, str(name), None)
+            if not isinstance(module, nn.Module) or module in model.gpdm_modules():
+                raise InputError(f"train.frozen: {name!r} is not one of ICL's stage-2 modules")
+            module.requires_grad_(False)
     return TrainingModule(cfg, model, partial(compute_losses, weights=cfg["loss"], stage=stage),
                           partial(solve_pose, solver="frustum" if stage == 1 else "prm", model=model, eval_cfg=cfg["eval"]),
                           model.forward_gpdm if stage == 1 else None, stage)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ..config import deep_update
-from ..geometry import transform_points
+from ..geometry import frustum_params_to_pose, transform_points
+from .fine_search import FineSearch
 from .gpdm import GPDM
 from .iclm import ICLM
 from .image_encoder import ImageDecoder, build_image_encoder
@@ -66,6 +67,12 @@ class ICL(nn.Module):
                  # stride), a window stage per [stride, radius_px] ([] is the paper's single scale), the first
                  # window about the previous 2D keypoint ("keypoint") or the 3D keypoint's frustum projection
                  "global_stride": 0, "windows": [], "window_centre": "keypoint"},
+        # The fine search (fine_search.py; beyond the paper; 3 DoF): num_points > 0 of pyramid level ``level``
+        # nearest the view score a grid of (lateral m, forward m, yaw deg) ``steps`` x ``radii`` steps either way
+        # about GPDM's frustum pose, ``iterations`` times; its first grid jittered by +-train_jitter (m, deg) in
+        # training. It gives fine_pose (inference.SOLVERS: "fine"), about which ICLM and PRM then work
+        "fine": {"num_points": 0, "level": 1, "dim": 32, "steps": [0.15, 0.3, 0.6], "radii": [4, 1, 2],
+                 "iterations": 2, "train_jitter": [0.3, 0.75]},
         "prm": {"dim": 128,
                 "reprojection_residual": False},  # True: each query's reprojection residual as input (prm.py; beyond the paper)
     }
@@ -82,6 +89,13 @@ class ICL(nn.Module):
         self.image_decoder = ImageDecoder(image_widths, token_dim, self.token_stride)
         self.iclm = ICLM(token_dim, self.point_encoder.out_dim, conf["iclm"])
         self.prm = PRM(conf["iclm"]["dim"], conf["prm"], conf["dof"])
+        self.fine = None
+        if conf["fine"]["num_points"] > 0:
+            if conf["dof"] != 3:
+                raise ValueError("the fine search (model.fine.num_points > 0) needs the 3-DoF protocol (model.dof: 3)")
+            level = conf["fine"]["level"]
+            fine_dim = conf["point_encoder"]["widths"][level] + self.point_encoder.out_dim
+            self.fine = FineSearch(token_dim, fine_dim, conf["fine"])
 
     def gpdm_modules(self) -> list[nn.Module]:
         """The stage-1 modules: image encoder, point encoder, GPDM heads."""
@@ -112,12 +126,22 @@ class ICL(nn.Module):
           fine windows also coarse_stages (``ICLM.forward``).
         - PRM: residual_rotation (B, 3, 3); residual_translation (B, 3); residual_rotation_params,
           residual_translation_params (raw head outputs); pose (B, 4, 4) cloud -> camera, the final estimate.
+        - With the fine search (``model.fine.num_points`` > 0): fine_pose (B, 4, 4) cloud -> camera, GPDM's frustum
+          pose refined, and the keys of ``FineSearch.forward``.
+        - prior_pose (B, 4, 4): the pose ICLM and PRM work about (the frustum pose of the paper's ICLM and PRM; the
+          fine pose with the fine search), detached.
         """
-        out, (image_features, coarse_feats) = self._encode_and_detect(batch)
+        out, (image_features, coarse_feats, skips) = self._encode_and_detect(batch)
         image_size = tuple(batch["image"].shape[-2:])
         token_map = self.image_decoder(image_features)
-        frustum_pose = out["frustum_pose"].detach()
-        xyz_frustum = transform_points(frustum_pose, out["coarse_xyz"])
+        if self.fine is not None:
+            fine_xyz, fine_feats = self.point_encoder.fine_features(batch, self.conf["fine"]["level"], coarse_feats, skips)
+            out.update(self.fine(token_map, fine_feats, fine_xyz, out["frustum_centre"], out["frustum_rotation"],
+                                 batch["K"], image_size))
+            out["fine_pose"] = frustum_params_to_pose(out["fine_centre"], out["fine_rotation"])
+        prior_pose = out.get("fine_pose", out["frustum_pose"]).detach()
+        out["prior_pose"] = prior_pose
+        xyz_frustum = transform_points(prior_pose, out["coarse_xyz"])
         out.update(
             self.iclm(
                 token_map,
@@ -132,7 +156,7 @@ class ICL(nn.Module):
         prm_inputs = [out["kp_2d"], out["kp_3d"], out["desc_2d"], out["desc_3d"]]
         if self.conf["detach_prm_inputs"]:
             prm_inputs = [x.detach() for x in prm_inputs]
-        out.update(self.prm(*prm_inputs, batch["K"], frustum_pose))
+        out.update(self.prm(*prm_inputs, batch["K"], prior_pose))
         return out
 
     def _encode_and_detect(self, batch: dict):
@@ -140,7 +164,7 @@ class ICL(nn.Module):
         if image.shape[-1] % 8 or image.shape[-2] % 8:
             raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
         image_features = self.image_encoder(image)
-        coarse_xyz, coarse_feats = self.point_encoder(batch)
+        coarse_xyz, coarse_feats, skips = self.point_encoder.encode(batch)
         out = self.gpdm(image_features[-1], coarse_feats, coarse_xyz, batch["K"], tuple(image.shape[-2:]))
         out["coarse_xyz"] = coarse_xyz
-        return out, (image_features, coarse_feats)
+        return out, (image_features, coarse_feats, skips)

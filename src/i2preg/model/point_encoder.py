@@ -278,6 +278,11 @@ class KPConvEncoder(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """-> coarse_xyz (B, M, 3) cloud frame, coarse_feats (B, M, out_dim) with M = M_coarse_level."""
+        return self.encode(batch)[:2]
+
+    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """-> coarse_xyz, coarse_feats (``forward``) and the encoder's features of every level, (B, M_l, widths[l])
+        (for the fine search: ``fine_features``)."""
         xyz, neighbors, pools = batch["pyramid_xyz"], batch["pyramid_neighbors"], batch["pyramid_pools"]
         feats = torch.ones_like(xyz[0][..., :1])
         if self.in_dim == 2:
@@ -294,4 +299,16 @@ class KPConvEncoder(nn.Module):
             skips.append(x)
         for up, level in zip(self.ups, range(len(self.blocks) - 1, self.coarse_level, -1)):
             x = up(torch.cat([gather(x, batch["pyramid_upsamples"][level - 1]), skips[level - 1]], dim=-1))
-        return xyz[self.coarse_level], x
+        return xyz[self.coarse_level], x, skips
+
+    def fine_features(self, batch: dict, level: int, coarse_feats: torch.Tensor, skips: list[torch.Tensor]):
+        """The points of a level finer than the coarse one, each with its encoder feature and the coarse feature of
+        its nearest coarse point (through the pyramid's nearest-upsampling links): xyz (B, M_level, 3) cloud frame,
+        feats (B, M_level, widths[level] + out_dim)."""
+        if not 0 <= level < self.coarse_level:
+            raise ValueError(f"the fine level must be finer than the coarse level {self.coarse_level}, got {level}")
+        upsamples = batch["pyramid_upsamples"]
+        index = upsamples[level]  # (B, M_level) into level + 1
+        for hop in range(level + 1, self.coarse_level):
+            index = gather(upsamples[hop][..., None], index)[..., 0]
+        return batch["pyramid_xyz"][level], torch.cat([skips[level], gather(coarse_feats, index)], dim=-1)

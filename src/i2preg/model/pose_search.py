@@ -49,7 +49,52 @@ def sample_stacked(image: torch.Tensor, sample: torch.Tensor, uv: torch.Tensor, 
     return F.grid_sample(stacked, grid.view(1, -1, 1, 2), align_corners=False)[0, :, :, 0].T
 
 
-class PoseSearch(nn.Module):
+def points_near_view(xyz, centre, rotation, K, image_size, count: int) -> torch.Tensor:
+    """Indices (B, count) of the points of xyz (B, M, 3) nearest the image of the 3-DoF pose (centre (B, 2), rotation
+    (B, 2)) with intrinsics K (B, 3, 3) of the (H, W) = image_size image: ranked by how far outside the image they
+    project (in image widths and heights), points behind the camera last."""
+    H, W = image_size
+    uv, depth = project_points(transform_points(frustum_params_to_pose(centre, rotation), xyz), K)
+    u, v = uv.unbind(-1)
+    outside = (F.relu(-u) + F.relu(u - W)) / W + (F.relu(-v) + F.relu(v - H)) / H
+    outside = outside.masked_fill(depth < 0.1, float("inf"))
+    return outside.topk(count, dim=1, largest=False).indices
+
+
+class HypothesisScorer(nn.Module):
+    """The logit of a 3-DoF pose hypothesis (camera centre, yaw): it projects the points into the image, every point
+    in view scores how well its feature, its height and its depth fit the image feature where it lands (an MLP on
+    the sum of their projections to ``dim``), and the logit is the mean score of its points in view. Shared by the
+    pose search and the fine search (``fine_search.FineSearch``)."""
+
+    def __init__(self, image_dim: int, point_dim: int, dim: int):
+        super().__init__()
+        self.image_proj = nn.Conv2d(image_dim, dim, 1)
+        self.point_proj = nn.Linear(point_dim, dim)
+        self.geometry_proj = mlp([2, dim, dim])
+        self.score = nn.Linear(dim, 1)
+
+    def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
+        """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3); centres (B, Hy, 2) and
+        rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view (0 for
+        a hypothesis that sees none). Only the (hypothesis, point) pairs in view are scored."""
+        (B, M), Hy = xyz.shape[:2], centres.shape[1]
+        H, W = image_size
+        points_cam = transform_points(frustum_params_to_pose(centres, rotations), xyz[:, None])  # (B, Hy, M, 3)
+        uv, depth = project_points(points_cam, K[:, None])
+        valid = in_image(uv, depth, H, W)
+        seen = valid.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
+        uv, points_cam, depth = uv.reshape(-1, 2)[seen], points_cam.reshape(-1, 3)[seen], depth.flatten()[seen]
+        sampled = sample_stacked(image, seen // (Hy * M), uv, image_size)  # (E, dim)
+        geometry = torch.stack([points_cam[:, 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
+        point = RowIndex(seen // (Hy * M) * M + seen % M, B * M)  # rows of points.flatten(0, 1)
+        scores = self.score(F.relu(sampled + gather_rows(points.flatten(0, 1), point) + self.geometry_proj(geometry)))
+        scores = scores[:, 0]
+        sums = scores.new_zeros(B * Hy).index_add(0, seen // M, scores).view(B, Hy)
+        return sums / valid.sum(-1).clamp_min(1)
+
+
+class PoseSearch(HypothesisScorer):
     """Frustum pose by scoring pose hypotheses (beyond the paper, for the 3-DoF protocol; ``gpdm.yaw_bins``).
 
     A hypothesis (camera centre, yaw) projects the coarse points into the image; every point in view scores
@@ -67,17 +112,12 @@ class PoseSearch(nn.Module):
     """
 
     def __init__(self, image_dim: int, point_dim: int, conf: dict):
-        super().__init__()
-        dim = conf["yaw_search_dim"]
+        super().__init__(image_dim, point_dim, conf["yaw_search_dim"])
         self.num_bins, self.window = conf["yaw_bins"], conf["yaw_window"]
         self.centre_step, self.radius = conf["refine_centre_step"], conf["refine_radius"]
         self.yaw_step = math.radians(conf["refine_yaw_step_deg"])
         self.iterations, self.shrink = conf["refine_iterations"], conf["refine_shrink"]
         self.refine_points = conf["refine_points"]
-        self.image_proj = nn.Conv2d(image_dim, dim, 1)
-        self.point_proj = nn.Linear(point_dim, dim)
-        self.geometry_proj = mlp([2, dim, dim])
-        self.score = nn.Linear(dim, 1)
 
     def forward(self, image_map, point_feats, xyz, centre, K, image_size) -> dict[str, torch.Tensor]:
         """image_map (B, Ci, h, w); point_feats (B, M, Cp); xyz (B, M, 3) cloud frame; centre (B, 2) the
@@ -115,7 +155,7 @@ class PoseSearch(nn.Module):
         (B, R, 2), and the steps (2,) (metres, radians)."""
         centre, rotation = centre.detach(), rotation.detach()
         if 0 < self.refine_points < xyz.shape[1]:
-            index = self.near_view(xyz, centre, rotation, K, image_size)[..., None]
+            index = points_near_view(xyz, centre, rotation, K, image_size, self.refine_points)[..., None]
             xyz, points = xyz.gather(1, index.expand(-1, -1, 3)), points.gather(1, index.expand(-1, -1, points.shape[-1]))
         centres, rotations = self.refinement_grid(centre, vector_yaws(rotation), scale)
         logits = self.hypothesis_logits(image, points, xyz, centres, rotations, K, image_size)
@@ -124,36 +164,6 @@ class PoseSearch(nn.Module):
         centre = (logits.softmax(dim=-1)[..., None] * centres).sum(1)
         steps = torch.tensor([self.centre_step * scale, self.yaw_step * scale], device=xyz.device)
         return centre, rotation, logits, centres, rotations, steps
-
-    def near_view(self, xyz, centre, rotation, K, image_size) -> torch.Tensor:
-        """Indices (B, refine_points) of the points of xyz (B, M, 3) nearest the image of the pose (centre (B, 2),
-        rotation (B, 2)): ranked by how far outside the image they project (in image widths and heights),
-        points behind the camera last."""
-        H, W = image_size
-        uv, depth = project_points(transform_points(frustum_params_to_pose(centre, rotation), xyz), K)
-        u, v = uv.unbind(-1)
-        outside = (F.relu(-u) + F.relu(u - W)) / W + (F.relu(-v) + F.relu(v - H)) / H
-        outside = outside.masked_fill(depth < 0.1, float("inf"))
-        return outside.topk(self.refine_points, dim=1, largest=False).indices
-
-    def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
-        """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3); centres (B, Hy, 2) and
-        rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view (0 for
-        a hypothesis that sees none). Only the (hypothesis, point) pairs in view are scored."""
-        (B, M), Hy = xyz.shape[:2], centres.shape[1]
-        H, W = image_size
-        points_cam = transform_points(frustum_params_to_pose(centres, rotations), xyz[:, None])  # (B, Hy, M, 3)
-        uv, depth = project_points(points_cam, K[:, None])
-        valid = in_image(uv, depth, H, W)
-        seen = valid.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
-        uv, points_cam, depth = uv.reshape(-1, 2)[seen], points_cam.reshape(-1, 3)[seen], depth.flatten()[seen]
-        sampled = sample_stacked(image, seen // (Hy * M), uv, image_size)  # (E, dim)
-        geometry = torch.stack([points_cam[:, 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
-        point = RowIndex(seen // (Hy * M) * M + seen % M, B * M)  # rows of points.flatten(0, 1)
-        scores = self.score(F.relu(sampled + gather_rows(points.flatten(0, 1), point) + self.geometry_proj(geometry)))
-        scores = scores[:, 0]
-        sums = scores.new_zeros(B * Hy).index_add(0, seen // M, scores).view(B, Hy)
-        return sums / valid.sum(-1).clamp_min(1)
 
     def refinement_grid(self, centre: torch.Tensor, yaw: torch.Tensor, scale: float = 1.0):
         """Hypotheses about centre (B, 2) and yaw (B,): centres (B, R, 2) and unit rotations (B, R, 2), ordered

@@ -1,0 +1,95 @@
+"""The fine search: GPDM's frustum pose refined one pyramid level finer (beyond the paper; ``model.fine``).
+
+GPDM's pose search scores hypotheses with the coarse points and the coarsest image map, whose resolution leaves
+its pose about half a metre off. The fine search scores a small grid of poses about that pose in the camera's own
+axes (lateral shift, forward shift, yaw) with the same kind of score (``pose_search.HypothesisScorer``) on finer
+inputs: the points of a finer pyramid level nearest the view, each with its own encoder feature and its coarse
+point's, against the pixel tokens of the image decoder. The pose moves to the softmax-weighted mean of the grid,
+``iterations`` times, each grid about the last pose. In training the first grid's centre is jittered, so that the
+search learns to move from wherever GPDM leaves it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .pose_search import HypothesisScorer, points_near_view, vector_yaws, yaw_vectors
+
+
+def camera_axes(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The camera's x (right) and z (forward) axes in the cloud's (x, z) plane, (..., 2) each, for the 3-DoF
+    rotation d (..., 2) (``geometry.frustum_params_to_pose``)."""
+    d = nn.functional.normalize(rotation, dim=-1)
+    return torch.stack([d[..., 1], -d[..., 0]], dim=-1), d
+
+
+def offsets_to(centre: torch.Tensor, rotation: torch.Tensor, target_centre: torch.Tensor,
+               target_rotation: torch.Tensor) -> torch.Tensor:
+    """How far the 3-DoF pose (target_centre, target_rotation) lies from (centre, rotation), all (..., 2), in the
+    latter camera's axes: (..., 3) = (lateral m, forward m, yaw rad in (-pi, pi])."""
+    right, forward = camera_axes(rotation)
+    shift = target_centre - centre
+    yaw = vector_yaws(target_rotation) - vector_yaws(rotation)
+    yaw = torch.atan2(yaw.sin(), yaw.cos())
+    return torch.stack([(shift * right).sum(-1), (shift * forward).sum(-1), yaw], dim=-1)
+
+
+def apply_offsets(centre: torch.Tensor, rotation: torch.Tensor, offsets: torch.Tensor):
+    """The poses (centre (..., 2), unit rotation (..., 2)) at offsets (..., 3) (``offsets_to``) from (centre,
+    rotation) (..., 2) each; offsets may carry extra leading dimensions after the batch's (broadcast)."""
+    right, forward = camera_axes(rotation)
+    moved = centre + offsets[..., :1] * right + offsets[..., 1:2] * forward
+    return moved, yaw_vectors(vector_yaws(rotation) + offsets[..., 2])
+
+
+class FineSearch(HypothesisScorer):
+    """Refines 3-DoF poses on finer point and image features (module docstring).
+
+    conf (``ICL.default_conf["fine"]``): dim, the score's width; num_points, the fine-level points nearest the view
+    that a grid scores; steps (lateral m, forward m, yaw deg) and radii (steps either way) of the grid;
+    iterations; train_jitter (m, deg): the half-range of the uniform jitter of the first grid's centre in training.
+    """
+
+    def __init__(self, image_dim: int, point_dim: int, conf: dict):
+        super().__init__(image_dim, point_dim, conf["dim"])
+        self.num_points, self.iterations = conf["num_points"], conf["iterations"]
+        lateral, forward, yaw = conf["steps"]
+        self.register_buffer("steps", torch.tensor([lateral, forward, math.radians(yaw)]), persistent=False)
+        axes = [torch.arange(-r, r + 1, dtype=torch.float32) * step for r, step in zip(conf["radii"], self.steps)]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+        self.register_buffer("grid", grid, persistent=False)  # (G, 3) offsets (lateral, forward, yaw)
+        metres, degrees = conf["train_jitter"]
+        self.register_buffer("jitter", torch.tensor([metres, metres, math.radians(degrees)]), persistent=False)
+
+    def forward(self, token_map, point_feats, xyz, centre, rotation, K, image_size) -> dict[str, torch.Tensor]:
+        """token_map (B, Ci, h, w) the pixel tokens of the (H, W) = image_size image; point_feats (B, M, Cp) and xyz
+        (B, M, 3) cloud frame, the fine-level points; centre (B, 2) and rotation (B, 2) the 3-DoF pose to refine
+        (detached); K (B, 3, 3).
+
+        Returns fine_centre (B, 2), fine_rotation (B, 2) (unit d): the refined pose; and over the I iterations, for
+        the loss: fine_logits (B, I, G) of the G grid hypotheses, fine_grid_centres (B, I, 2) and
+        fine_grid_rotations (B, I, 2) the poses each grid is centred on, fine_grid (G, 3) the grid's offsets
+        (``offsets_to``) and fine_steps (3,) its steps.
+        """
+        image, points = self.image_proj(token_map), self.point_proj(point_feats)
+        centre, rotation = centre.detach(), nn.functional.normalize(rotation.detach(), dim=-1)
+        if self.training:
+            centre, rotation = apply_offsets(centre, rotation, (2 * torch.rand_like(centre[:, :1].expand(-1, 3)) - 1)
+                                             * self.jitter)
+        logits, centres, rotations = [], [], []
+        for _ in range(self.iterations):
+            centres.append(centre)
+            rotations.append(rotation)
+            index = points_near_view(xyz, centre, rotation, K, image_size, min(self.num_points, xyz.shape[1]))
+            near_xyz = xyz.gather(1, index[..., None].expand(-1, -1, 3))
+            near_points = points.gather(1, index[..., None].expand(-1, -1, points.shape[-1]))
+            hypotheses = apply_offsets(centre[:, None], rotation[:, None], self.grid)
+            logits.append(self.hypothesis_logits(image, near_points, near_xyz, *hypotheses, K, image_size))
+            offset = (logits[-1].softmax(dim=-1)[..., None] * self.grid).sum(1)  # (B, 3)
+            centre, rotation = apply_offsets(centre, rotation, offset.detach())
+        return {"fine_centre": centre, "fine_rotation": rotation, "fine_logits": torch.stack(logits, 1),
+                "fine_grid_centres": torch.stack(centres, 1), "fine_grid_rotations": torch.stack(rotations, 1),
+                "fine_grid": self.grid, "fine_steps": self.steps}
