@@ -41,6 +41,7 @@ MODULES = {
     "GPDM heads": "gpdm",
     "pose search": "gpdm.search",
     "image decoder": "image_decoder",
+    "fine search": "fine",
     "ICLM": "iclm",
     "PRM": "prm",
 }

@@ -164,7 +164,7 @@ class ICL(nn.Module):
         if image.shape[-1] % 8 or image.shape[-2] % 8:
             raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
         image_features = self.image_encoder(image)
-        coarse_xyz, coarse_feats, skips = self.point_encoder.encode(batch)
+        coarse_xyz, coarse_feats, skips = self.point_encoder(batch, levels=True)
         out = self.gpdm(image_features[-1], coarse_feats, coarse_xyz, batch["K"], tuple(image.shape[-2:]))
         out["coarse_xyz"] = coarse_xyz
         return out, (image_features, coarse_feats, skips)

@@ -276,13 +276,9 @@ class KPConvEncoder(nn.Module):
         form = kernel_entries if torch.compiler.is_exporting() else kernel_influence
         return form(offsets / voxel, neighbors, self.kernel_points, self.sigma, support_xyz.shape[1])
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> coarse_xyz (B, M, 3) cloud frame, coarse_feats (B, M, out_dim) with M = M_coarse_level."""
-        return self.encode(batch)[:2]
-
-    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """-> coarse_xyz, coarse_feats (``forward``) and the encoder's features of every level, (B, M_l, widths[l])
-        (for the fine search: ``fine_features``)."""
+    def forward(self, batch: dict, levels: bool = False):
+        """-> coarse_xyz (B, M, 3) cloud frame, coarse_feats (B, M, out_dim) with M = M_coarse_level; with ``levels``
+        also the encoder's features of every level, (B, M_l, widths[l]) (for the fine search: ``fine_features``)."""
         xyz, neighbors, pools = batch["pyramid_xyz"], batch["pyramid_neighbors"], batch["pyramid_pools"]
         feats = torch.ones_like(xyz[0][..., :1])
         if self.in_dim == 2:
@@ -299,7 +295,7 @@ class KPConvEncoder(nn.Module):
             skips.append(x)
         for up, level in zip(self.ups, range(len(self.blocks) - 1, self.coarse_level, -1)):
             x = up(torch.cat([gather(x, batch["pyramid_upsamples"][level - 1]), skips[level - 1]], dim=-1))
-        return xyz[self.coarse_level], x, skips
+        return (xyz[self.coarse_level], x, skips) if levels else (xyz[self.coarse_level], x)
 
     def fine_features(self, batch: dict, level: int, coarse_feats: torch.Tensor, skips: list[torch.Tensor]):
         """The points of a level finer than the coarse one, each with its encoder feature and the coarse feature of
