@@ -65,7 +65,8 @@ class ICL(nn.Module):
                  "anchor_sigma": 0.0,  # > 0: anchored queries (iclm.py; beyond the paper)
                  # coarse to fine (iclm.py; the reference code's ICL++): the global stage's stride (0: the token
                  # stride), a window stage per [stride, radius_px] ([] is the paper's single scale), the first
-                 # window about the previous 2D keypoint ("keypoint") or the 3D keypoint's frustum projection
+                 # window about the previous 2D keypoint ("keypoint") or the 3D keypoint's projection by the prior
+                 # pose ("frustum": GPDM's frustum pose, or the fine search's; ``forward``)
                  "global_stride": 0, "windows": [], "window_centre": "keypoint"},
         # The fine search (fine_search.py; beyond the paper; 3 DoF): num_points > 0 of pyramid level ``level``
         # nearest the view score a grid of (lateral m, forward m, yaw deg) ``steps`` x ``radii`` steps either way

@@ -82,7 +82,8 @@ class ICLM(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """token_map: (B, Ci, h, w) pixel tokens at stride H / h of the (H, W) = image_size input;
         point_feats: (B, M, Cp), point_xyz: (B, M, 3) cloud frame, point_xyz_frustum: (B, M, 3) the same points in
-        the frustum-pose camera frame (positional encoding); mask: (B, M) bool, points that may be attended;
+        the frustum-pose camera frame (ICL's prior pose: GPDM's frustum pose, or the fine search's; positional
+        encoding); mask: (B, M) bool, points that may be attended;
         K: (B, 3, 3) intrinsics (the frustum-pose projections of anchors and frustum-centred windows).
 
         Returns kp_2d (B, Nq, 2) pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T) over the tokens
