@@ -64,7 +64,6 @@ OFFSET_KEYS = ("centre_dx", "centre_dy", "centre_dz")
 """``metrics.centre_offsets``: the predicted camera centre minus the true one, in the true camera's axes."""
 
 
-
 def evaluated_poses(model: torch.nn.Module) -> tuple[tuple[str, str, str], ...]:
     """``POSES``, and ``FINE_POSE`` when ``model`` has the fine search."""
     return (*POSES, FINE_POSE) if getattr(model, "fine", None) is not None else POSES
@@ -113,14 +112,14 @@ def predict(
     of the pairs whose index is in ``keep``, and the seconds spent in the model's forward (the solve is not part
     of forward_ms)."""
     rows, kept, forward_seconds = [], {}, 0.0
-    thresholds = cfg["eval"]["thresholds"]
+    thresholds, poses = cfg["eval"]["thresholds"], evaluated_poses(model)
     for batch, result in run(model, loader, device, solver, cfg["eval"], progress):
         forward_seconds += result.network_seconds
         out = {**result.out, "pose": result.pose}
         confidence = result.confidence.cpu()
         T_gt = batch["T_gt"].double().cpu().numpy()
         per_pose = {}
-        for _, prefix, key in evaluated_poses(model):
+        for _, prefix, key in poses:
             T_pred = out[key].double().cpu().numpy()
             errors = registration_errors(T_pred, T_gt)
             errors["success"] = success(errors, **thresholds)
@@ -192,8 +191,8 @@ def confidence_report(confidence: np.ndarray, successes: np.ndarray) -> dict[str
 
 def centre_offset_by_camera(rows: list[dict[str, Any]], poses=POSES) -> dict[str, dict[str, list[float]]]:
     """Per pose of ``poses`` (default ``POSES``: final, frustum) and camera: the mean camera-centre offset (x right,
-    y down, z forward; metres) over that camera's pairs. A systematic offset shows here, e.g. a model that places the camera of a stereo rig
-    between its two cameras."""
+    y down, z forward; metres) over that camera's pairs. A systematic offset shows here, e.g. a model that places
+    the camera of a stereo rig between its two cameras."""
     by_camera = {camera: [r for r in rows if r["camera"] == camera] for camera in sorted({r["camera"] for r in rows})}
     return {name: {str(camera): [float(np.mean([r[prefix + k] for r in mine])) for k in OFFSET_KEYS]
                    for camera, mine in by_camera.items()} for name, prefix, _ in poses}
@@ -240,14 +239,14 @@ def evaluate(
         raise InputError(f"figure pairs {outside} are not among the {num_pairs} evaluated pairs")
     model, cfg = load_model(weights, cfg)
 
-    thresholds = cfg["eval"]["thresholds"]
+    thresholds, poses = cfg["eval"]["thresholds"], evaluated_poses(model)
     start = time.perf_counter()
     rows, kept, forward_seconds = predict(model, loader, torch_device, cfg, solver, set(figure_pairs), progress)
     wall_seconds = time.perf_counter() - start
 
     # The statistics are those of the CSV's rows, the numbers anyone can recompute from the file.
     errors = {name: {k: np.array([row[prefix + k] for row in rows]) for k in (*ERROR_KEYS, "success")}
-              for name, prefix, _ in evaluated_poses(model)}
+              for name, prefix, _ in poses}
     stats = {name: summarize(e, **thresholds) for name, e in errors.items()}
     table = format_table(stats)
     figures = summary_figures(errors, thresholds)
@@ -257,7 +256,7 @@ def evaluate(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     text = io.StringIO()
-    writer = csv.DictWriter(text, csv_columns(evaluated_poses(model)), lineterminator="\n")
+    writer = csv.DictWriter(text, csv_columns(poses), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(out_dir / "pairs.csv", text.getvalue())
@@ -268,7 +267,7 @@ def evaluate(
         "table": table,
         "thresholds": thresholds,
         "confidence": confidence_report(np.array([r["confidence"] for r in rows]), errors["final"]["success"]),
-        "centre_offset_by_camera": centre_offset_by_camera(rows, evaluated_poses(model)),
+        "centre_offset_by_camera": centre_offset_by_camera(rows, poses),
         "pairs": num_pairs,
         "split": split,
         "solver": solver,

@@ -187,8 +187,8 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
     """Loss terms of the ICL ``outputs`` (``ICL.forward``; ``ICL.forward_gpdm`` suffices in stage 1) for ``batch``.
 
     Returns cls (BCE), fru, and in stage 2 also corr (``correspondence_loss``), div_2d, div_3d (pixels), cam,
-    heat_2d when its weight is above 0 (``heatmap_loss``), fine with the fine search (``fine_search_loss``), corr, div_2d and heat_2d summed over ICLM's stages
-    with coarse-to-fine windows (a window stage's counting only the queries whose target is in their window),
+    heat_2d when its weight is above 0 (``heatmap_loss``), fine with the fine search (``fine_search_loss``); corr,
+    div_2d and heat_2d summed over ICLM's stages with coarse-to-fine windows (a window stage's counting only the queries whose target is in their window),
     plus total = the weighted sum of the stage's terms with ``weights`` over ``DEFAULT_WEIGHTS``.
     """
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
@@ -210,9 +210,8 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
         ) / outputs["refine_steps"].shape[1]
     if stage == 2:
         kp_3d_pixels = project_points(transform_points(T_gt, outputs["kp_3d"]), K)[0]
-        pair_valid = torch.ones_like(T_gt[:, 0, 0], dtype=torch.bool)
-        if w["corr_skip_wrong_frustum"]:
-            pair_valid = frustum_pose_right(outputs["frustum_pose"].detach(), T_gt)
+        frustum_right = frustum_pose_right(outputs["frustum_pose"].detach(), T_gt)
+        pair_valid = frustum_right if w["corr_skip_wrong_frustum"] else torch.ones_like(frustum_right)
         target, depth = project_points(transform_points(T_gt, outputs["kp_3d"].detach()), K)
         inside = (depth > MIN_DEPTH) & (target >= 0).all(-1) & (target < target.new_tensor(image_size[::-1])).all(-1)
         corr, div_2d, heat_2d = [], [], []
@@ -235,8 +234,7 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
         if "fine_logits" in outputs:
             losses["fine"] = fine_search_loss(
                 outputs["fine_logits"], outputs["fine_grid_centres"], outputs["fine_grid_rotations"],
-                outputs["fine_grid"], outputs["fine_steps"], T_gt,
-                frustum_pose_right(outputs["frustum_pose"].detach(), T_gt).float(),
+                outputs["fine_grid"], outputs["fine_steps"], T_gt, frustum_right.float(),
             )
     elif stage != 1:
         raise ValueError(f"stage must be 1 or 2, got {stage}")

@@ -77,8 +77,8 @@ class FineSearch(HypothesisScorer):
         image, points = self.image_proj(token_map), self.point_proj(point_feats)
         centre, rotation = centre.detach(), nn.functional.normalize(rotation.detach(), dim=-1)
         if self.training:
-            centre, rotation = apply_offsets(centre, rotation, (2 * torch.rand_like(centre[:, :1].expand(-1, 3)) - 1)
-                                             * self.jitter)
+            jitter = (2 * torch.rand_like(self.jitter.expand(len(centre), 3)) - 1) * self.jitter
+            centre, rotation = apply_offsets(centre, rotation, jitter)
         logits, centres, rotations = [], [], []
         for _ in range(self.iterations):
             centres.append(centre)
