@@ -62,11 +62,13 @@ def test_confidence_is_one_for_agreement_and_zero_for_disagreement():
 def test_overrides_may_change_only_inference_settings():
     weights_config = full_config(load_config("tiny"))
     cfg = evaluation_config(weights_config, overrides={"model": {"gpdm": {"mask_source": "classifier", "refine_iterations": 2,
-                                                                      "refine_points": 64}}})
-    gpdm = cfg["model"]["gpdm"]
+                                                                      "refine_points": 64},
+                                                             "fine": {"iterations": 3}}})
+    gpdm, fine = cfg["model"]["gpdm"], cfg["model"]["fine"]  # num_points stays the weights': 0 is no fine search
     assert (gpdm["mask_source"], gpdm["refine_iterations"], gpdm["refine_points"]) == ("classifier", 2, 64)
-    for bad in ({"gpdm": {"hidden_dim": 8}}, {"num_points": 10}, {"iclm": {"num_queries": 4}}):
-        with pytest.raises(InputError, match="may change only model.gpdm.mask_source"):
+    assert fine["iterations"] == 3
+    for bad in ({"gpdm": {"hidden_dim": 8}}, {"num_points": 10}, {"iclm": {"num_queries": 4}}, {"fine": {"num_points": 8}}):
+        with pytest.raises(InputError, match="may change only model.fine.iterations"):
             evaluation_config(weights_config, overrides={"model": bad})
 
 

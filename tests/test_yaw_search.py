@@ -11,7 +11,7 @@ import torch
 from i2preg.geometry import frustum_params_to_pose, invert_transform, pose_to_frustum_params, transform_points
 from i2preg.losses import compute_losses, refine_search_loss, yaw_search_loss
 from i2preg.model import ICL
-from i2preg.model.pose_search import PoseSearch, points_near_view, yaw_bin_vectors
+from i2preg.model.pose_search import VIEW_TIE_BREAK, PoseSearch, points_near_view, yaw_bin_vectors
 from i2preg.weights import load_weights, save_weights
 from test_model import TINY_CONF, synthetic_batch
 
@@ -128,6 +128,20 @@ def test_refine_points_keeps_the_points_near_the_view_and_the_same_logits():
     subset = search.refine(*inputs)[2]
     search.refine_points = 0
     torch.testing.assert_close(subset, search.refine(*inputs)[2])
+
+
+def test_points_in_view_are_kept_by_a_fixed_order_not_the_topk_ties():
+    """300 points all in view tie at 0 outside the image: the 100 kept are those first in the fixed scramble of
+    their index (what ONNX Runtime keeps too), and the same wherever the cloud is viewed from inside the image."""
+    torch.manual_seed(0)
+    pose = yaw_pose((0.0, 0.0), 0.0)
+    camera = torch.rand(1, 300, 3) * torch.tensor([4.0, 2.0, 10.0]) + torch.tensor([-2.0, -1.0, 20.0])
+    xyz = transform_points(invert_transform(pose), camera)
+    picked = points_near_view(xyz, *pose_to_frustum_params(pose), K, (H, W), 100)
+    expected = torch.argsort(torch.arange(300) * VIEW_TIE_BREAK % 65536)[:100]
+    assert sorted(picked[0].tolist()) == sorted(expected.tolist())
+    moved = points_near_view(xyz, *pose_to_frustum_params(yaw_pose((0.2, 0.5), 1.0)), K, (H, W), 100)
+    assert sorted(moved[0].tolist()) == sorted(expected.tolist())
 
 
 def test_refinement_iterations_shrink_about_the_last_estimate():

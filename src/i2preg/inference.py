@@ -52,7 +52,7 @@ CONFIDENCE_SIGMA_PX = 8.0
 """Pixel scale of ``reprojection_confidence``."""
 
 INFERENCE_SETTINGS = {("gpdm", "mask_source"), ("gpdm", "refine_iterations"), ("gpdm", "refine_shrink"),
-                      ("gpdm", "refine_points")}
+                      ("gpdm", "refine_points"), ("fine", "iterations")}
 """(section, key) of the model settings an evaluation may override: they change what the network computes
 with its weights, not the weights."""
 

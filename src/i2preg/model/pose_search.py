@@ -49,14 +49,25 @@ def sample_stacked(image: torch.Tensor, sample: torch.Tensor, uv: torch.Tensor, 
     return F.grid_sample(stacked, grid.view(1, -1, 1, 2), align_corners=False)[0, :, :, 0].T
 
 
+VIEW_TIE_BREAK = 40503
+"""An odd multiplier: index * VIEW_TIE_BREAK mod 65,536 orders the points in view of ``points_near_view``
+(a permutation of 0..65,535, so no two points below 65,536 tie; spread over the cloud's index order)."""
+
+
 def points_near_view(xyz, centre, rotation, K, image_size, count: int) -> torch.Tensor:
     """Indices (B, count) of the points of xyz (B, M, 3) nearest the image of the 3-DoF pose (centre (B, 2), rotation
     (B, 2)) with intrinsics K (B, 3, 3) of the (H, W) = image_size image: ranked by how far outside the image they
-    project (in image widths and heights), points behind the camera last."""
+    project (in image widths and heights), points behind the camera last.
+
+    The points in view all lie at 0, so they are ranked among themselves by a fixed scramble of their index
+    (``VIEW_TIE_BREAK``): which of them are kept must not be the top-k's tie order, which differs between
+    PyTorch and ONNX Runtime."""
     H, W = image_size
     uv, depth = project_points(transform_points(frustum_params_to_pose(centre, rotation), xyz), K)
     u, v = uv.unbind(-1)
     outside = (F.relu(-u) + F.relu(u - W)) / W + (F.relu(-v) + F.relu(v - H)) / H
+    scramble = torch.arange(xyz.shape[1], device=xyz.device) * VIEW_TIE_BREAK % 65536  # distinct below 65,536 points
+    outside = outside + scramble.to(outside.dtype) * 1e-8
     outside = outside.masked_fill(depth < 0.1, float("inf"))
     return outside.topk(count, dim=1, largest=False).indices
 
@@ -88,8 +99,13 @@ class HypothesisScorer(nn.Module):
         sampled = sample_stacked(image, seen // (Hy * M), uv, image_size)  # (E, dim)
         geometry = torch.stack([points_cam[:, 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
         point = RowIndex(seen // (Hy * M) * M + seen % M, B * M)  # rows of points.flatten(0, 1)
-        scores = self.score(F.relu(sampled + gather_rows(points.flatten(0, 1), point) + self.geometry_proj(geometry)))
-        scores = scores[:, 0]
+        # relu(point + geometry_proj(geometry) + sampled), summed in place into the gathered rows: the geometry
+        # MLP's last bias joins the M point rows before the gather and its matmul accumulates into the E rows; a sum
+        # that starts from sampled (a transposed view) would be column-major, several times slower on the CPU
+        hidden, last = self.geometry_proj[:-1](geometry), self.geometry_proj[-1]
+        features = gather_rows((points + last.bias).flatten(0, 1), point).addmm_(hidden, last.weight.T)  # (E, dim)
+        features += sampled
+        scores = self.score(features.relu_())[:, 0]
         sums = scores.new_zeros(B * Hy).index_add(0, seen // M, scores).view(B, Hy)
         return sums / valid.sum(-1).clamp_min(1)
 
