@@ -1,6 +1,6 @@
 """Speed and memory of the ICL model, alone or side by side with another git revision.
 
-    python benchmarks/model_speed.py [--configs synthetic-small kitti] [--against REV] [--rounds 3]
+    python benchmarks/model_speed.py [--configs synthetic-small kitti | WEIGHTS.safetensors] [--against REV] [--rounds 3]
         [--repeats 3] [--threads 2] [--device cpu|cuda] [--forward-batches 1 8] [--train-batches 8] [--data ROOT]
 
 Measures, per bundled config: the forward time per pair (inference: eval mode, no_grad) at each forward batch
@@ -11,7 +11,9 @@ model + batch; CUDA: torch.cuda.max_memory_allocated). Inputs are random images 
 uniform random points at the config's input size, or with ``--data ROOT`` the first test pairs of that
 KITTI-layout root (e.g. ``datasets/synthetic-test``), read once by this tree and handed to every tree as arrays.
 Real scans are dense near the sensor, so their KPConv neighbourhoods hold many more nonzero kernel influences
-than uniform points: time the point encoder on ``--data``. Times do not depend on the weights.
+than uniform points: time the point encoder on ``--data``. A config is random weights, which time most of the
+model as trained weights do, but not the pose search and the fine search, whose work depends on the poses they
+find: give a weights file (e.g. ``src/i2preg/weights/synthetic-small.safetensors``) with ``--data`` for those.
 
 Each measurement runs in a fresh subprocess whose PYTHONPATH points at a tree's ``src``, and reports the median
 of ``--repeats`` runs after one warm-up. ``--against REV`` checks REV out into a temporary git worktree and
@@ -41,14 +43,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def full_config(name: str) -> dict:
-    """A bundled config with every default filled in, as the tree on ``sys.path`` defines them (the function that
-    does so moved between revisions)."""
+    """A bundled config, or a weights file's (``.safetensors``: the config in its header), with every default
+    filled in, as the tree on ``sys.path`` defines them (the function that does so moved between revisions)."""
     from i2preg.config import load_config
 
     try:
         from i2preg.assembly import full_config as fill
     except ImportError:  # revisions before i2preg.assembly
         from i2preg.config import full_config as fill
+    if name.endswith(".safetensors"):
+        from i2preg.weights import read_weights_config
+
+        return fill(read_weights_config(Path(name)))
     return fill(load_config(name))
 
 
@@ -108,7 +114,12 @@ def measure(name: str, mode: str, batch_size: int, device: str, threads: int, re
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = full_config(name)
-    model = ICL(cfg["model"]).to(device)
+    model = ICL(cfg["model"])
+    if name.endswith(".safetensors"):
+        from i2preg.weights import load_weights
+
+        load_weights(model, Path(name))
+    model = model.to(device)
     if samples_file:
         with open(samples_file, "rb") as file:
             samples = pickle.load(file)[:batch_size]
@@ -188,7 +199,8 @@ def measurements(args) -> list[tuple[str, str, int, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["synthetic-small", "kitti"], help="bundled config names")
+    parser.add_argument("--configs", nargs="+", default=["synthetic-small", "kitti"],
+                        help="bundled config names, or .safetensors weights files: their config and weights")
     parser.add_argument("--against", help="git revision to time side by side with this tree")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
@@ -211,7 +223,7 @@ def main() -> None:
             if args.data:
                 largest = max(args.forward_batches + args.train_batches)
                 for name in args.configs:
-                    samples_files[name] = str(Path(scratch) / f"{name}.pkl")
+                    samples_files[name] = str(Path(scratch) / f"{Path(name).name}.pkl")
                     with open(samples_files[name], "wb") as file:
                         pickle.dump(dataset_samples(name, args.data, largest), file)
             rounds = args.rounds if args.against else 1
