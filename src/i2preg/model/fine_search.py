@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from .layers import gather
 from .pose_search import HypothesisScorer, points_near_view, vector_yaws, yaw_vectors
 
 
@@ -84,10 +85,9 @@ class FineSearch(HypothesisScorer):
             centres.append(centre)
             rotations.append(rotation)
             index = points_near_view(xyz, centre, rotation, K, image_size, min(self.num_points, xyz.shape[1]))
-            near_xyz = xyz.gather(1, index[..., None].expand(-1, -1, 3))
-            near_points = points.gather(1, index[..., None].expand(-1, -1, points.shape[-1]))
             hypotheses = apply_offsets(centre[:, None], rotation[:, None], self.grid)
-            logits.append(self.hypothesis_logits(image, near_points, near_xyz, *hypotheses, K, image_size))
+            logits.append(self.hypothesis_logits(image, gather(points, index), gather(xyz, index), *hypotheses, K,
+                                                 image_size))
             offset = (logits[-1].softmax(dim=-1)[..., None] * self.grid).sum(1)  # (B, 3)
             centre, rotation = apply_offsets(centre, rotation, offset.detach())
         return {"fine_centre": centre, "fine_rotation": rotation, "fine_logits": torch.stack(logits, 1),

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import frustum_params_to_pose, in_image, project_points, transform_points
-from .layers import RowIndex, gather_rows, mlp
+from .layers import RowIndex, gather, gather_rows, mlp
 
 
 def yaw_bin_vectors(num_bins: int, device=None) -> torch.Tensor:
@@ -171,8 +171,8 @@ class PoseSearch(HypothesisScorer):
         (B, R, 2), and the steps (2,) (metres, radians)."""
         centre, rotation = centre.detach(), rotation.detach()
         if 0 < self.refine_points < xyz.shape[1]:
-            index = points_near_view(xyz, centre, rotation, K, image_size, self.refine_points)[..., None]
-            xyz, points = xyz.gather(1, index.expand(-1, -1, 3)), points.gather(1, index.expand(-1, -1, points.shape[-1]))
+            index = points_near_view(xyz, centre, rotation, K, image_size, self.refine_points)
+            xyz, points = gather(xyz, index), gather(points, index)
         centres, rotations = self.refinement_grid(centre, vector_yaws(rotation), scale)
         logits = self.hypothesis_logits(image, points, xyz, centres, rotations, K, image_size)
         weights, index = self.grid_window(logits)
