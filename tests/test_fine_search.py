@@ -134,8 +134,36 @@ def test_fine_pose_is_a_pose_of_the_grids_span():
         out = model(batch)
     start = pose_to_frustum_params(out["frustum_pose"])
     moved = offsets_to(*start, *pose_to_frustum_params(out["fine_pose"]))
-    reach = model.fine.grid.abs().amax(0) * model.fine.iterations
+    reach = model.fine.grid.abs().amax(0) * model.fine.iterations + model.fine.wide_grid.abs().amax(0)
     assert (moved.abs() <= reach + 1e-5).all()
+
+
+def test_wide_grid_brings_a_far_yaw_within_reach_and_its_penalty_holds_the_pose_on_a_flat_score():
+    """A score that peaks on the true pose: from 6 deg of yaw off, beyond the fine grid's reach, the wide grid
+    brings the pose within 1 deg and the fine grid on; without the wide grid (radii [0, 0]) the pose stays 4.8 deg
+    off. A flat score leaves the pose where it started (the penalty is symmetric about it)."""
+    generator = torch.Generator().manual_seed(0)
+    xyz = torch.rand(1, 200, 3, generator=generator) * torch.tensor([16.0, 2.0, 12.0]) + torch.tensor([-8.0, -1.0, 4.0])
+    true_centre, true_rotation = torch.tensor([[0.0, 0.0]]), yaw_vectors(torch.tensor([0.0]))
+    start = apply_offsets(true_centre, true_rotation, torch.tensor([[0.2, 0.0, math.radians(6.0)]]))
+
+    def peaked(image, points, xyz, centres, rotations, K, image_size):
+        off = offsets_to(centres, rotations, true_centre[:, None], true_rotation[:, None])
+        return -4 * ((off[..., 0] / 0.3) ** 2 + (off[..., 2] / math.radians(1.5)) ** 2)
+
+    def flat(image, points, xyz, centres, rotations, K, image_size):
+        return centres.new_zeros(centres.shape[:2])
+
+    def yaw_left(radii, score):
+        search = FineSearch(8, 8, {**CONF, "iterations": 1, "wide_radii": radii}).eval()
+        search.hypothesis_logits = score
+        with torch.no_grad():
+            out = search(torch.zeros(1, 8, H, W), torch.zeros(1, 200, 8), xyz, *start, K, (H, W))
+        return offsets_to(true_centre, true_rotation, out["fine_centre"], out["fine_rotation"])[0]
+
+    assert math.degrees(yaw_left([2, 6], peaked)[2].abs()) < 0.5
+    assert math.degrees(yaw_left([0, 0], peaked)[2].abs()) == pytest.approx(4.8, abs=0.01)
+    torch.testing.assert_close(yaw_left([2, 6], flat), offsets_to(true_centre, true_rotation, *start)[0])
 
 
 def test_solver_fine_returns_the_fine_pose_and_needs_weights_with_it():

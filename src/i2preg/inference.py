@@ -52,7 +52,8 @@ CONFIDENCE_SIGMA_PX = 8.0
 """Pixel scale of ``reprojection_confidence``."""
 
 INFERENCE_SETTINGS = {("gpdm", "mask_source"), ("gpdm", "refine_iterations"), ("gpdm", "refine_shrink"),
-                      ("gpdm", "refine_points"), ("fine", "iterations")}
+                      ("gpdm", "refine_points"), ("fine", "iterations"), ("fine", "wide_steps"),
+                      ("fine", "wide_radii"), ("fine", "wide_penalty")}
 """(section, key) of the model settings an evaluation may override: they change what the network computes
 with its weights, not the weights."""
 

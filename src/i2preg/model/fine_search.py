@@ -7,6 +7,11 @@ inputs: the points of a finer pyramid level nearest the view, each with its own 
 point's, against the pixel tokens of the image decoder. The pose moves to the softmax-weighted mean of the grid,
 ``iterations`` times, each grid about the last pose. In training the first grid's centre is jittered, so that the
 search learns to move from wherever GPDM leaves it.
+
+Before those grids, a wide grid (lateral shift x yaw, up to 9 deg either way) scored the same way, each logit less
+``wide_penalty`` per degree of yaw offset, moves the pose to its softmax-weighted mean: GPDM's yaw errors of
+5-12 deg lie beyond what the fine grids reach, and the penalty, a prior that GPDM's yaw is mostly right, keeps the
+pose where the score does not clearly prefer another yaw. It is not trained (no loss on it).
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ class FineSearch(HypothesisScorer):
 
     conf (``ICL.default_conf["fine"]``): dim, the score's width; num_points, the fine-level points nearest the view
     that a grid scores; steps (lateral m, forward m, yaw deg) and radii (steps either way) of the grid;
-    iterations; train_jitter (m, deg): the half-range of the uniform jitter of the first grid's centre in training.
+    iterations; train_jitter (m, deg): the half-range of the uniform jitter of the first grid's centre in training;
+    wide_steps (lateral m, yaw deg) and wide_radii of the wide grid before them (radii [0, 0]: none) and
+    wide_penalty, its logits' penalty per degree of yaw offset.
     """
 
     def __init__(self, image_dim: int, point_dim: int, conf: dict):
@@ -62,6 +69,12 @@ class FineSearch(HypothesisScorer):
         axes = [torch.arange(-r, r + 1, dtype=torch.float32) * step for r, step in zip(conf["radii"], self.steps)]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
         self.register_buffer("grid", grid, persistent=False)  # (G, 3) offsets (lateral, forward, yaw)
+        (lateral, yaw), (lateral_radius, yaw_radius) = conf["wide_steps"], conf["wide_radii"]
+        wide = torch.stack(torch.meshgrid(torch.arange(-lateral_radius, lateral_radius + 1.0) * lateral, torch.zeros(1),
+                                          torch.arange(-yaw_radius, yaw_radius + 1.0) * math.radians(yaw),
+                                          indexing="ij"), dim=-1).reshape(-1, 3)
+        self.register_buffer("wide_grid", wide, persistent=False)  # (G', 3) offsets, no forward shift
+        self.register_buffer("wide_prior", -conf["wide_penalty"] * wide[:, 2].abs().rad2deg(), persistent=False)
         metres, degrees = conf["train_jitter"]
         self.register_buffer("jitter", torch.tensor([metres, metres, math.radians(degrees)]), persistent=False)
 
@@ -77,6 +90,9 @@ class FineSearch(HypothesisScorer):
         """
         image, points = self.image_proj(token_map), self.point_proj(point_feats)
         centre, rotation = centre.detach(), nn.functional.normalize(rotation.detach(), dim=-1)
+        if len(self.wide_grid) > 1:
+            centre, rotation = self.step(self.wide_grid, image, points, xyz, centre, rotation, K, image_size,
+                                         self.wide_prior)[1:]
         if self.training:
             jitter = (2 * torch.rand_like(self.jitter.expand(len(centre), 3)) - 1) * self.jitter
             centre, rotation = apply_offsets(centre, rotation, jitter)
@@ -84,12 +100,20 @@ class FineSearch(HypothesisScorer):
         for _ in range(self.iterations):
             centres.append(centre)
             rotations.append(rotation)
-            index = points_near_view(xyz, centre, rotation, K, image_size, min(self.num_points, xyz.shape[1]))
-            hypotheses = apply_offsets(centre[:, None], rotation[:, None], self.grid)
-            logits.append(self.hypothesis_logits(image, gather(points, index), gather(xyz, index), *hypotheses, K,
-                                                 image_size))
-            offset = (logits[-1].softmax(dim=-1)[..., None] * self.grid).sum(1)  # (B, 3)
-            centre, rotation = apply_offsets(centre, rotation, offset.detach())
+            grid_logits, centre, rotation = self.step(self.grid, image, points, xyz, centre, rotation, K, image_size)
+            logits.append(grid_logits)
         return {"fine_centre": centre, "fine_rotation": rotation, "fine_logits": torch.stack(logits, 1),
                 "fine_grid_centres": torch.stack(centres, 1), "fine_grid_rotations": torch.stack(rotations, 1),
                 "fine_grid": self.grid, "fine_steps": self.steps}
+
+    def step(self, grid, image, points, xyz, centre, rotation, K, image_size, prior=None):
+        """One grid (G, 3) of offsets (``offsets_to``) about the poses centre, rotation (B, 2) each, scored on the
+        projected image (B, dim, h, w) and point features (B, M, dim) of the points xyz (B, M, 3) nearest the view
+        -> the grid's logits (B, G) and the pose at their softmax-weighted mean offset (detached), each logit plus
+        prior (G,) if given."""
+        index = points_near_view(xyz, centre, rotation, K, image_size, min(self.num_points, xyz.shape[1]))
+        hypotheses = apply_offsets(centre[:, None], rotation[:, None], grid)
+        logits = self.hypothesis_logits(image, gather(points, index), gather(xyz, index), *hypotheses, K, image_size)
+        weights = (logits if prior is None else logits + prior).softmax(dim=-1)
+        offset = (weights[..., None] * grid).sum(1)  # (B, 3)
+        return (logits, *apply_offsets(centre, rotation, offset.detach()))

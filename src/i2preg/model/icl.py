@@ -71,9 +71,12 @@ class ICL(nn.Module):
         # The fine search (fine_search.py; beyond the paper; 3 DoF): num_points > 0 of pyramid level ``level``
         # nearest the view score a grid of (lateral m, forward m, yaw deg) ``steps`` x ``radii`` steps either way
         # about GPDM's frustum pose, ``iterations`` times; its first grid jittered by +-train_jitter (m, deg) in
-        # training. It gives fine_pose (inference.SOLVERS: "fine"), about which ICLM and PRM then work
+        # training; before them, a wide grid of (lateral m, yaw deg) wide_steps x wide_radii, its logits less
+        # wide_penalty per degree of yaw offset (radii [0, 0]: none). It gives fine_pose (inference.SOLVERS:
+        # "fine"), about which ICLM and PRM then work
         "fine": {"num_points": 0, "level": 1, "dim": 32, "steps": [0.15, 0.3, 0.6], "radii": [4, 1, 2],
-                 "iterations": 2, "train_jitter": [0.3, 0.75]},
+                 "iterations": 2, "train_jitter": [0.3, 0.75],
+                 "wide_steps": [0.3, 1.5], "wide_radii": [2, 6], "wide_penalty": 0.5},
         "prm": {"dim": 128,
                 "reprojection_residual": False},  # True: each query's reprojection residual as input (prm.py; beyond the paper)
     }
