@@ -33,6 +33,18 @@ def test_projection_and_in_image_mask():
     assert mask.tolist() == [True, False, False, False, True]
 
 
+def test_view_weight_fades_in_over_the_pixel_inside_the_border():
+    """0 behind the camera and outside the image, rising linearly to 1 one pixel inside its border: a point that
+    moves 1e-4 px across the border changes its weight by 1e-4 (``in_image`` switches from False to True)."""
+    uv = torch.tensor([[50.0, 20.0], [-0.5, 20.0], [-0.25, 20.0], [0.5, 20.0], [99.25, 20.0], [50.0, -1.0],
+                       [50.0, 39.0], [50.0, 20.0], [-0.5 - 1e-4, 20.0], [-0.5 + 1e-4, 20.0]], dtype=torch.float64)
+    depth = torch.tensor([10.0, 1, 1, 1, 1, 1, 1, -5, 1, 1], dtype=torch.float64)
+    weight = g.view_weight(uv, depth, height=40, width=100)
+    torch.testing.assert_close(weight, torch.tensor([1, 0, 0.25, 1, 0.25, 0, 0.5, 0, 0, 1e-4], dtype=torch.float64))
+    assert g.in_image(uv[8:], depth[8:], 40, 100).tolist() == [False, True]
+    assert ((weight > 0) <= g.in_image(uv, depth, 40, 100)).all()
+
+
 def test_euler_order_is_rz_ry_rx():
     rx, ry, rz = 0.1, -0.7, 0.3
     expected = Rotation.from_euler("ZYX", [rz, ry, rx]).as_matrix()

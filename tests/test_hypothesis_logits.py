@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from i2preg.geometry import frustum_params_to_pose, in_image, project_points, transform_points
+from i2preg.geometry import frustum_params_to_pose, project_points, transform_points, view_weight
 from i2preg.model.icl import ICL
 from i2preg.model.pose_search import PoseSearch, yaw_bin_vectors
 
@@ -20,7 +20,7 @@ def dense_logits(search, image, points, xyz, centres, rotations, K, image_size):
     height, width = image_size
     points_cam = transform_points(frustum_params_to_pose(centres, rotations), xyz[:, None])
     uv, depth = project_points(points_cam, K[:, None])
-    valid = in_image(uv, depth, height, width)
+    valid = view_weight(uv, depth, height, width)
     grid = torch.stack([(2 * uv[..., 0] + 1) / width - 1, (2 * uv[..., 1] + 1) / height - 1], dim=-1)
     sampled = F.grid_sample(image, grid.clamp(-1.5, 1.5).reshape(B, Hy * M, 1, 2), align_corners=False)[..., 0]
     sampled = sampled.transpose(1, 2).reshape(B, Hy, M, -1)

@@ -74,6 +74,18 @@ def in_image(uv: Array, depth: Array, height: int, width: int) -> Array:
     return (depth > 0) & (u >= -0.5) & (u < width - 0.5) & (v >= -0.5) & (v < height - 0.5)
 
 
+def view_weight(uv: torch.Tensor, depth: torch.Tensor, height: int, width: int, fade: float = 1.0) -> torch.Tensor:
+    """How far inside the H x W image a projected point lies, in units of ``fade`` pixels, clipped to [0, 1]: 0
+    behind the camera or outside the image of ``in_image``, 1 from ``fade`` px inside its border on.
+
+    A weight that fades in at the border, where ``in_image`` switches: a point that projects within a rounding
+    error of the border then counts almost nothing either way (the exported model must give PyTorch's poses).
+    """
+    u, v = uv[..., 0], uv[..., 1]
+    margin = torch.minimum(torch.minimum(u + 0.5, width - 0.5 - u), torch.minimum(v + 0.5, height - 0.5 - v))
+    return (margin / fade).clamp(0, 1) * (depth > 0)
+
+
 def project_pose(points: Array, T: Array, K: Array, height: int, width: int) -> tuple[Array, Array, Array]:
     """Project cloud-frame points (..., N, 3) through pose T and K: (uv, depth, in-image mask)."""
     uv, z = project_points(transform_points(T, points), K)

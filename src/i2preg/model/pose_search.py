@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import frustum_params_to_pose, in_image, project_points, transform_points
+from ..geometry import frustum_params_to_pose, project_points, transform_points, view_weight
 from .layers import RowIndex, gather, gather_rows, mlp
 
 
@@ -50,24 +50,28 @@ def sample_stacked(image: torch.Tensor, sample: torch.Tensor, uv: torch.Tensor, 
 
 
 VIEW_TIE_BREAK = 40503
-"""An odd multiplier: index * VIEW_TIE_BREAK mod 65,536 orders the points in view of ``points_near_view``
+"""An odd multiplier: index * VIEW_TIE_BREAK mod 65,536 orders the points of one band of ``points_near_view``
 (a permutation of 0..65,535, so no two points below 65,536 tie; spread over the cloud's index order)."""
+
+VIEW_BANDS = 64
+"""``points_near_view`` ranks the points by bands of 1 / VIEW_BANDS of the image's width and height outside it."""
 
 
 def points_near_view(xyz, centre, rotation, K, image_size, count: int) -> torch.Tensor:
     """Indices (B, count) of the points of xyz (B, M, 3) nearest the image of the 3-DoF pose (centre (B, 2), rotation
     (B, 2)) with intrinsics K (B, 3, 3) of the (H, W) = image_size image: ranked by how far outside the image they
-    project (in image widths and heights), points behind the camera last.
+    project, in bands of 1 / ``VIEW_BANDS`` of its width and height (the points in view in the first), points behind
+    the camera last; within a band by a fixed scramble of their index (``VIEW_TIE_BREAK``).
 
-    The points in view all lie at 0, so they are ranked among themselves by a fixed scramble of their index
-    (``VIEW_TIE_BREAK``): which of them are kept must not be the top-k's tie order, which differs between
-    PyTorch and ONNX Runtime."""
+    Which points are kept must not hang on rounding: neither on the top-k's tie order, which differs between PyTorch
+    and ONNX Runtime, nor on a distance that a rounding error moves past the next point's (a point moves to another
+    band only when it crosses a band's edge)."""
     H, W = image_size
     uv, depth = project_points(transform_points(frustum_params_to_pose(centre, rotation), xyz), K)
     u, v = uv.unbind(-1)
     outside = (F.relu(-u) + F.relu(u - W)) / W + (F.relu(-v) + F.relu(v - H)) / H
     scramble = torch.arange(xyz.shape[1], device=xyz.device) * VIEW_TIE_BREAK % 65536  # distinct below 65,536 points
-    outside = outside + scramble.to(outside.dtype) * 1e-8
+    outside = (outside * VIEW_BANDS).floor() + scramble.to(outside.dtype) / 65536
     outside = outside.masked_fill(depth < 0.1, float("inf"))
     return outside.topk(count, dim=1, largest=False).indices
 
@@ -87,14 +91,16 @@ class HypothesisScorer(nn.Module):
 
     def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
         """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3); centres (B, Hy, 2) and
-        rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view (0 for
-        a hypothesis that sees none). Only the (hypothesis, point) pairs in view are scored."""
+        rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view, each
+        weighted by ``geometry.view_weight`` (fading in over the pixel inside the border; divided by the weights'
+        sum, at least 1, so 0 for a hypothesis that sees none). Only the (hypothesis, point) pairs in view are
+        scored."""
         (B, M), Hy = xyz.shape[:2], centres.shape[1]
         H, W = image_size
         points_cam = transform_points(frustum_params_to_pose(centres, rotations), xyz[:, None])  # (B, Hy, M, 3)
         uv, depth = project_points(points_cam, K[:, None])
-        valid = in_image(uv, depth, H, W)
-        seen = valid.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
+        weight = view_weight(uv, depth, H, W)
+        seen = weight.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
         uv, points_cam, depth = uv.reshape(-1, 2)[seen], points_cam.reshape(-1, 3)[seen], depth.flatten()[seen]
         sampled = sample_stacked(image, seen // (Hy * M), uv, image_size)  # (E, dim)
         geometry = torch.stack([points_cam[:, 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
@@ -105,9 +111,9 @@ class HypothesisScorer(nn.Module):
         hidden, last = self.geometry_proj[:-1](geometry), self.geometry_proj[-1]
         features = gather_rows((points + last.bias).flatten(0, 1), point).addmm_(hidden, last.weight.T)  # (E, dim)
         features += sampled
-        scores = self.score(features.relu_())[:, 0]
+        scores = self.score(features.relu_())[:, 0] * weight.flatten()[seen]
         sums = scores.new_zeros(B * Hy).index_add(0, seen // M, scores).view(B, Hy)
-        return sums / valid.sum(-1).clamp_min(1)
+        return sums / weight.sum(-1).clamp_min(1)
 
 
 class PoseSearch(HypothesisScorer):
