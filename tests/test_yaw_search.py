@@ -11,7 +11,7 @@ import torch
 from i2preg.geometry import frustum_params_to_pose, invert_transform, pose_to_frustum_params, transform_points
 from i2preg.losses import compute_losses, refine_search_loss, yaw_search_loss
 from i2preg.model import ICL
-from i2preg.model.pose_search import VIEW_TIE_BREAK, PoseSearch, points_near_view, yaw_bin_vectors
+from i2preg.model.pose_search import VIEW_BANDS, VIEW_TIE_BREAK, PoseSearch, points_near_view, yaw_bin_vectors
 from i2preg.weights import load_weights, save_weights
 from test_model import TINY_CONF, synthetic_batch
 
@@ -144,15 +144,22 @@ def test_points_in_view_are_kept_by_a_fixed_order_not_the_topk_ties():
     assert sorted(moved[0].tolist()) == sorted(expected.tolist())
 
 
-def test_points_kept_do_not_hang_on_a_rounding_error_of_the_pose():
-    """Most of 2,000 points outside the image, 300 kept: turning the camera by 1e-4 deg (its projections move by up
-    to 1e-3 px, a float32 rounding error of the pose's) keeps the same points; a turn of 3 deg does not."""
+def test_a_point_at_the_border_is_kept_or_not_by_its_band_not_by_a_rounding_error():
+    """300 points in view, 100 kept, and point 0 (first in the scramble) moved just outside the right border: within
+    the first band (1/64 of the width) it is kept by its place in the scramble, whether it lies 1e-4 px inside or
+    outside the border or half a pixel out; two bands out, it is not."""
     torch.manual_seed(0)
-    xyz = torch.rand(1, 2000, 3) * torch.tensor([80.0, 4.0, 80.0]) - torch.tensor([40.0, 2.0, 40.0])
-    picks = [set(points_near_view(xyz, *pose_to_frustum_params(yaw_pose((0.5, -0.3), yaw)), K, (H, W), 300)[0].tolist())
-             for yaw in (17.0, 17.0 + 1e-4, 20.0)]
-    assert picks[0] == picks[1]
-    assert picks[0] != picks[2]
+    pose = yaw_pose((0.0, 0.0), 0.0)
+    camera = torch.rand(1, 300, 3) * torch.tensor([4.0, 2.0, 10.0]) + torch.tensor([-2.0, -1.0, 20.0])
+
+    def kept(u: float) -> bool:
+        moved = camera.clone()
+        moved[0, 0, 0] = (u - K[0, 0, 2]) / K[0, 0, 0] * moved[0, 0, 2]  # point 0 projects at column u
+        xyz = transform_points(invert_transform(pose), moved)
+        return 0 in points_near_view(xyz, *pose_to_frustum_params(pose), K, (H, W), 100)[0].tolist()
+
+    assert kept(W - 1e-4) and kept(W + 1e-4) and kept(W + 0.5)
+    assert not kept(W + 2.5 * W / VIEW_BANDS)
 
 
 def test_refinement_iterations_shrink_about_the_last_estimate():
