@@ -189,7 +189,8 @@ def compute_losses(outputs: dict, batch: dict, weights: dict | None = None, stag
     Returns cls (BCE), fru, and in stage 2 also corr (``correspondence_loss``), div_2d, div_3d (pixels), cam,
     heat_2d when its weight is above 0 (``heatmap_loss``), fine with the fine search (``fine_search_loss``); corr,
     div_2d and heat_2d summed over ICLM's stages with coarse-to-fine windows (a window stage's counting only the
-    queries whose target is in their window), plus total = the weighted sum of the stage's terms with ``weights`` over ``DEFAULT_WEIGHTS``.
+    queries whose target is in their window), plus total = the weighted sum of the stage's terms with ``weights``
+    over ``DEFAULT_WEIGHTS``.
     """
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     T_gt, K = batch["T_gt"], batch["K"]

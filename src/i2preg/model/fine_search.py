@@ -51,6 +51,13 @@ def apply_offsets(centre: torch.Tensor, rotation: torch.Tensor, offsets: torch.T
     return moved, yaw_vectors(vector_yaws(rotation) + offsets[..., 2])
 
 
+def offset_grid(radii, steps) -> torch.Tensor:
+    """(G, 3) offsets (lateral m, forward m, yaw rad; ``offsets_to``): every combination of -r..r steps an axis, for
+    radii (3,) and steps (3,)."""
+    axes = [torch.arange(-r, r + 1, dtype=torch.float32) * step for r, step in zip(radii, steps)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
 class FineSearch(HypothesisScorer):
     """Refines 3-DoF poses on finer point and image features (module docstring).
 
@@ -66,14 +73,10 @@ class FineSearch(HypothesisScorer):
         self.num_points, self.iterations = conf["num_points"], conf["iterations"]
         lateral, forward, yaw = conf["steps"]
         self.register_buffer("steps", torch.tensor([lateral, forward, math.radians(yaw)]), persistent=False)
-        axes = [torch.arange(-r, r + 1, dtype=torch.float32) * step for r, step in zip(conf["radii"], self.steps)]
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-        self.register_buffer("grid", grid, persistent=False)  # (G, 3) offsets (lateral, forward, yaw)
+        self.register_buffer("grid", offset_grid(conf["radii"], self.steps), persistent=False)  # (G, 3)
         (lateral, yaw), (lateral_radius, yaw_radius) = conf["wide_steps"], conf["wide_radii"]
-        wide = torch.stack(torch.meshgrid(torch.arange(-lateral_radius, lateral_radius + 1.0) * lateral, torch.zeros(1),
-                                          torch.arange(-yaw_radius, yaw_radius + 1.0) * math.radians(yaw),
-                                          indexing="ij"), dim=-1).reshape(-1, 3)
-        self.register_buffer("wide_grid", wide, persistent=False)  # (G', 3) offsets, no forward shift
+        wide = offset_grid([lateral_radius, 0, yaw_radius], [lateral, 0.0, math.radians(yaw)])
+        self.register_buffer("wide_grid", wide, persistent=False)  # (G', 3), no forward shift
         self.register_buffer("wide_prior", -conf["wide_penalty"] * wide[:, 2].abs().rad2deg(), persistent=False)
         metres, degrees = conf["train_jitter"]
         self.register_buffer("jitter", torch.tensor([metres, metres, math.radians(degrees)]), persistent=False)

@@ -99,7 +99,7 @@ class HypothesisScorer(nn.Module):
         H, W = image_size
         points_cam = transform_points(frustum_params_to_pose(centres, rotations), xyz[:, None])  # (B, Hy, M, 3)
         uv, depth = project_points(points_cam, K[:, None])
-        weight = view_weight(uv.detach(), depth.detach(), H, W)  # a count, not a path for gradients: as the hard test was
+        weight = view_weight(uv.detach(), depth.detach(), H, W)  # a count, no path for gradients
         seen = weight.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
         uv, points_cam, depth = uv.reshape(-1, 2)[seen], points_cam.reshape(-1, 3)[seen], depth.flatten()[seen]
         sampled = sample_stacked(image, seen // (Hy * M), uv, image_size)  # (E, dim)
