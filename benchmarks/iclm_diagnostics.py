@@ -6,11 +6,12 @@ Per pair the N_q keypoint pairs (kp_2d, kp_3d) of ICLM are compared with each ot
 projection error |pi(T_gt kp_3d) - kp_2d| (L_corr, pixels, 3D keypoints in front of the camera only), beside two
 references: the error if every kp_2d sat at the mean of its pair's projected 3D keypoints (what a collapsed 2D
 branch scores) and the error if every kp_2d were its 3D keypoint projected through the frustum pose instead of
-the GT one (what pairing through GPDM's pose alone scores: below it, ICLM sees more than GPDM); and the share of
+the GT one (what pairing through GPDM's pose alone scores: below it, ICLM sees more than GPDM), with the fine
+search, the same through the fine pose (about which the windows of a coarse-to-fine ICLM sit); and the share of
 pairs under 8 px (what PnP-RANSAC would have as inliers). The heatmaps'
 entropy is given against a uniform one (log T over the 2D heatmap's T tokens, those of the whole image or, coarse
 to fine, of the last window; log of the masked points). PRM's residual
-(rotation in degrees, translation in metres) is compared with the residual the frustum pose actually needs.
+(rotation in degrees, translation in metres) is compared with the residual its input pose (the fine pose, or the frustum pose) actually needs.
 Prints a Markdown table of means (and medians) over the pairs; with ``--per-query``, also each query's median
 projection error and share under the inlier threshold, laid out as the anchor grid (``iclm.anchor_grid``).
 """
@@ -53,14 +54,17 @@ def pair_statistics(out: dict, batch: dict, inlier_px: float) -> dict[str, np.nd
 
     error = (out["kp_2d"] - pixels).norm(dim=-1)
     centre = (pixels * in_front[..., None]).sum(1, keepdim=True) / count[:, None, None]
-    frustum_pixels = project_points(transform_points(out["frustum_pose"], out["kp_3d"]), batch["K"])[0]
+    pairing = lambda pose: project_points(transform_points(pose, out["kp_3d"]), batch["K"])[0]  # noqa: E731
+    frustum_pixels = pairing(out["frustum_pose"])
+    prior_pose = out.get("fine_pose", out["frustum_pose"])  # the pose PRM refines
     masked = (out["heatmap_3d"] > 0).sum(-1).float().mean(-1)
-    dR_gt, dt_gt = residual_target(out["frustum_pose"], batch["T_gt"])
+    dR_gt, dt_gt = residual_target(prior_pose, batch["T_gt"])
     rotation_deg = lambda R: torch.rad2deg(rotation_to_axis_angle(R).norm(dim=-1))  # noqa: E731
     stats = {
         "corr_px": front_mean(error),
         "collapsed_2d_px": front_mean((centre - pixels).norm(dim=-1)),
         "frustum_pairing_px": front_mean((frustum_pixels - pixels).norm(dim=-1)),
+        **({"fine_pairing_px": front_mean((pairing(out["fine_pose"]) - pixels).norm(dim=-1))} if "fine_pose" in out else {}),
         f"under_{inlier_px:g}px": front_mean((error < inlier_px).float()),
         "kp_2d_spread_px": out["kp_2d"].std(1).norm(dim=-1),
         "kp_3d_spread_px": pixels.std(1).norm(dim=-1),
