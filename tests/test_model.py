@@ -192,6 +192,30 @@ def test_coarse_to_fine_refines_within_windows(window_centre):
         ICL({**TINY_CONF, "iclm": {**TINY_CONF["iclm"], "windows": [[2, 8]]}})(batch)
 
 
+def test_window_heatmap_equals_the_key_projection_of_every_sample():
+    """The window stage's logits put heat_key_2d's weight on the query instead of projecting each sample; its
+    heatmap (and the gradient into the window's samples) equals the direct form: every sample's token (its
+    bilinear sample + its position's and its offset's encodings) through heat_key_2d, dotted with the query."""
+    torch.manual_seed(0)
+    B, C, H, W, M = 2, 8, 32, 64, 8
+    iclm = ICLM(C, C, {"dim": 16, "num_queries": 8, "num_iterations": 1, "num_heads": 4, "global_stride": 8,
+                       "windows": [[4, 8]]})
+    token_map = torch.randn(B, C, H // 4, W // 4, requires_grad=True)
+    xyz, everything = torch.randn(B, M, 3), torch.ones(B, M, dtype=torch.bool)
+    out = iclm(token_map, (H, W), torch.randn(B, M, C), xyz, xyz, everything, torch.eye(3).expand(B, 3, 3))
+    stage = iclm.window_stages[0]
+    centre = out["coarse_stages"][0]["kp_2d"].detach()
+    offsets = window_offsets(4, 4)
+    samples, uv, inside = sample_window(iclm._pixel_map(token_map, 4, 4)[0], centre, offsets, 4, (H, W))
+    window = samples + iclm.pixel_pos(uv / torch.tensor([W, H])) + stage.offset_pos(offsets / 8)
+    logits = (stage.heat_key_2d(window) @ stage.heat_query_2d(out["desc_2d"])[..., None])[..., 0]
+    expected = torch.softmax(logits.masked_fill(~inside, -1e9) / 4, dim=-1)  # scale 1 / sqrt(16)
+    torch.testing.assert_close(out["heatmap_2d"], expected, atol=1e-6, rtol=1e-5)
+    (grad,) = torch.autograd.grad(out["heatmap_2d"].square().sum(), token_map, retain_graph=True)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), token_map)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
+
+
 def test_keypoints_inside_image_and_masked_bounding_box():
     torch.manual_seed(0)
     batch = synthetic_batch()

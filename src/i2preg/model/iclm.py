@@ -129,13 +129,19 @@ class ICLM(nn.Module):
         for (stride, radius), window_stage in zip(self.windows, self.window_stages):
             window_map = self._pixel_map(token_map, stride, token_stride)[0]
             offsets = window_offsets(round(2 * radius / stride), stride).to(centre)
-            window, window_uv, inside = sample_window(window_map, centre.detach(), offsets, stride, (H, W))
-            window = window + self.pixel_pos(window_uv / window_uv.new_tensor([W, H])) + window_stage.offset_pos(offsets / radius)
+            samples, window_uv, inside = sample_window(window_map, centre.detach(), offsets, stride, (H, W))
+            # summed into the contiguous encodings: the samples are a permuted view, and a sum in their layout
+            # would make every Linear below copy its input first
+            window = self.pixel_pos(window_uv / window_uv.new_tensor([W, H])).add_(window_stage.offset_pos(offsets / radius))
+            window = window.add_(samples)
             B, Q, n2, d = window.shape
             x = window_stage.self_attention(x, x)
             desc_2d = window_stage.pixel_attention(x.reshape(B * Q, 1, d), window.reshape(B * Q, n2, d), inside.reshape(B * Q, n2))
             x = desc_2d = desc_2d.view(B, Q, d)
-            logits = (window_stage.heat_key_2d(window) @ window_stage.heat_query_2d(desc_2d)[..., None])[..., 0]
+            # heat_key_2d(window) . query, with the key's weight moved onto the query: (B, Q, d) instead of a
+            # (B, Q, n^2, d) projection of every sample
+            query, key = window_stage.heat_query_2d(desc_2d), window_stage.heat_key_2d
+            logits = (window @ (query @ key.weight)[..., None])[..., 0] + (query @ key.bias)[..., None]
             heatmap = masked_softmax(logits * scale, inside)
             centre = (heatmap[..., None] * window_uv).sum(-2)
             stages.append({"kp_2d": centre, "heatmap_2d": heatmap, "heatmap_2d_uv": window_uv})
