@@ -84,7 +84,8 @@ class ICLM(nn.Module):
         point_feats: (B, M, Cp), point_xyz: (B, M, 3) cloud frame, point_xyz_frustum: (B, M, 3) the same points in
         the frustum-pose camera frame (ICL's prior pose: GPDM's frustum pose, or the fine search's; positional
         encoding); mask: (B, M) bool, points that may be attended;
-        K: (B, 3, 3) intrinsics (the frustum-pose projections of anchors and frustum-centred windows).
+        K: (B, 3, 3) intrinsics (the prior-pose projections of anchors and of windows centred by ``window_centre:
+        frustum``).
 
         Returns kp_2d (B, Nq, 2) pixels; kp_3d (B, Nq, 3) cloud frame; heatmap_2d (B, Nq, T) over the tokens
         whose input-image centres are heatmap_2d_uv, (T, 2) for the whole map or (B, Nq, T, 2) for per-query
