@@ -11,7 +11,8 @@ search, the same through the fine pose (about which the windows of a coarse-to-f
 pairs under 8 px (what PnP-RANSAC would have as inliers). The heatmaps'
 entropy is given against a uniform one (log T over the 2D heatmap's T tokens, those of the whole image or, coarse
 to fine, of the last window; log of the masked points). PRM's residual
-(rotation in degrees, translation in metres) is compared with the residual its input pose (the fine pose, or the frustum pose) actually needs.
+(rotation in degrees, translation in metres) is compared with the residual its input pose (the fine pose, or the
+frustum pose) actually needs.
 Prints a Markdown table of means (and medians) over the pairs; with ``--per-query``, also each query's median
 projection error and share under the inlier threshold, laid out as the anchor grid (``iclm.anchor_grid``).
 """
@@ -54,8 +55,10 @@ def pair_statistics(out: dict, batch: dict, inlier_px: float) -> dict[str, np.nd
 
     error = (out["kp_2d"] - pixels).norm(dim=-1)
     centre = (pixels * in_front[..., None]).sum(1, keepdim=True) / count[:, None, None]
-    pairing = lambda pose: project_points(transform_points(pose, out["kp_3d"]), batch["K"])[0]  # noqa: E731
-    frustum_pixels = pairing(out["frustum_pose"])
+    def pairing_px(pose: torch.Tensor) -> torch.Tensor:
+        """(B,) error of pairing each 3D keypoint with its projection through ``pose`` instead of kp_2d."""
+        return front_mean((project_points(transform_points(pose, out["kp_3d"]), batch["K"])[0] - pixels).norm(dim=-1))
+
     prior_pose = out.get("fine_pose", out["frustum_pose"])  # the pose PRM refines
     masked = (out["heatmap_3d"] > 0).sum(-1).float().mean(-1)
     dR_gt, dt_gt = residual_target(prior_pose, batch["T_gt"])
@@ -63,8 +66,8 @@ def pair_statistics(out: dict, batch: dict, inlier_px: float) -> dict[str, np.nd
     stats = {
         "corr_px": front_mean(error),
         "collapsed_2d_px": front_mean((centre - pixels).norm(dim=-1)),
-        "frustum_pairing_px": front_mean((frustum_pixels - pixels).norm(dim=-1)),
-        **({"fine_pairing_px": front_mean((pairing(out["fine_pose"]) - pixels).norm(dim=-1))} if "fine_pose" in out else {}),
+        "frustum_pairing_px": pairing_px(out["frustum_pose"]),
+        **({"fine_pairing_px": pairing_px(out["fine_pose"])} if "fine_pose" in out else {}),
         f"under_{inlier_px:g}px": front_mean((error < inlier_px).float()),
         "kp_2d_spread_px": out["kp_2d"].std(1).norm(dim=-1),
         "kp_3d_spread_px": pixels.std(1).norm(dim=-1),
