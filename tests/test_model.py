@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from i2preg.config import deep_update
 from i2preg.data.collate import Collate
 from i2preg.geometry import (
     invert_transform,
@@ -335,6 +336,28 @@ def test_stage_2_trains_everything_but_gpdm():
     gpdm_grads, other_grads = stage_gradients(model, stage=2)
     assert not gpdm_grads and other_grads == others
     assert {n.split(".")[0] for n in others} == {"image_decoder", "iclm", "prm"}
+
+
+def test_own_encoders_feed_iclm_alone_and_train_in_stage_2():
+    """iclm.own_encoders: ICLM's tokens come from its own encoders, which stage 2 trains; the shared image decoder
+    (which then feeds only the fine search, absent here) no longer reaches ICLM's keypoints."""
+    torch.manual_seed(0)
+    model = ICL(deep_update(TINY_CONF, {"iclm": {"own_encoders": True}})).eval()
+    batch = synthetic_batch()
+    with torch.no_grad():
+        before = model(batch)["kp_2d"]
+        for parameter in model.image_decoder.parameters():
+            parameter.add_(1.0)
+        torch.testing.assert_close(model(batch)["kp_2d"], before)
+        for parameter in model.iclm_encoders.image_decoder.parameters():
+            parameter.add_(1.0)
+        assert not torch.allclose(model(batch)["kp_2d"], before)
+    model.train().freeze_gpdm()
+    gpdm_grads, other_grads = stage_gradients(model, stage=2)
+    assert not gpdm_grads
+    assert {n.split(".")[0] for n in other_grads} == {"iclm_encoders", "iclm", "prm"}
+    assert {n.split(".")[1] for n in other_grads if n.startswith("iclm_encoders")} == {
+        "image_encoder", "image_decoder", "point_encoder"}
 
 
 @pytest.mark.slow

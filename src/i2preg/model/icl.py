@@ -2,7 +2,7 @@
 
 Training stages: stage 1 trains the GPDM set (``gpdm_parameters``: image encoder, point encoder, GPDM heads)
 with L_cls + L_fru; stage 2 freezes it (``freeze_gpdm``) and trains the rest (image decoder to the pixel
-tokens, ICLM, PRM).
+tokens, fine search, ICLM, PRM; with ``iclm.own_encoders``, ICLM's own encoders too).
 """
 
 from __future__ import annotations
@@ -67,7 +67,11 @@ class ICL(nn.Module):
                  # stride), a window stage per [stride, radius_px] ([] is the paper's single scale), the first
                  # window about the previous 2D keypoint ("keypoint") or the 3D keypoint's projection by the prior
                  # pose ("frustum": GPDM's frustum pose, or the fine search's; ``forward``)
-                 "global_stride": 0, "windows": [], "window_centre": "keypoint"},
+                 "global_stride": 0, "windows": [], "window_centre": "keypoint",
+                 # True: ICLM reads its own image encoder + decoder and point encoder (``ICLMEncoders``; the paper's and
+                 # the reference code's), randomly initialised and trained in stage 2, instead of GPDM's frozen
+                 # encoders through the image decoder
+                 "own_encoders": False},
         # The fine search (fine_search.py; beyond the paper; 3 DoF): num_points > 0 of pyramid level ``level``
         # nearest the view score a grid of (lateral m, forward m, yaw deg) ``steps`` x ``radii`` steps either way
         # about GPDM's frustum pose, ``iterations`` times; its first grid jittered by +-train_jitter (m, deg) in
@@ -100,6 +104,7 @@ class ICL(nn.Module):
             level = conf["fine"]["level"]
             fine_dim = conf["point_encoder"]["widths"][level] + self.point_encoder.out_dim
             self.fine = FineSearch(token_dim, fine_dim, conf["fine"])
+        self.iclm_encoders = ICLMEncoders(conf) if conf["iclm"]["own_encoders"] else None
 
     def gpdm_modules(self) -> list[nn.Module]:
         """The stage-1 modules: image encoder, point encoder, GPDM heads."""
@@ -146,11 +151,12 @@ class ICL(nn.Module):
         prior_pose = out.get("fine_pose", out["frustum_pose"]).detach()
         out["prior_pose"] = prior_pose
         xyz_frustum = transform_points(prior_pose, out["coarse_xyz"])
+        iclm_tokens, iclm_points = (token_map, coarse_feats) if self.iclm_encoders is None else self.iclm_encoders(batch)
         out.update(
             self.iclm(
-                token_map,
+                iclm_tokens,
                 image_size,
-                coarse_feats,
+                iclm_points,
                 out["coarse_xyz"],
                 xyz_frustum,
                 out["mask"],
@@ -172,3 +178,21 @@ class ICL(nn.Module):
         out = self.gpdm(image_features[-1], coarse_feats, coarse_xyz, batch["K"], tuple(image.shape[-2:]))
         out["coarse_xyz"] = coarse_xyz
         return out, (image_features, coarse_feats, skips)
+
+
+class ICLMEncoders(nn.Module):
+    """ICLM's own encoders (``iclm.own_encoders``): an image encoder and decoder and a point encoder built as GPDM's
+    are (``conf``: ICL's), so that ICLM never reads GPDM's frozen features."""
+
+    def __init__(self, conf: dict):
+        super().__init__()
+        self.image_encoder = build_image_encoder(conf["image_encoder"])
+        self.image_decoder = ImageDecoder(self.image_encoder.widths, conf["image_encoder"]["token_dim"],
+                                          conf["image_encoder"]["token_stride"])
+        self.point_encoder = KPConvEncoder(conf["point_encoder"])
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> the pixel token map (B, token_dim, H / token_stride, W / token_stride) and the coarse points' features
+        (B, M, out_dim), in the order of GPDM's coarse points."""
+        token_map = self.image_decoder(self.image_encoder(batch["image"]))
+        return token_map, self.point_encoder(batch)[1]
