@@ -1,0 +1,54 @@
+"""Which part of the camera-centre error each pose corrects: across (right) and along the optical axis (forward).
+
+    python benchmarks/centre_errors.py outputs/eval [outputs/eval-other ...]
+
+Reads the ``pairs.csv`` that ``i2preg eval`` writes (each pose's camera-centre offset in the true camera's axes)
+and, over the pairs that every pose registers (Acc), prints per axis the median absolute offset of GPDM's frustum
+pose, the fine search's pose and the final pose, and the least-squares slope and correlation of the fine pose's
+offset against the frustum pose's: a slope of 1 means the fine search keeps GPDM's error along that axis, 0 that
+it removes it. Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+POSES = ("frustum", "fine", "final")
+AXES = {"across": "dx", "forward": "dz"}
+
+
+def columns(path: Path) -> dict[str, np.ndarray]:
+    """pairs.csv -> column name -> values (floats; success columns as bool)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {key: np.array([row[key] == "True" if key.endswith("success") else float(row[key]) for row in rows])
+            for key in rows[0] if key not in ("sequence", "camera")}
+
+
+def prefix(pose: str) -> str:
+    return "" if pose == "final" else f"{pose}_"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("evals", nargs="+", type=Path, help="output folders of i2preg eval")
+    args = parser.parse_args()
+    print("| eval | pairs | axis | median abs offset (m): frustum, fine, final | fine on frustum: slope, correlation |")
+    print("|---|---|---|---|---|")
+    for folder in args.evals:
+        c = columns(folder / "pairs.csv")
+        kept = np.logical_and.reduce([c[f"{prefix(p)}success"] for p in POSES])
+        for axis, key in AXES.items():
+            offsets = {p: c[f"{prefix(p)}centre_{key}"][kept] for p in POSES}
+            slope = np.polyfit(offsets["frustum"], offsets["fine"], 1)[0]
+            corr = np.corrcoef(offsets["frustum"], offsets["fine"])[0, 1]
+            medians = ", ".join(f"{np.median(np.abs(offsets[p])):.3f}" for p in POSES)
+            print(f"| {folder} | {kept.sum()} of {len(kept)} | {axis} | {medians} | {slope:.2f}, {corr:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
