@@ -17,7 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-POSES = ("frustum", "fine", "final")
+from i2preg.evaluate import FINE_POSE, POSES
+
+PREFIX = {name: prefix for name, prefix, _ in (*POSES, FINE_POSE)}
+"""Pose -> its columns' prefix in pairs.csv."""
+ORDER = ("frustum", "fine", "final")
 AXES = {"across": "dx", "forward": "dz"}
 
 
@@ -29,10 +33,6 @@ def columns(path: Path) -> dict[str, np.ndarray]:
             for key in rows[0] if key not in ("sequence", "camera")}
 
 
-def prefix(pose: str) -> str:
-    return "" if pose == "final" else f"{pose}_"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("evals", nargs="+", type=Path, help="output folders of i2preg eval")
@@ -41,12 +41,12 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for folder in args.evals:
         c = columns(folder / "pairs.csv")
-        kept = np.logical_and.reduce([c[f"{prefix(p)}success"] for p in POSES])
+        kept = np.logical_and.reduce([c[f"{PREFIX[p]}success"] for p in ORDER])
         for axis, key in AXES.items():
-            offsets = {p: c[f"{prefix(p)}centre_{key}"][kept] for p in POSES}
+            offsets = {p: c[f"{PREFIX[p]}centre_{key}"][kept] for p in ORDER}
             slope = np.polyfit(offsets["frustum"], offsets["fine"], 1)[0]
             corr = np.corrcoef(offsets["frustum"], offsets["fine"])[0, 1]
-            medians = ", ".join(f"{np.median(np.abs(offsets[p])):.3f}" for p in POSES)
+            medians = ", ".join(f"{np.median(np.abs(offsets[p])):.3f}" for p in ORDER)
             print(f"| {folder} | {kept.sum()} of {len(kept)} | {axis} | {medians} | {slope:.2f}, {corr:.2f} |")
 
 

@@ -30,22 +30,16 @@ from i2preg.model.fine_search import offset_grid
 
 def true_pose_logits(model, batch: dict, grid: torch.Tensor) -> torch.Tensor:
     """(B, G) the fine search's logits for the grid (G, 3) of offsets about each pair's GT pose."""
-    captured = {}
-    search = model.fine
-
-    def keep_inputs(token_map, feats, xyz, centre, rotation, K, image_size):
-        captured.update(token_map=token_map, feats=feats, xyz=xyz, K=K, image_size=image_size)
-        return type(search).forward(search, token_map, feats, xyz, centre, rotation, K, image_size)
-
-    search.forward = keep_inputs
+    search, inputs = model.fine, []
+    hook = search.register_forward_pre_hook(lambda module, args: inputs.append(args))
     try:
         model(batch)
     finally:
-        del search.forward
+        hook.remove()
+    token_map, feats, xyz, _, _, K, image_size = inputs[0]
     centre, rotation = pose_to_frustum_params(batch["T_gt"])
-    image, points = search.image_proj(captured["token_map"]), search.point_proj(captured["feats"])
-    return search.step(grid, image, points, captured["xyz"], centre, normalize(rotation, dim=-1), captured["K"],
-                       captured["image_size"])[0]
+    image, points = search.image_proj(token_map), search.point_proj(feats)
+    return search.step(grid, image, points, xyz, centre, normalize(rotation, dim=-1), K, image_size)[0]
 
 
 def main() -> None:

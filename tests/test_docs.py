@@ -3,11 +3,11 @@ with its sha256 and rounded size, so a retrained model cannot land with a stale 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 import i2preg
+from i2preg.files import sha256
 
 WEIGHTS_DIR = Path(i2preg.__file__).resolve().parent / "weights"
 README = WEIGHTS_DIR.parents[2] / "README.md"
@@ -25,6 +25,6 @@ def test_readme_lists_every_bundled_weights_file_with_its_hash_and_size():
     shipped = sorted(p.name for p in WEIGHTS_DIR.glob("*.safetensors"))
     assert sorted(listed) == shipped
     for name, (megabytes, sha) in listed.items():
-        data = (WEIGHTS_DIR / name).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == sha, f"README's sha256 of {name} is stale"
-        assert round(len(data) / 1e6, 1) == megabytes, f"README's size of {name} is stale"
+        path = WEIGHTS_DIR / name
+        assert sha256(path) == sha, f"README's sha256 of {name} is stale"
+        assert round(path.stat().st_size / 1e6, 1) == megabytes, f"README's size of {name} is stale"
