@@ -2,12 +2,15 @@
 
     python benchmarks/real_frames.py [--weights W] [--data ../shared/data] [--seeds 5] [--seed 7351]
                                      [--out outputs/real] [--pose final|frustum] [--refine none|edges]
+                                     [--traffic recorded|right|left]
 
 Each frame goes through ``i2preg register --protocol-seed`` (``api.register_files``) once per protocol seed:
 the scan is moved into the camera frame with the frame's own calibration (the ground truth), perturbed by the
 protocol, and registered; the errors are those of the protocol. Frame ``f`` of ``F`` under repeat ``s`` uses
 protocol seed ``seed + s * F + f`` (so ``--seeds 1`` is the old one-pair-a-frame run). Overlays (predicted,
-frustum and true pose) go to ``out/<frame>/seed<k>/``.
+frustum and true pose) go to ``out/<frame>/seed<k>/``. ``--traffic`` is the ``Registrator``'s (the side of the
+street the traffic keeps to); ``recorded`` gives each frame its own: KITTI's Karlsruhe keeps to the right, and a
+nuScenes log whose name ends in ``+0800`` (Singapore's UTC offset; Boston's logs end in ``-0400``) to the left.
 
 Prints ONE Markdown table: a row per frame and rows over all KITTI pairs, the nuScenes pairs and all pairs,
 with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, and
@@ -41,17 +44,19 @@ FAILURE_KINDS = ("ok", "yaw flip", "yaw error", "tilt", "centre")
 
 
 def frames(data: Path) -> list[dict]:
-    """The real frames under ``data`` that exist: name, image, points, calib (and extrinsic for nuScenes)."""
+    """The real frames under ``data`` that exist: name, image, points, calib, extrinsic (nuScenes; else None) and
+    traffic (the side of the street the traffic keeps to where it was recorded)."""
     found = []
     kitti = data / "kitti_object_sample" / "training"
     for image in sorted((kitti / "image_2").glob("*.png")):
         found.append({"name": f"kitti {image.stem}", "image": image, "points": kitti / "velodyne" / f"{image.stem}.bin",
-                      "calib": kitti / "calib" / f"{image.stem}.txt", "extrinsic": None})
+                      "calib": kitti / "calib" / f"{image.stem}.txt", "extrinsic": None, "traffic": "right"})
     nuscenes = data / "nuscenes_sample"
     for image in sorted(nuscenes.glob("*CAM_FRONT*.jpg")):
         points = next(iter(sorted(nuscenes.glob("*LIDAR_TOP*.pcd.bin"))))
         found.append({"name": "nuscenes CAM_FRONT", "image": image, "points": points,
-                      "calib": nuscenes / "CAM_FRONT_K.txt", "extrinsic": nuscenes / "CAM_FRONT_lidar2cam.txt"})
+                      "calib": nuscenes / "CAM_FRONT_K.txt", "extrinsic": nuscenes / "CAM_FRONT_lidar2cam.txt",
+                      "traffic": "left" if image.stem.split("__")[0].endswith("+0800") else "right"})
     return found
 
 
@@ -99,6 +104,8 @@ def main() -> None:
     parser.add_argument("--pose", choices=("final", "frustum"), default="final",
                         help="the pose scored: the model's final one, or GPDM's frustum pose")
     parser.add_argument("--refine", help="none or edges: the final pose's refinement (default: the weights' own)")
+    parser.add_argument("--traffic", choices=("recorded", "right", "left"), default="recorded",
+                        help="the Registrator's traffic side: each frame's own (recorded), or one for all")
     args = parser.parse_args()
 
     found = frames(Path(args.data))
@@ -112,7 +119,8 @@ def main() -> None:
             result = register_files(frame["image"], frame["points"], frame["calib"],
                                     Path(args.out) / frame["name"].replace(" ", "_") / f"seed{seed}",
                                     weights=args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed,
-                                    refine=args.refine)
+                                    refine=args.refine,
+                                    traffic=frame["traffic"] if args.traffic == "recorded" else args.traffic)
             T_gt = result.info["protocol"]["T_gt"]
             pose = result.frustum_pose if args.pose == "frustum" else result.pose
             errors = registration_errors(pose[None], T_gt[None])

@@ -92,6 +92,26 @@ def test_register_types_shapes_and_determinism(reg, frame):
     assert "pose (camera from points)" in str(result) and "confidence" in str(result)
 
 
+def test_left_hand_traffic_registers_the_mirror_images(weights, reg, frame):
+    """traffic="left" on a scene is traffic="right" on its mirror image (image flipped, cloud x negated, K's
+    principal point mirrored), the results mirrored back into the caller's frames."""
+    image, points, K = frame["image"], frame["points"], frame["K"]
+    W = image.shape[1]
+    mirrored_K = K.copy()
+    mirrored_K[0, 2] = W - 1 - K[0, 2]
+    right = reg.register(image[:, ::-1].copy(), points * [-1, 1, 1, 1], mirrored_K)
+    left = Registrator.from_pretrained(weights, traffic="left").register(image, points, K)
+    mirror = np.diag([-1.0, 1, 1, 1])
+    np.testing.assert_allclose(left.pose, mirror @ right.pose @ mirror, atol=1e-4)
+    np.testing.assert_allclose(left.frustum_pose, mirror @ right.frustum_pose @ mirror, atol=1e-4)
+    np.testing.assert_allclose(left.keypoints_2d, right.keypoints_2d * [-1, 1] + [W - 1, 0], atol=1e-2)
+    np.testing.assert_allclose(left.keypoints_3d, right.keypoints_3d * [-1, 1, 1], atol=1e-4)
+    np.testing.assert_array_equal(left.overlap_mask, right.overlap_mask)
+    assert not np.allclose(left.pose, reg.register(image, points, K).pose, atol=1e-3)  # not the unmirrored call
+    with pytest.raises(InputError, match="traffic must be one of right, left"):
+        Registrator.from_pretrained(weights, traffic="centre")
+
+
 @pytest.mark.parametrize("size", [(1241, 376), (800, 300), (1600, 900), (200, 100), (300, 90), (128, 64)])
 def test_pose_and_keypoints_are_for_the_original_image(reg, frame, monkeypatch, size):
     """The network's pose for its resized and cropped input is the pose of the original image: a blob drawn
@@ -249,7 +269,7 @@ def test_register_files_protocol_check(tmp_path, frame, reg, monkeypatch):
     cv2.imwrite(str(image_path), cv2.cvtColor(frame["image"], cv2.COLOR_RGB2BGR))
     P = sample_perturbation(np.random.default_rng(5), full_config({})["data"]["amplitudes"])
     monkeypatch.setattr(reg.model, "forward", oracle(invert_transform(P), []))
-    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights, refine=None: reg)
+    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights, refine=None, traffic="right": reg)
     clouds = []
     register = reg.register
     monkeypatch.setattr(reg, "register", lambda image, points, *args: clouds.append(points) or register(image, points, *args))

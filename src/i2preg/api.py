@@ -48,6 +48,13 @@ from .weights import resolve_weights
 SAMPLE_SEED = 0
 """Seed of the fixed-size point sample: the same call always sees the same points."""
 
+TRAFFIC_SIDES = ("right", "left")
+"""The side of the street a scene's traffic keeps to (``Registrator``'s ``traffic``). i2preg's synthetic world, and
+so every model trained on it, keeps to the right, as KITTI's Germany and nuScenes' Boston do."""
+
+MIRROR = np.diag([-1.0, 1.0, 1.0, 1.0])
+"""x -> -x: the reflection of a camera frame, and of a 3-DoF cloud frame (y down), that mirrors a scene."""
+
 Tensorish = np.ndarray | torch.Tensor
 
 
@@ -93,9 +100,9 @@ class _Prepared:
     """One input after preprocessing: the network sample and what is needed to map results back."""
 
     sample: dict[str, Any]
-    points: np.ndarray  # (N, 3) input points, cloud frame
+    points: np.ndarray  # (N, 3) input points, cloud frame (x negated when the Registrator mirrors)
     finite: np.ndarray  # (N,) bool: the points without NaN or inf, those used
-    K: np.ndarray  # (3, 3) caller's intrinsics
+    K: np.ndarray  # (3, 3) caller's intrinsics (of the mirror image when the Registrator mirrors)
     K_model: np.ndarray  # (3, 3) intrinsics of the network input
     size: tuple[int, int]  # (H, W) of the caller's image
     scale: float
@@ -168,6 +175,14 @@ def _check_K(K: Tensorish) -> np.ndarray:
     return K
 
 
+def _mirrored_K(K: np.ndarray, width: int) -> np.ndarray:
+    """The intrinsics (3, 3) of the mirror image (u -> width - 1 - u) of a width-wide image with K, for the
+    mirrored camera frame (x -> -x)."""
+    mirrored = K.copy()
+    mirrored[0, 1], mirrored[0, 2] = -K[0, 1], width - 1 - K[0, 2]
+    return mirrored
+
+
 class Registrator:
     """A trained ICL model with the protocol's preprocessing: images of any size, clouds of any size.
 
@@ -176,11 +191,17 @@ class Registrator:
     "torch" (the model itself), "onnx" (the model exported now, in memory, and run by ONNX Runtime on CPU; the
     export takes minutes) or the path of an .onnx file ``i2preg export`` wrote from the same weights. refine:
     "edges" refines each pose by edge alignment on the input cloud (``refine.py``, beyond the paper), "none" does
-    not; None: the config's ``eval.refine``.
+    not; None: the config's ``eval.refine``. traffic: the side of the street the scenes' traffic keeps to
+    (``TRAFFIC_SIDES``); the model learned a right-hand world and its yaw search reads the street's asymmetry, so
+    "left" registers the mirror images of the inputs (image flipped left to right, the cloud's x negated) and
+    mirrors the results back: the same pose, keypoints and mask frames as "right".
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
-                 backend: str | os.PathLike = "torch", refine: str | None = None):
+                 backend: str | os.PathLike = "torch", refine: str | None = None, traffic: str = "right"):
+        if traffic not in TRAFFIC_SIDES:
+            raise InputError(f"traffic must be one of {', '.join(TRAFFIC_SIDES)}, not {traffic!r}")
+        self.mirrored = traffic == "left"
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.config = config
@@ -202,15 +223,16 @@ class Registrator:
 
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                        backend: str | os.PathLike = "torch", refine: str | None = None) -> Registrator:
+                        backend: str | os.PathLike = "torch", refine: str | None = None,
+                        traffic: str = "right") -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
-        of a bundled model (None: ``synthetic-small``); backend and refine: as for the constructor."""
+        of a bundled model (None: ``synthetic-small``); backend, refine and traffic: as for the constructor."""
         path = resolve_weights(path_or_name)
         model, config = load_model(path)
         if not isinstance(model, ICL):
             raise InputError(f"{config['method']} weights: the Registrator runs ICL; compare them with i2preg compare",
                              path)
-        return cls(model, config, device, backend, refine)
+        return cls(model, config, device, backend, refine, traffic)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish,
                  intensity: Tensorish | None = None) -> RegistrationResult:
@@ -246,6 +268,8 @@ class Registrator:
         image, K = _check_image(image), _check_K(K)
         xyz, intensity, finite = _check_points(points, intensity)
         (h, w), (H, W) = self.image_size, image.shape[:2]
+        if self.mirrored:  # u -> W - 1 - u (pixel centres at integers), x -> -x
+            image, K, xyz = np.ascontiguousarray(image[:, ::-1]), _mirrored_K(K, W), xyz * MIRROR.diagonal()[:3]
         if H < h or W < w:
             raise InputError(f"image of {W}x{H} px is smaller than the model input of {w}x{h} px")
         scale = max(self.image_scale, h / H, w / W)
@@ -278,11 +302,16 @@ class Registrator:
     def _result(self, p: _Prepared, out: dict[str, np.ndarray], seconds: float) -> RegistrationResult:
         # Network pixels -> resized pixels (+ crop offset) -> original pixels (inverse of u' = s (u + 0.5) - 0.5).
         keypoints_2d = (out["kp_2d"] + np.asarray(p.crop_offset) + 0.5) / p.scale - 0.5
+        pose, frustum_pose, keypoints_3d = out["pose"], out["frustum_pose"], out["kp_3d"]
+        if self.mirrored:  # back from the mirror images: T = M T' M, u = W - 1 - u', x = -x'
+            pose, frustum_pose = MIRROR @ pose @ MIRROR, MIRROR @ frustum_pose @ MIRROR
+            keypoints_2d = keypoints_2d * [-1, 1] + [p.size[1] - 1, 0]
+            keypoints_3d = keypoints_3d * MIRROR.diagonal()[:3]
         return RegistrationResult(
-            pose=out["pose"],
-            frustum_pose=out["frustum_pose"],
+            pose=pose,
+            frustum_pose=frustum_pose,
             keypoints_2d=keypoints_2d,
-            keypoints_3d=out["kp_3d"],
+            keypoints_3d=keypoints_3d,
             overlap_mask=self._overlap_mask(p, out["frustum_pose"]),
             confidence=float(out["confidence"]),
             info={"resampled": bool(p.sample["resampled"]), "scale": p.scale, "crop_offset": p.crop_offset,
@@ -298,9 +327,10 @@ class Registrator:
 def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike, calib_path: str | os.PathLike,
                    out_dir: str | os.PathLike | None = None, camera: int = 2,
                    weights: str | os.PathLike | None = None, extrinsic: str | os.PathLike | None = None,
-                   protocol_seed: int | None = None, refine: str | None = None) -> RegistrationResult:
+                   protocol_seed: int | None = None, refine: str | None = None,
+                   traffic: str = "right") -> RegistrationResult:
     """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one), and
-    ``refine`` as ``Registrator``'s.
+    ``refine`` and ``traffic`` as ``Registrator``'s.
 
     Files are read by ``data.readers``: the cloud (KITTI .bin, nuScenes .pcd.bin, PCD, PLY, NPY, NPZ)
     with its intensity; K and the lens distortion from ``calib_path`` (KITTI calib.txt: camera
@@ -324,7 +354,7 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
     calibration = read_calibration_file(calib_path, camera, extrinsic)
     image, K = undistort_image(read_image_file(image_path), calibration.K, calibration.distortion)
     points, intensity = read_point_cloud(points_path)
-    registrator = Registrator.from_pretrained(weights, refine=refine)
+    registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic)
     T_gt = None
     if protocol_seed is not None:
         if np.allclose(calibration.T_cam_velo, np.eye(4)):

@@ -71,7 +71,8 @@ def _register(args: argparse.Namespace) -> None:
     from .api import register_files
 
     print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights,
-                         extrinsic=args.extrinsic, protocol_seed=args.protocol_seed, refine=args.refine))
+                         extrinsic=args.extrinsic, protocol_seed=args.protocol_seed, refine=args.refine,
+                         traffic=args.traffic))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -184,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the model on this frame: move the cloud into the camera frame with the calib's"
                         " extrinsic, perturb it by the protocol with SEED, register, and report RTE and RRE")
     p.add_argument("--out", help="write pose.txt, overlay.png and overlay_frustum.png here")
+    p.add_argument("--traffic", choices=("right", "left"), default="right",
+                   help="the side of the street the scene's traffic keeps to: the model learned a right-hand world;"
+                        " left registers the mirror images of image and cloud and mirrors the pose back")
     _add_refine_argument(p)
     p.set_defaults(func=_register)
 
