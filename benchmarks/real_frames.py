@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from i2preg.api import register_files
+from i2preg.api import TRAFFIC_SIDES, register_files
 from i2preg.data.readers import read_calibration_file, read_image_file, read_point_cloud
 from i2preg.geometry import invert_transform, project_pose
 from i2preg.metrics import ACC_RRE_DEG, ACC_RTE_M, registration_errors
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--pose", choices=("final", "frustum"), default="final",
                         help="the pose scored: the model's final one, or GPDM's frustum pose")
     parser.add_argument("--refine", help="none or edges: the final pose's refinement (default: the weights' own)")
-    parser.add_argument("--traffic", choices=("recorded", "right", "left"), default="recorded",
+    parser.add_argument("--traffic", choices=("recorded", *TRAFFIC_SIDES), default="recorded",
                         help="the Registrator's traffic side: each frame's own (recorded), or one for all")
     args = parser.parse_args()
 
