@@ -8,8 +8,8 @@ the first ``--pairs`` test pairs of ``--data`` into batches, and for each thread
 batch in PyTorch (eval mode, inference_mode) and in ONNX Runtime (as many intra-op threads), alternating, for
 ``--rounds`` rounds after one warm-up round, in one process: both see the same machine load. Prints, per thread
 count, the median ms a pair of each, their ratio (above 1: ONNX Runtime is faster), the largest difference of
-their poses (max |entry| over the 4 x 4 matrices) and how many pairs differ by more than 1e-4 in any pass; then the
-export time. Prints Markdown.
+their poses (max |entry| over the 4 x 4 matrices) and how many pairs differ by more than 1e-4 in any pass, for GPDM's
+frustum pose, the fine search's pose (models with one) and the final pose; then the export time. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -51,14 +51,16 @@ def main() -> None:
 
     print(f"{pairs} pairs of {args.data}, batches of {args.batch_size}; median over {args.rounds} rounds after one"
           f" warm-up, PyTorch and ONNX Runtime alternating batch by batch\n")
-    print("| threads | PyTorch ms/pair | ONNX Runtime ms/pair | PyTorch / ONNX Runtime | max pose difference |"
-          " pairs over 1e-4 |")
+    poses = ["frustum_pose", *(["fine_pose"] if model.fine is not None else []), "pose"]  # ICL.forward's keys
+    names = " / ".join({"frustum_pose": "frustum", "fine_pose": "fine", "pose": "final"}[key] for key in poses)
+    print(f"| threads | PyTorch ms/pair | ONNX Runtime ms/pair | PyTorch / ONNX Runtime | max pose difference ({names}) |"
+          f" pairs over 1e-4 ({names}) |")
     print("|---|---|---|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)
         network = OnnxNetwork(source, model, threads=threads)
         seconds = {"torch": [], "onnx": []}
-        difference, apart = 0.0, set()
+        difference, apart = {key: 0.0 for key in poses}, {key: set() for key in poses}
         for round_ in range(args.rounds + 1):
             totals = {"torch": 0.0, "onnx": 0.0}
             for index, batch in enumerate(batches):
@@ -68,17 +70,19 @@ def main() -> None:
                         out = run(batch)
                     totals[name] += time.perf_counter() - start
                     if name == "torch":
-                        reference = out["pose"]
-                    else:
-                        per_pair = (out["pose"] - reference).abs().flatten(1).amax(1)
-                        difference = max(difference, per_pair.max().item())
-                        apart |= {(index, i) for i in (per_pair > 1e-4).nonzero()[:, 0].tolist()}
+                        reference = out
+                        continue
+                    for key in poses:
+                        per_pair = (out[key] - reference[key]).abs().flatten(1).amax(1)
+                        difference[key] = max(difference[key], per_pair.max().item())
+                        apart[key] |= {(index, i) for i in (per_pair > 1e-4).nonzero()[:, 0].tolist()}
             if round_:
                 for name, total in totals.items():
                     seconds[name].append(total)
         ms = {name: 1e3 * statistics.median(values) / pairs for name, values in seconds.items()}
-        print(f"| {threads} | {ms['torch']:.0f} | {ms['onnx']:.0f} | {ms['torch'] / ms['onnx']:.2f} | {difference:.1e} |"
-              f" {len(apart)} of {pairs} |", flush=True)
+        print(f"| {threads} | {ms['torch']:.0f} | {ms['onnx']:.0f} | {ms['torch'] / ms['onnx']:.2f} | "
+              + " / ".join(f"{difference[key]:.1e}" for key in poses) + " | "
+              + " / ".join(str(len(apart[key])) for key in poses) + f" of {pairs} |", flush=True)
     if export_seconds is not None:
         print(f"\nexport: {export_seconds:.0f} s")
 
