@@ -13,8 +13,9 @@ street the traffic keeps to); ``recorded`` gives each frame its own: KITTI's Kar
 nuScenes log whose name ends in ``+0800`` (Singapore's UTC offset; Boston's logs end in ``-0400``) to the left.
 
 Prints ONE Markdown table: a row per frame and rows over all KITTI pairs, the nuScenes pairs and all pairs,
-with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, and
-how each pair failed (``failure_kind``). ``--pose frustum`` scores GPDM's frustum pose instead of the final
+with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, the
+median confidence (``RegistrationResult.confidence``) of the registered and of the failed pairs, and how each pair
+failed (``failure_kind``). ``--pose frustum`` scores GPDM's frustum pose instead of the final
 one (for stage-1 weights, whose ICLM and PRM are untrained). The bundled model is trained on synthetic data only, so these
 numbers measure the gap from synthetic to real; the frames are for measurement, never for training or tuning.
 """
@@ -81,15 +82,17 @@ def failure_kind(T_pred: np.ndarray, T_gt: np.ndarray) -> str:
 
 
 def summary_row(name: str, pairs: list[dict]) -> str:
-    """A table row over ``pairs`` (each: rte, rre, yaw, kind, frustum_ok, seconds)."""
+    """A table row over ``pairs`` (each: rte, rre, yaw, kind, frustum_ok, confidence, seconds)."""
     rte = np.array([p["rte"] for p in pairs])
     rre = np.array([p["rre"] for p in pairs])
     yaw = np.abs([p["yaw"] for p in pairs])
     kinds = Counter(p["kind"] for p in pairs)
     acc = 100 * kinds["ok"] / len(pairs)
     frustum = 100 * np.mean([p["frustum_ok"] for p in pairs])
+    confidence = " / ".join(f"{np.median(c):.2f}" if c else "-" for c in (
+        [p["confidence"] for p in pairs if p["kind"] == "ok"], [p["confidence"] for p in pairs if p["kind"] != "ok"]))
     return (f"| {name} | {len(pairs)} | {acc:.1f} % | {np.median(rte):.2f} | {np.median(rre):.2f} "
-            f"| {np.median(yaw):.1f} | {frustum:.1f} % | "
+            f"| {np.median(yaw):.1f} | {frustum:.1f} % | {confidence} | "
             + " | ".join(str(kinds[k]) for k in FAILURE_KINDS[1:])
             + f" | {np.mean([p['seconds'] for p in pairs]):.1f} |")
 
@@ -129,10 +132,10 @@ def main() -> None:
                 "rte": float(errors["rte"][0]), "rre": float(errors["rre"][0]), "yaw": yaw_error_deg(pose, T_gt),
                 "kind": failure_kind(pose, T_gt),
                 "frustum_ok": bool(frustum["rte"][0] < ACC_RTE_M and frustum["rre"][0] < ACC_RRE_DEG),
-                "seconds": time.perf_counter() - start})
+                "confidence": result.confidence, "seconds": time.perf_counter() - start})
 
     header = ("| frame | image | points | in view (GT) | pairs | Acc | median RTE (m) | median RRE (deg)"
-              " | median abs yaw error (deg) | frustum pose passes | "
+              " | median abs yaw error (deg) | frustum pose passes | median confidence (registered / failed) | "
               + " | ".join(FAILURE_KINDS[1:]) + " | s a pair |")
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for frame in found:
