@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from i2preg.api import Registrator, register_files
+from i2preg.api import LOW_CONFIDENCE, RegistrationResult, Registrator, register_files
 from i2preg.assembly import full_config
 from i2preg.config import load_config
 from i2preg.data.kitti import KittiOdometry
@@ -223,6 +223,13 @@ def test_nothing_in_view_gives_a_low_confidence_result(reg, frame, cloud):
     result = reg.register(frame["image"], points, frame["K"])
     check_result(result, len(points))
     assert result.confidence < 0.5 and result.info["resampled"]
+
+
+@pytest.mark.parametrize("confidence", [0.1, LOW_CONFIDENCE, 0.9])
+def test_a_low_confidence_is_flagged_where_the_result_prints(confidence):
+    result = RegistrationResult(np.eye(4), np.eye(4), np.zeros((2, 2)), np.zeros((2, 3)), np.zeros(5, bool), confidence)
+    assert (f"confidence: {confidence:.3f} (below {LOW_CONFIDENCE}: the pose is likely wrong)" in str(result)) == (
+        confidence < LOW_CONFIDENCE)
 
 
 def test_from_pretrained_errors(tmp_path, weights):

@@ -52,6 +52,11 @@ TRAFFIC_SIDES = ("right", "left")
 """The side of the street a scene's traffic keeps to (``Registrator``'s ``traffic``). i2preg's synthetic world, and
 so every model trained on it, keeps to the right, as KITTI's Germany and nuScenes' Boston do."""
 
+LOW_CONFIDENCE = 0.4
+"""A ``RegistrationResult.confidence`` below this says the pose is likely wrong: 90 % of the bundled model's registered
+validation pairs score 0.42 or more, and 30 of its 32 failed registrations of the real sample frames score less
+(BENCHMARKS.md, "Real frames"). A confidence above it is no guarantee."""
+
 MIRROR = np.diag([-1.0, 1.0, 1.0, 1.0])
 """x -> -x: the reflection of a camera frame, and of a 3-DoF cloud frame (y down), that mirrors a scene."""
 
@@ -88,6 +93,8 @@ class RegistrationResult:
     def __str__(self) -> str:
         rows = "\n".join(" ".join(f"{x: .6f}" for x in row) for row in self.pose)
         text = f"pose (camera from points):\n{rows}\nconfidence: {self.confidence:.3f}"
+        if self.confidence < LOW_CONFIDENCE:
+            text += f" (below {LOW_CONFIDENCE}: the pose is likely wrong)"
         if "protocol" in self.info:
             p = self.info["protocol"]
             text += (f"\nprotocol check (seed {p['seed']}): RTE {p['rte']:.3f} m, RRE {p['rre']:.2f} deg"
