@@ -179,6 +179,7 @@ def _bad_inputs():
         "points (N,)": ((image, points[:, 0], K), "(N, 3) or (N, 4)"),
         "empty cloud": ((image, points[:0], K), "empty cloud"),
         "NaN points only": ((image, np.full((100, 3), np.nan), K), "all 100 rows hold NaN or inf"),
+        "points far from the origin": ((image, points * [1.0, 1.0, 2e5], K), "coordinates reach 2e+05 m, beyond 100,000 m"),
         "text points": ((image, "points.bin", K), "numeric"),
         "K (3, 4)": ((image, points, np.zeros((3, 4))), "K must be (3, 3)"),
         "NaN in K": ((image, points, nan_K), "K has NaN"),

@@ -221,6 +221,21 @@ def test_bad_point_clouds(tmp_path):
     assert "NaN or inf in all 4 points" in expect_error(tmp_path / "void.npy")
 
 
+def test_a_bin_of_other_bytes_is_refused_by_its_coordinates(tmp_path):
+    """Any file of 100 bytes parses as five nuScenes records: bytes that are no point cloud give coordinates far
+    beyond any sensor's reach, refused in one line that names the file and the layout it was read in (before,
+    they overflowed the voxel grid and registered to a NaN pose)."""
+    records = np.c_[XYZ[:5], INTENSITY[:5], np.zeros(5)].astype("<f4")
+    records[3, 1] = 3.0e7
+    (tmp_path / "junk.bin").write_bytes(records.tobytes())
+    message = expect_error(tmp_path / "junk.bin")
+    assert message == (f"{tmp_path / 'junk.bin'}: coordinates reach 3e+07 m, beyond 100,000 m (read as nuScenes: "
+                       "float32 x, y, z, intensity, ring): not a cloud in metres about its sensor")
+    records[3, 1] = 9.0e4
+    (tmp_path / "far.bin").write_bytes(records.tobytes())
+    assert read_point_cloud(tmp_path / "far.bin")[0][3, 1] == np.float32(9.0e4)
+
+
 def test_points_holding_nan_or_inf_are_left_out_with_a_warning(tmp_path):
     """Organised clouds mark missing returns with NaN (as PCL writes them): the reader drops those points and
     says how many, in one line naming the file."""

@@ -31,6 +31,7 @@ from .data.collate import Collate
 from .data.ops import distinct_indices, sample_indices, voxel_downsample
 from .data.pairs import pair_config, resize_and_crop
 from .data.readers import (
+    MAX_COORDINATE_M,
     read_calibration_file,
     read_image_file,
     read_point_cloud,
@@ -152,7 +153,8 @@ def _check_image(image: Tensorish) -> np.ndarray:
 def _check_points(points: Tensorish, intensity: Tensorish | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, 3) xyz, (N,) intensity (the argument, else the 4th column of ``points``, else zeros) and (N,) bool:
     the rows to use. Rows with NaN or inf (an organised cloud's missing returns) are left out with a warning
-    that gives their count; a cloud with no other row is an error."""
+    that gives their count; a cloud with no other row, or with coordinates beyond ``MAX_COORDINATE_M``, is an
+    error."""
     points = _numpy(points, "points").astype(np.float64)
     if points.ndim != 2 or points.shape[1] not in (3, 4):
         raise InputError(f"points must be (N, 3) or (N, 4), got shape {points.shape}")
@@ -166,6 +168,10 @@ def _check_points(points: Tensorish, intensity: Tensorish | None) -> tuple[np.nd
     finite = np.isfinite(points).all(1) & np.isfinite(intensity)
     if not finite.any():
         raise InputError(f"points: all {len(points)} rows hold NaN or inf")
+    reach = np.abs(points[finite, :3]).max()
+    if reach > MAX_COORDINATE_M:
+        raise InputError(f"points: coordinates reach {reach:.3g} m, beyond {MAX_COORDINATE_M:,.0f} m: pass the cloud in "
+                         "metres about the camera (subtract an origin near it)")
     if not finite.all():
         warnings.warn(f"points: left out {int((~finite).sum())} of {len(points)} rows holding NaN or inf", stacklevel=4)
     return points[:, :3], intensity, finite

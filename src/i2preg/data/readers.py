@@ -52,12 +52,12 @@ def read_point_cloud(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
     float32 as stored (KITTI 0-1, nuScenes 0-255), or None when the file has no intensity channel.
     Points holding NaN or inf (an organised cloud's missing returns, as PCL writes them) are left out with a
     warning that gives their count. Raises ``InputError`` for a missing, truncated, empty or malformed file,
-    and for one whose every point holds NaN or inf.
+    for one whose every point holds NaN or inf, and for one whose coordinates reach beyond ``MAX_COORDINATE_M``.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
-    data = path.read_bytes()
+    data, layout = path.read_bytes(), ""
     if data.startswith(b"\x93NUMPY"):
         xyzi = _read_npy(path)
     elif data.startswith(b"PK\x03\x04"):
@@ -74,7 +74,9 @@ def read_point_cloud(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
                 f"truncated: {len(data)} bytes is a multiple of neither 16 ({FLOAT_RECORDS[4]}) "
                 f"nor 20 ({FLOAT_RECORDS[5]})", path,
             )
-        xyzi = _read_float_records(data, 5 if len(data) % 16 else 4, path)
+        columns = 5 if len(data) % 16 else 4
+        xyzi = _read_float_records(data, columns, path)
+        layout = f" (read as {FLOAT_RECORDS[columns]})"
     elif path.suffix.lower() in POINT_CLOUD_SUFFIXES:
         raise InputError(f"not a {path.suffix.lower()[1:].upper()} file (no valid header)", path)
     else:
@@ -92,7 +94,17 @@ def read_point_cloud(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
     if not finite.all():
         warnings.warn(f"{path}: left out {int((~finite).sum())} of {len(points)} points holding NaN or inf", stacklevel=2)
         points, intensity = points[finite], None if intensity is None else intensity[finite]
+    reach = float(np.abs(points).max())
+    if reach > MAX_COORDINATE_M:
+        raise InputError(f"coordinates reach {reach:.3g} m, beyond {MAX_COORDINATE_M:,.0f} m{layout}: not a cloud in "
+                         "metres about its sensor", path)
     return points, intensity
+
+
+MAX_COORDINATE_M = 1e5
+"""The largest |x|, |y| or |z| a cloud may hold (metres): beyond it float32 keeps no centimetres (8 mm steps at
+1e5 m), and a registration needs the cloud about its sensor anyway; larger values mostly mean a file read in the
+wrong layout or not in metres."""
 
 
 FLOAT_RECORDS = {4: "KITTI: float32 x, y, z, reflectance", 5: "nuScenes: float32 x, y, z, intensity, ring"}
