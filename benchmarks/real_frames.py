@@ -2,7 +2,7 @@
 
     python benchmarks/real_frames.py [--weights W] [--data ../shared/data] [--seeds 5] [--seed 7351]
                                      [--out outputs/real] [--pose final|frustum] [--refine none|edges]
-                                     [--traffic recorded|right|left]
+                                     [--traffic recorded|right|left] [--prior-yaw-deg DEG]
 
 Each frame goes through ``i2preg register --protocol-seed`` (``api.register_files``) once per protocol seed:
 the scan is moved into the camera frame with the frame's own calibration (the ground truth), perturbed by the
@@ -11,6 +11,9 @@ protocol seed ``seed + s * F + f`` (so ``--seeds 1`` is the old one-pair-a-frame
 frustum and true pose) go to ``out/<frame>/seed<k>/``. ``--traffic`` is the ``Registrator``'s (the side of the
 street the traffic keeps to); ``recorded`` gives each frame its own: KITTI's Karlsruhe keeps to the right, and a
 nuScenes log whose name ends in ``+0800`` (Singapore's UTC offset; Boston's logs end in ``-0400``) to the left.
+``--prior-yaw-deg DEG`` registers with a prior pose (``Registrator.register``'s ``prior_pose``) as a robot's odometry
+or compass would give it: the true pose turned about the camera's y axis by a yaw drawn uniformly within +-DEG / 2
+(seeded by the pair's protocol seed), the yaw search kept within DEG of it.
 
 Prints ONE Markdown table: a row per frame and rows over all KITTI pairs, the nuScenes pairs and all pairs,
 with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, the
@@ -61,6 +64,13 @@ def frames(data: Path) -> list[dict]:
     return found
 
 
+def yaw_rotation(angle: float) -> np.ndarray:
+    """(4, 4) a turn by angle (rad) about the camera's y axis (down): applied on the left of a cloud -> camera pose,
+    it turns the camera's heading and leaves its centre."""
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, 0.0, s, 0.0], [0.0, 1.0, 0.0, 0.0], [-s, 0.0, c, 0.0], [0.0, 0.0, 0.0, 1.0]])
+
+
 def yaw_error_deg(T_pred: np.ndarray, T_gt: np.ndarray) -> float:
     """Signed yaw (about the camera's y axis) of ``inv(T_pred) @ T_gt``, degrees in (-180, 180]."""
     R = (invert_transform(T_pred) @ T_gt)[:3, :3]
@@ -109,6 +119,8 @@ def main() -> None:
     parser.add_argument("--refine", help="none or edges: the final pose's refinement (default: the weights' own)")
     parser.add_argument("--traffic", choices=("recorded", *TRAFFIC_SIDES), default="recorded",
                         help="the Registrator's traffic side: each frame's own (recorded), or one for all")
+    parser.add_argument("--prior-yaw-deg", dest="prior_yaw_deg", type=float,
+                        help="register with a prior pose whose yaw errs by up to half this, the search kept within it")
     args = parser.parse_args()
 
     found = frames(Path(args.data))
@@ -119,11 +131,17 @@ def main() -> None:
         for index, frame in enumerate(found):
             seed = args.seed + repeat * len(found) + index
             start = time.perf_counter()
+            prior = {}
+            if args.prior_yaw_deg is not None:
+                T_cam_velo = read_calibration_file(frame["calib"], 2, frame["extrinsic"]).T_cam_velo
+                turn = np.random.default_rng(seed).uniform(-0.5, 0.5) * math.radians(args.prior_yaw_deg)
+                prior = {"prior": yaw_rotation(turn) @ T_cam_velo, "prior_yaw_deg": args.prior_yaw_deg}
             result = register_files(frame["image"], frame["points"], frame["calib"],
                                     Path(args.out) / frame["name"].replace(" ", "_") / f"seed{seed}",
                                     weights=args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed,
                                     refine=args.refine,
-                                    traffic=frame["traffic"] if args.traffic == "recorded" else args.traffic)
+                                    traffic=frame["traffic"] if args.traffic == "recorded" else args.traffic,
+                                    **prior)
             T_gt = result.info["protocol"]["T_gt"]
             pose = result.frustum_pose if args.pose == "frustum" else result.pose
             errors = registration_errors(pose[None], T_gt[None])
@@ -152,7 +170,9 @@ def main() -> None:
         if pairs:
             rows.append(summary_row(f"**{name}** | | | ", pairs))
     print("\n".join(rows))
-    print(f"\n{args.pose} pose; {args.seeds} protocol seeds a frame from {args.seed}; failure kinds: " + "; ".join(
+    prior = "" if args.prior_yaw_deg is None else (f"; a prior pose's yaw off by up to {args.prior_yaw_deg / 2:g} deg,"
+                                                   f" the search within {args.prior_yaw_deg:g} deg of it")
+    print(f"\n{args.pose} pose; {args.seeds} protocol seeds a frame from {args.seed}{prior}; failure kinds: " + "; ".join(
         f"{kind}" for kind in FAILURE_KINDS[1:]) + f" (yaw flip: |yaw error| >= {YAW_FLIP_DEG:.0f} deg)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -355,3 +356,64 @@ def test_bundled_model_registers_generated_pairs(tmp_path):
         T_gt.append(invert_transform(perturbation))
     successes = int(success(registration_errors(np.stack(T_pred), np.stack(T_gt))).sum())
     assert successes >= 16, f"{successes} of 20 pairs within 2 m and 5 deg"
+
+
+def turned(T: np.ndarray, degrees: float) -> np.ndarray:
+    """The cloud -> camera pose T with the camera turned by degrees about its y axis (its centre kept)."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[c, 0, s, 0], [0, 1, 0, 0], [-s, 0, c, 0], [0, 0, 0, 1.0]]) @ T
+
+
+def yaw_between(T: np.ndarray, other: np.ndarray) -> float:
+    """|yaw| (deg) of the turn from one pose's camera to the other's, both 3-DoF about y."""
+    R = T[:3, :3] @ other[:3, :3].T
+    return abs(np.degrees(np.arctan2(R[0, 2], R[0, 0])))
+
+
+@pytest.mark.parametrize("traffic", ["right", "left"])
+def test_a_prior_pose_keeps_the_yaw_search_within_its_tolerance(weights, frame, traffic):
+    """With a prior pose, GPDM's yaw search considers only the bins within prior_yaw_deg of its yaw, so the frustum
+    pose lies within that plus what the refinement grids can move it, wherever the unrestricted search went; a
+    prior at the unrestricted pose's own yaw changes nothing."""
+    reg = Registrator.from_pretrained(weights, traffic=traffic)
+    image, points, K = frame["image"], frame["points"], frame["K"]
+    free = reg.register(image, points, K)
+    search = reg.model.conf["gpdm"]
+    moves = search["refine_radius"] * search["refine_yaw_step_deg"] * sum(
+        search["refine_shrink"] ** i for i in range(search["refine_iterations"]))
+    for turn in (0.0, 90.0, 180.0, -120.0):
+        prior = turned(free.frustum_pose, turn)
+        held = reg.register(image, points, K, prior_pose=prior, prior_yaw_deg=20)
+        assert yaw_between(held.frustum_pose, prior) <= 20 + moves + 1e-3, turn
+    same = reg.register(image, points, K, prior_pose=free.frustum_pose, prior_yaw_deg=60)
+    np.testing.assert_array_equal(same.pose, free.pose)
+
+
+def test_bad_prior_poses_give_one_line_input_errors(reg, frame):
+    args = frame["image"], frame["points"], frame["K"]
+    for prior, tolerance, expected in [(np.eye(3), 30, "finite (4, 4) pose"), (np.diag([2.0, 1, 1, 1]), 30, "not a rotation"),
+                                       (np.eye(4), 0, "positive number of degrees"), (np.eye(4), np.nan, "positive")]:
+        with pytest.raises(InputError, match=re.escape(expected)):
+            reg.register(*args, prior_pose=prior, prior_yaw_deg=tolerance)
+    with pytest.raises(InputError, match="a prior pose for each of the 2 images"):
+        reg.register_batch([args[0]] * 2, [args[1]] * 2, [args[2]] * 2, prior_poses=[np.eye(4)])
+
+
+def test_register_files_moves_a_prior_pose_with_the_protocol_perturbation(tmp_path, frame, reg, monkeypatch):
+    """A prior pose file is in the cloud file's frame; under --protocol-seed the cloud is moved by the perturbation
+    and the prior with it: the true pose as the prior reaches the model as the protocol's ground truth."""
+    image_path = tmp_path / "image.png"
+    cv2.imwrite(str(image_path), cv2.cvtColor(frame["image"], cv2.COLOR_RGB2BGR))
+    np.savetxt(tmp_path / "prior.txt", frame["T"])
+    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights, refine=None, traffic="right": reg)
+    priors = []
+    register = reg.register
+    monkeypatch.setattr(reg, "register", lambda *args: priors.append(args[4:]) or register(*args))
+    result = register_files(image_path, frame["bin"], frame["calib"], protocol_seed=5, prior=tmp_path / "prior.txt",
+                            prior_yaw_deg=15)
+    (prior, tolerance), = priors
+    np.testing.assert_allclose(prior, result.info["protocol"]["T_gt"], atol=1e-9)
+    assert tolerance == 15
+    (tmp_path / "bad.txt").write_text("1 2 3\n")
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'bad.txt'}: prior pose of 3 numbers")):
+        register_files(image_path, frame["bin"], frame["calib"], prior=tmp_path / "bad.txt")

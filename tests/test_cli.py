@@ -98,3 +98,18 @@ def test_a_warning_is_one_line_on_stderr(synthetic_root, tmp_path, capsys):
         f"i2preg register: warning: {tmp_path / 'holes.npy'}: left out 3 of {len(cloud)} points holding NaN or inf"]
     assert "pose (camera from points)" in captured.out
 
+
+
+def test_register_takes_a_prior_pose_file(synthetic_root, tmp_path, capsys):
+    """--prior reads a 4x4 pose file (as pose.txt) and --prior-yaw-deg its tolerance; a malformed one is refused in
+    one line that names it."""
+    sequence = synthetic_root / "sequences" / "00"
+    args = ["register", "--image", str(sequence / "image_2" / "000000.png"), "--points",
+            str(sequence / "velodyne" / "000000.bin"), "--calib", str(sequence / "calib.txt")]
+    np.savetxt(tmp_path / "guess.txt", np.eye(4))
+    assert main([*args, "--prior", str(tmp_path / "guess.txt"), "--prior-yaw-deg", "10"]) == 0
+    assert "pose (camera from points)" in capsys.readouterr().out
+    (tmp_path / "bad.txt").write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 2\n")
+    assert main([*args, "--prior", str(tmp_path / "bad.txt")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"i2preg register: error: {tmp_path / 'bad.txt'}: prior pose's last row is not 0 0 0 1"]

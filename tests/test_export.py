@@ -101,6 +101,8 @@ def test_onnx_backend_equals_torch_on_a_tiny_model(tiny):
     global_kp_2d = exported.network(collated)["coarse_stages"][0]["kp_2d"]
     torch.testing.assert_close(global_kp_2d, expected, atol=1e-2, rtol=1e-4)
     assert (global_kp_2d - exported.network(collated)["kp_2d"]).abs().max() > 0.1  # not the window stage's
+    with pytest.raises(InputError, match="a prior pose needs the PyTorch backend"):
+        exported.register(*pairs[0], prior_pose=np.eye(4))
 
 
 def test_window_and_fine_models_export_their_global_keypoints_and_fine_pose_too():

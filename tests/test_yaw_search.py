@@ -11,7 +11,15 @@ import torch
 from i2preg.geometry import frustum_params_to_pose, invert_transform, pose_to_frustum_params, transform_points
 from i2preg.losses import compute_losses, refine_search_loss, yaw_search_loss
 from i2preg.model import ICL
-from i2preg.model.pose_search import VIEW_BANDS, VIEW_TIE_BREAK, PoseSearch, points_near_view, yaw_bin_vectors
+from i2preg.model.pose_search import (
+    VIEW_BANDS,
+    VIEW_TIE_BREAK,
+    PoseSearch,
+    points_near_view,
+    restrict_to_prior,
+    vector_yaws,
+    yaw_bin_vectors,
+)
 from i2preg.weights import load_weights, save_weights
 from test_model import TINY_CONF, synthetic_batch
 
@@ -217,3 +225,20 @@ def test_warm_start_loads_the_shared_tensors(tmp_path):
     torch.testing.assert_close(model.point_encoder.state_dict(), paper.point_encoder.state_dict())
     with pytest.raises(Exception, match="paper.safetensors"):
         load_weights(model, path)
+
+
+@pytest.mark.parametrize("prior_deg, tolerance_deg, kept_deg", [
+    (5.0, 12.0, [0, 10]),  # 350 and 20 lie 15 deg away
+    (355.0, 12.0, [350, 0]),  # across the wrap
+    (-5.0, 22.0, [340, 350, 0, 10]),
+    (5.0, 0.0, [0, 10]),  # no bin within: the nearest ones stay
+    (2.0, 0.0, [0]),
+])
+def test_a_yaw_prior_leaves_out_the_bins_beyond_its_tolerance(prior_deg, tolerance_deg, kept_deg):
+    bins = vector_yaws(yaw_bin_vectors(36))[None]  # (1, 36), 10 deg apart from 0
+    logits = torch.arange(36.0)[None]
+    prior = torch.tensor([[math.radians(prior_deg), math.radians(tolerance_deg)]])
+    restricted = restrict_to_prior(logits, bins, prior)
+    kept = torch.isfinite(restricted[0]).nonzero()[:, 0]
+    assert sorted((kept * 10).tolist()) == sorted(kept_deg)
+    assert torch.equal(restricted[0, kept], logits[0, kept])

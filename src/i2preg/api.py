@@ -35,6 +35,7 @@ from .data.readers import (
     read_calibration_file,
     read_image_file,
     read_point_cloud,
+    read_pose_file,
     undistort_image,
 )
 from .errors import InputError
@@ -52,6 +53,11 @@ SAMPLE_SEED = 0
 TRAFFIC_SIDES = ("right", "left")
 """The side of the street a scene's traffic keeps to (``Registrator``'s ``traffic``). i2preg's synthetic world, and
 so every model trained on it, keeps to the right, as KITTI's Germany and nuScenes' Boston do."""
+
+PRIOR_YAW_DEG = 30.0
+"""How far (degrees) the pose's yaw may lie from a prior pose's, by default (``Registrator.register``'s
+``prior_yaw_deg``): about what wheel odometry drifts over a few hundred metres, or a phone's compass errs near cars
+and buildings."""
 
 LOW_CONFIDENCE = 0.4
 """A ``RegistrationResult.confidence`` below this says the pose is likely wrong: 90 % of the bundled model's registered
@@ -247,27 +253,38 @@ class Registrator:
                              path)
         return cls(model, config, device, backend, refine, traffic)
 
-    def register(self, image: Tensorish, points: Tensorish, K: Tensorish,
-                 intensity: Tensorish | None = None) -> RegistrationResult:
+    def register(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None = None,
+                 prior_pose: Tensorish | None = None, prior_yaw_deg: float = PRIOR_YAW_DEG) -> RegistrationResult:
         """Register one image to one cloud.
 
         image: (H, W, 3) uint8 RGB or float in [0, 1] (NumPy), or a (3, H, W) tensor; any size that
         covers the network input. points: (N, 3) or (N, 4) (x, y, z, intensity) in the cloud frame;
         rows with NaN or inf (missing returns) are left out with a warning. K: (3, 3) intrinsics of ``image``. intensity: (N,), overrides the
         4th column (used only by models configured with ``use_intensity``).
+        prior_pose: (4, 4) cloud -> camera, a guess of the pose (from odometry, a compass, the last frame's pose),
+        or None. Only its yaw is used: GPDM's pose search then considers only the yaws within ``prior_yaw_deg``
+        of it (the searches after it may move the yaw a few degrees further); the rest of the pose is found
+        as without it. Needs the PyTorch backend and a model with the pose search (the bundled one).
         """
-        return self.register_batch([image], [points], [K], None if intensity is None else [intensity])[0]
+        return self.register_batch([image], [points], [K], None if intensity is None else [intensity],
+                                   None if prior_pose is None else [prior_pose], prior_yaw_deg)[0]
 
     def register_batch(self, images: Sequence[Tensorish], clouds: Sequence[Tensorish], Ks: Sequence[Tensorish],
-                       intensities: Sequence[Tensorish | None] | None = None) -> list[RegistrationResult]:
-        """``register`` for B inputs in one network batch; images may differ in size, clouds in length."""
+                       intensities: Sequence[Tensorish | None] | None = None,
+                       prior_poses: Sequence[Tensorish] | None = None,
+                       prior_yaw_deg: float = PRIOR_YAW_DEG) -> list[RegistrationResult]:
+        """``register`` for B inputs in one network batch; images may differ in size, clouds in length; prior_poses:
+        one for each input, or None."""
         start = time.perf_counter()
         if not len(images) == len(clouds) == len(Ks) or intensities is not None and len(intensities) != len(images):
             raise InputError(f"need as many images, clouds and Ks (got {len(images)}, {len(clouds)}, {len(Ks)})")
+        if prior_poses is not None and len(prior_poses) != len(images):
+            raise InputError(f"need a prior pose for each of the {len(images)} images (got {len(prior_poses)})")
         if not len(images):
             return []
         intensities = intensities if intensities is not None else [None] * len(images)
-        prepared = [self._prepare(*args) for args in zip(images, clouds, Ks, intensities)]
+        yaw_priors = [None] * len(images) if prior_poses is None else self._yaw_priors(prior_poses, prior_yaw_deg)
+        prepared = [self._prepare(*args) for args in zip(images, clouds, Ks, intensities, yaw_priors)]
         batch = to_device(self.collate([p.sample for p in prepared]), self.device)
         result = infer(self.network, batch, eval_cfg=self.eval_config)
         out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
@@ -276,8 +293,33 @@ class Registrator:
         seconds = time.perf_counter() - start
         return [self._result(p, {k: v[b] for k, v in out.items()}, seconds) for b, p in enumerate(prepared)]
 
-    def _prepare(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None) -> _Prepared:
-        """Resize by max(config scale, the least that covers the input), centre-crop, voxelise, sample."""
+    def _yaw_priors(self, prior_poses: Sequence[Tensorish], prior_yaw_deg: float) -> list[torch.Tensor]:
+        """Each prior pose's (yaw, tolerance) in radians, in the frame the network sees (mirrored with the
+        inputs when the Registrator mirrors), checked."""
+        if self.network is not self.model:
+            raise InputError("a prior pose needs the PyTorch backend (the exported graph has no input for it)")
+        if self.model.gpdm.search is None:
+            raise InputError("a prior pose needs a model with GPDM's pose search (model.gpdm.yaw_bins > 0)")
+        if not (np.isfinite(prior_yaw_deg) and prior_yaw_deg > 0):
+            raise InputError(f"prior_yaw_deg must be a positive number of degrees, got {prior_yaw_deg}")
+        priors = []
+        for prior in prior_poses:
+            T = _numpy(prior, "prior_pose").astype(np.float64)
+            if T.shape != (4, 4) or not np.isfinite(T).all():
+                raise InputError(f"prior_pose must be a finite (4, 4) pose, got shape {T.shape}")
+            R = T[:3, :3]
+            if not np.allclose(R.T @ R, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
+                raise InputError("prior_pose's 3x3 part is not a rotation")
+            if self.mirrored:
+                T = MIRROR @ T @ MIRROR
+            yaw = np.arctan2(-T[2, 0], T[0, 0])  # ``pose_search.vector_yaws`` of d = (R[2, 0], R[0, 0])
+            priors.append(torch.tensor([yaw, np.radians(prior_yaw_deg)], dtype=torch.float32))
+        return priors
+
+    def _prepare(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None,
+                 yaw_prior: torch.Tensor | None = None) -> _Prepared:
+        """Resize by max(config scale, the least that covers the input), centre-crop, voxelise, sample; yaw_prior:
+        (2,) for the pose search (``_yaw_priors``), or None."""
         image, K = _check_image(image), _check_K(K)
         xyz, intensity, finite = _check_points(points, intensity)
         (h, w), (H, W) = self.image_size, image.shape[:2]
@@ -300,6 +342,8 @@ class Registrator:
             "resampled": resampled,
             "meta": {},
         }
+        if yaw_prior is not None:
+            sample["yaw_prior"] = yaw_prior
         if self.eval_config["refine"] == "edges" and self.dense_points > 0:  # its cloud, as evaluation pairs draw it
             dense = kept[distinct_indices(len(kept), self.dense_points, np.random.default_rng(SAMPLE_SEED))]
             sample["dense_points"] = torch.from_numpy(xyz[dense]).float()
@@ -341,9 +385,11 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
                    out_dir: str | os.PathLike | None = None, camera: int = 2,
                    weights: str | os.PathLike | None = None, extrinsic: str | os.PathLike | None = None,
                    protocol_seed: int | None = None, refine: str | None = None,
-                   traffic: str = "right") -> RegistrationResult:
+                   traffic: str = "right", prior: str | os.PathLike | np.ndarray | None = None,
+                   prior_yaw_deg: float = PRIOR_YAW_DEG) -> RegistrationResult:
     """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one), and
-    ``refine`` and ``traffic`` as ``Registrator``'s.
+    ``refine`` and ``traffic`` as ``Registrator``'s; prior: a prior pose (4x4, cloud -> camera) or a text file with
+    one (as ``pose.txt``), whose yaw the search keeps within ``prior_yaw_deg`` (``Registrator.register``).
 
     Files are read by ``data.readers``: the cloud (KITTI .bin, nuScenes .pcd.bin, PCD, PLY, NPY, NPZ)
     with its intensity; K and the lens distortion from ``calib_path`` (KITTI calib.txt: camera
@@ -353,8 +399,8 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
 
     protocol_seed: check the model on this frame under the benchmark protocol instead. The cloud is
     moved into the camera frame with the calibration's extrinsic (the ground truth), then by the
-    protocol perturbation P drawn with this seed and the model's ``data.amplitudes``; the pose is
-    estimated for that cloud and scored against P^-1: ``result.info["protocol"]`` holds seed,
+    protocol perturbation P drawn with this seed and the model's ``data.amplitudes`` (a prior pose, given in
+    the file's cloud frame, moves with it); the pose is estimated for that cloud and scored against P^-1: ``result.info["protocol"]`` holds seed,
     T_gt, rte (m), rre and rre_geodesic (deg), and success (the Acc thresholds).
 
     out_dir: if given, write ``pose.txt`` (4 rows of 4 numbers, full precision), ``overlay.png`` (the
@@ -367,6 +413,7 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
     calibration = read_calibration_file(calib_path, camera, extrinsic)
     image, K = undistort_image(read_image_file(image_path), calibration.K, calibration.distortion)
     points, intensity = read_point_cloud(points_path)
+    prior_pose = prior if prior is None or isinstance(prior, np.ndarray) else read_pose_file(prior, "prior pose")
     registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic)
     T_gt = None
     if protocol_seed is not None:
@@ -376,7 +423,9 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
         P = sample_perturbation(np.random.default_rng(protocol_seed), amplitudes)
         points = transform_points(P @ calibration.T_cam_velo, points)
         T_gt = invert_transform(P)
-    result = registrator.register(image, points, K, intensity)
+        if prior_pose is not None:  # from the file's cloud frame into the perturbed one
+            prior_pose = prior_pose @ invert_transform(P @ calibration.T_cam_velo)
+    result = registrator.register(image, points, K, intensity, prior_pose, prior_yaw_deg)
     if T_gt is not None:
         errors = {k: float(v[0]) for k, v in registration_errors(result.pose[None], T_gt[None]).items()}
         result.info["protocol"] = {"seed": protocol_seed, "T_gt": T_gt, **errors,

@@ -70,9 +70,10 @@ def _compare(args: argparse.Namespace) -> None:
 def _register(args: argparse.Namespace) -> None:
     from .api import register_files
 
+    prior = {} if args.prior_yaw_deg is None else {"prior_yaw_deg": args.prior_yaw_deg}
     print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights,
                          extrinsic=args.extrinsic, protocol_seed=args.protocol_seed, refine=args.refine,
-                         traffic=args.traffic))
+                         traffic=args.traffic, prior=args.prior, **prior))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -188,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traffic", choices=("right", "left"), default="right",
                    help="the side of the street the scene's traffic keeps to: the model learned a right-hand world;"
                         " left registers the mirror images of image and cloud and mirrors the pose back")
+    p.add_argument("--prior", metavar="POSE_TXT",
+                   help="a guess of the pose (4x4 cloud -> camera text file, as pose.txt; from odometry or a compass):"
+                        " the yaw search keeps within --prior-yaw-deg of its yaw")
+    p.add_argument("--prior-yaw-deg", dest="prior_yaw_deg", type=float, metavar="DEG",
+                   help="how far the yaw may lie from the prior's (default 30)")
     _add_refine_argument(p)
     p.set_defaults(func=_register)
 

@@ -3,7 +3,8 @@
 Every tensor is batch-major with a fixed size per level, L = len(model.point_encoder.widths), k = num_neighbors:
 - ``image`` (B, 3, H, W), ``K`` (B, 3, 3), ``points`` (B, N, 3), ``intensity`` (B, N), ``T_gt`` (B, 4, 4),
   ``resampled`` (B,) bool, ``meta``: list of B dicts; ``dense_points``: list of B tensors (D_b, 3), cloud frame,
-  when every sample has them (evaluation pairs, for ``refine``).
+  when every sample has them (evaluation pairs, for ``refine``); ``yaw_prior`` (B, 2), a yaw and its tolerance
+  (rad), when every sample has one (``api.Registrator``'s prior pose, for GPDM's pose search).
 - ``pyramid_xyz``: L tensors (B, M_l, 3), cloud frame. Level 0 is ``points`` (M_0 = N); level l >= 1 takes
   the centroids of a voxel grid of size ``voxel_size * 2**l`` over level l-1 and resamples them to exactly
   M_l = ``subsample_sizes[l-1]`` (evenly spaced in voxel order; repeated when there are fewer voxels).
@@ -86,6 +87,8 @@ class Collate:
         batch = {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in ("image", "K", "points", "intensity", "T_gt")}
         batch["resampled"] = torch.tensor([bool(s["resampled"]) for s in samples])
         batch["meta"] = [s["meta"] for s in samples]
+        if all("yaw_prior" in s for s in samples):
+            batch["yaw_prior"] = torch.stack([torch.as_tensor(s["yaw_prior"]) for s in samples])
         if all("dense_points" in s for s in samples):
             batch["dense_points"] = [torch.as_tensor(s["dense_points"]) for s in samples]
         pyramids = [

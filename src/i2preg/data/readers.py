@@ -446,18 +446,27 @@ def _numbers(text: str, path: Path) -> np.ndarray:
         raise InputError("holds a value that is not a number", path) from None
 
 
-def _transform(values, path: Path) -> np.ndarray:
-    """4x4 (or 3x4) values -> a rigid (4, 4) transform, checked."""
+def _transform(values, path: Path, what: str = "extrinsic") -> np.ndarray:
+    """4x4 (or 3x4) values -> a rigid (4, 4) transform, checked; ``what`` names it in the errors."""
     values = np.asarray(values, dtype=np.float64)
     if values.size not in (12, 16):
-        raise InputError(f"extrinsic of {values.size} numbers: expected a 4x4 (16) or 3x4 (12) matrix", path)
+        raise InputError(f"{what} of {values.size} numbers: expected a 4x4 (16) or 3x4 (12) matrix", path)
     T = np.eye(4)
     T[:3] = values.reshape(-1, 4)[:3]
     if values.size == 16 and not np.allclose(values.reshape(4, 4)[3], [0, 0, 0, 1]):
-        raise InputError("extrinsic's last row is not 0 0 0 1", path)
+        raise InputError(f"{what}'s last row is not 0 0 0 1", path)
     if not np.allclose(T[:3, :3].T @ T[:3, :3], np.eye(3), atol=1e-4) or np.linalg.det(T[:3, :3]) < 0:
-        raise InputError("extrinsic's 3x3 part is not a rotation", path)
+        raise InputError(f"{what}'s 3x3 part is not a rotation", path)
     return T
+
+
+def read_pose_file(path: str | os.PathLike, what: str = "pose") -> np.ndarray:
+    """A rigid transform (4, 4) from a text file of its 4x4 (or 3x4) numbers, row-major (the ``pose.txt`` that
+    ``i2preg register`` writes); ``what`` names it in the errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path)
+    return _transform(_numbers(path.read_text(errors="replace"), path), path, what)
 
 
 def _check_intrinsics(K: np.ndarray, path: Path) -> None:

@@ -71,10 +71,11 @@ class GPDM(nn.Module):
             with torch.no_grad():
                 self.rotation_head.bias.copy_(torch.tensor(IDENTITY_ROTATION[dof]))
 
-    def forward(self, image_map, point_feats, xyz, K, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def forward(self, image_map, point_feats, xyz, K, image_size: tuple[int, int], yaw_prior=None) -> dict[str, torch.Tensor]:
         """image_map: (B, Ci, h, w) the coarsest image features (its mean is the global feature g);
         point_feats: (B, M, Cp) and xyz: (B, M, 3) of the coarse points, cloud frame; K: (B, 3, 3) intrinsics
-        of the (H, W) = image_size input image.
+        of the (H, W) = image_size input image; yaw_prior: None, or (B, 2) a yaw and a tolerance (rad) to which
+        the pose search keeps (``PoseSearch.forward``; a model without it refuses one).
 
         Returns cls_logits (B, M); frustum_centre, frustum_rotation (raw head outputs, see PARAM_DIMS);
         frustum_pose (B, 4, 4) cloud -> camera; mask (B, M) bool: the geometric mask, or with ``mask_source:
@@ -95,9 +96,11 @@ class GPDM(nn.Module):
         centre = self.centre_head(pooled)
         extra = {}
         if self.search is None:
+            if yaw_prior is not None:
+                raise ValueError("a yaw prior needs GPDM's pose search (model.gpdm.yaw_bins > 0)")
             rotation = self.rotation_head(pooled)
         else:
-            extra = self.search(image_map, point_feats, xyz, centre.detach(), K, image_size)
+            extra = self.search(image_map, point_feats, xyz, centre.detach(), K, image_size, yaw_prior)
             extra["coarse_centre"] = centre
             centre, rotation = extra.pop("centre"), extra.pop("rotation")
         pose = pose_from_params(centre, rotation)

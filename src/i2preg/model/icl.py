@@ -124,7 +124,8 @@ class ICL(nn.Module):
         return self._encode_and_detect(batch)[0]
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """batch: a ``data.collate.Collate`` batch (image (B, 3, H, W), K (B, 3, 3), the point pyramid...).
+        """batch: a ``data.collate.Collate`` batch (image (B, 3, H, W), K (B, 3, 3), the point pyramid...; with
+        ``yaw_prior`` (B, 2), a yaw and a tolerance in radians, GPDM's pose search keeps to those yaws).
 
         Returns, with M coarse points, Nq queries and T pixel tokens:
         - GPDM: coarse_xyz (B, M, 3) cloud frame; cls_logits (B, M); frustum_centre, frustum_rotation (raw
@@ -175,7 +176,8 @@ class ICL(nn.Module):
             raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
         image_features = self.image_encoder(image)
         coarse_xyz, coarse_feats, skips = self.point_encoder(batch, levels=True)
-        out = self.gpdm(image_features[-1], coarse_feats, coarse_xyz, batch["K"], tuple(image.shape[-2:]))
+        out = self.gpdm(image_features[-1], coarse_feats, coarse_xyz, batch["K"], tuple(image.shape[-2:]),
+                        batch.get("yaw_prior"))
         out["coarse_xyz"] = coarse_xyz
         return out, (image_features, coarse_feats, skips)
 

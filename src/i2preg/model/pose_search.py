@@ -116,6 +116,16 @@ class HypothesisScorer(nn.Module):
         return sums / weight.sum(-1).clamp_min(1)
 
 
+def restrict_to_prior(yaw_logits: torch.Tensor, bin_yaws: torch.Tensor, yaw_prior: torch.Tensor) -> torch.Tensor:
+    """yaw_logits (B, N) of the bins at bin_yaws (B, N) (rad) with -inf for the bins farther than the tolerance
+    from the prior's yaw, yaw_prior (B, 2) = (yaw, tolerance) in radians; the bin nearest the prior's yaw always
+    stays in."""
+    offset = torch.remainder(bin_yaws - yaw_prior[:, :1] + math.pi, 2 * math.pi) - math.pi
+    distance = offset.abs()
+    outside = (distance > yaw_prior[:, 1:]) & (distance > distance.min(dim=-1, keepdim=True).values)
+    return yaw_logits.masked_fill(outside, float("-inf"))
+
+
 class PoseSearch(HypothesisScorer):
     """Frustum pose by scoring pose hypotheses (beyond the paper, for the 3-DoF protocol; ``gpdm.yaw_bins``).
 
@@ -141,9 +151,11 @@ class PoseSearch(HypothesisScorer):
         self.iterations, self.shrink = conf["refine_iterations"], conf["refine_shrink"]
         self.refine_points = conf["refine_points"]
 
-    def forward(self, image_map, point_feats, xyz, centre, K, image_size) -> dict[str, torch.Tensor]:
+    def forward(self, image_map, point_feats, xyz, centre, K, image_size, yaw_prior=None) -> dict[str, torch.Tensor]:
         """image_map (B, Ci, h, w); point_feats (B, M, Cp); xyz (B, M, 3) cloud frame; centre (B, 2) the
-        regressed camera centre (c_x, c_z), cloud frame; K (B, 3, 3) of the (H, W) input image.
+        regressed camera centre (c_x, c_z), cloud frame; K (B, 3, 3) of the (H, W) input image; yaw_prior (B, 2)
+        or None: a yaw (rad, ``vector_yaws``) and a tolerance (rad) per sample, the yaw bins farther from that yaw
+        left out of the search (``restrict_to_prior``).
 
         Returns centre (B, 2) and rotation (B, 2) (d, unnormalised): the estimate; yaw_logits (B, yaw_bins);
         with the refinement also, over its I iterations and R = (2 radius + 1)^3 hypotheses each, refine_logits
@@ -154,6 +166,8 @@ class PoseSearch(HypothesisScorer):
         image, points = self.image_proj(image_map), self.point_proj(point_feats)
         bins = yaw_bin_vectors(self.num_bins, xyz.device).to(xyz.dtype).expand(B, -1, -1)
         yaw_logits = self.hypothesis_logits(image, points, xyz, centre[:, None].expand_as(bins), bins, K, image_size)
+        if yaw_prior is not None:
+            yaw_logits = restrict_to_prior(yaw_logits, vector_yaws(bins), yaw_prior)
         offsets = torch.arange(-self.window, self.window + 1, device=xyz.device)
         neighbours = (yaw_logits.argmax(dim=-1, keepdim=True) + offsets) % self.num_bins  # (B, 2 window + 1)
         weights = yaw_logits.gather(1, neighbours).softmax(dim=-1)
