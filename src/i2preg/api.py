@@ -400,8 +400,9 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
     protocol_seed: check the model on this frame under the benchmark protocol instead. The cloud is
     moved into the camera frame with the calibration's extrinsic (the ground truth), then by the
     protocol perturbation P drawn with this seed and the model's ``data.amplitudes`` (a prior pose, given in
-    the file's cloud frame, moves with it); the pose is estimated for that cloud and scored against P^-1: ``result.info["protocol"]`` holds seed,
-    T_gt, rte (m), rre and rre_geodesic (deg), and success (the Acc thresholds).
+    the file's cloud frame, moves with it); the pose is estimated for that cloud and scored against P^-1:
+    ``result.info["protocol"]`` holds seed, T_gt, rte (m), rre and rre_geodesic (deg), and success (the Acc
+    thresholds).
 
     out_dir: if given, write ``pose.txt`` (4 rows of 4 numbers, full precision), ``overlay.png`` (the
     points projected with the pose on the (undistorted) image, coloured by depth) and
