@@ -178,3 +178,21 @@ def test_solver_fine_returns_the_fine_pose_and_needs_weights_with_it():
     assert {name for name, _, _ in evaluated_poses(plain)} == {"final", "frustum"}
     with pytest.raises(InputError, match="solver fine needs weights trained with the fine search"):
         infer(plain, batch, solver="fine")
+
+
+def test_residual_layers_start_as_the_plain_score_and_then_learn():
+    """model.fine.residual_layers: zero-initialised, so weights without them load into the same scores (a warm
+    start), while their last layers still get gradients."""
+    generator = torch.Generator().manual_seed(1)
+    xyz = torch.rand(2, 60, 3, generator=generator) * torch.tensor([8.0, 2.0, 8.0]) + torch.tensor([-4.0, -1.0, 3.0])
+    feats, image = torch.randn(2, 60, 8, generator=generator), torch.randn(2, 8, H, W, generator=generator)
+    centre, rotation = torch.zeros(2, 2), yaw_vectors(torch.tensor([0.0, 0.05]))
+    plain = FineSearch(8, 8, {**CONF, "iterations": 1}).eval()
+    deeper = FineSearch(8, 8, {**CONF, "iterations": 1, "residual_layers": 2}).eval()
+    missing = deeper.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(key.startswith("residuals.") for key in missing)
+    args = image, feats, xyz, centre, rotation, K.expand(2, -1, -1), (H, W)
+    expected, out = plain(*args), deeper(*args)
+    torch.testing.assert_close(out["fine_logits"], expected["fine_logits"], rtol=0, atol=0)
+    out["fine_logits"].square().sum().backward()
+    assert all(residual[-1].weight.grad.abs().sum() > 0 for residual in deeper.residuals)

@@ -69,7 +69,7 @@ class FineSearch(HypothesisScorer):
     """
 
     def __init__(self, image_dim: int, point_dim: int, conf: dict):
-        super().__init__(image_dim, point_dim, conf["dim"])
+        super().__init__(image_dim, point_dim, conf["dim"], conf["residual_layers"])
         self.num_points, self.iterations = conf["num_points"], conf["iterations"]
         lateral, forward, yaw = conf["steps"]
         self.register_buffer("steps", torch.tensor([lateral, forward, math.radians(yaw)]), persistent=False)

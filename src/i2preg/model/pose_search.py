@@ -80,13 +80,19 @@ class HypothesisScorer(nn.Module):
     """The logit of a 3-DoF pose hypothesis (camera centre, yaw): it projects the points into the image, every point
     in view scores how well its feature, its height and its depth fit the image feature where it lands (an MLP on
     the sum of their projections to ``dim``), and the logit is the mean score of its points in view. Shared by the
-    pose search and the fine search (``fine_search.FineSearch``)."""
+    pose search and the fine search (``fine_search.FineSearch``). ``residual_layers`` (dim -> 2 dim -> dim MLPs, each
+    added to the hidden feature before the last linear layer) deepen that MLP; zero-initialised, they start as the
+    score without them."""
 
-    def __init__(self, image_dim: int, point_dim: int, dim: int):
+    def __init__(self, image_dim: int, point_dim: int, dim: int, residual_layers: int = 0):
         super().__init__()
         self.image_proj = nn.Conv2d(image_dim, dim, 1)
         self.point_proj = nn.Linear(point_dim, dim)
         self.geometry_proj = mlp([2, dim, dim])
+        self.residuals = nn.ModuleList(mlp([dim, 2 * dim, dim]) for _ in range(residual_layers))
+        for residual in self.residuals:  # zero-initialised: the score starts as without them
+            nn.init.zeros_(residual[-1].weight)
+            nn.init.zeros_(residual[-1].bias)
         self.score = nn.Linear(dim, 1)
 
     def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
@@ -111,7 +117,10 @@ class HypothesisScorer(nn.Module):
         hidden, last = self.geometry_proj[:-1](geometry), self.geometry_proj[-1]
         features = gather_rows((points + last.bias).flatten(0, 1), point).addmm_(hidden, last.weight.T)  # (E, dim)
         features += sampled
-        scores = self.score(features.relu_())[:, 0] * weight.flatten()[seen]
+        features = features.relu_()
+        for residual in self.residuals:
+            features = features + residual(features)
+        scores = self.score(features)[:, 0] * weight.flatten()[seen]
         sums = scores.new_zeros(B * Hy).index_add(0, seen // M, scores).view(B, Hy)
         return sums / weight.sum(-1).clamp_min(1)
 
