@@ -163,8 +163,8 @@ class PoseSearch(HypothesisScorer):
     def forward(self, image_map, point_feats, xyz, centre, K, image_size, yaw_prior=None) -> dict[str, torch.Tensor]:
         """image_map (B, Ci, h, w); point_feats (B, M, Cp); xyz (B, M, 3) cloud frame; centre (B, 2) the
         regressed camera centre (c_x, c_z), cloud frame; K (B, 3, 3) of the (H, W) input image; yaw_prior (B, 2)
-        or None: a yaw (rad, ``vector_yaws``) and a tolerance (rad) per sample, the yaw bins farther from that yaw
-        left out of the search (``restrict_to_prior``).
+        or None: a yaw (rad, ``vector_yaws``) and a tolerance (rad) per sample: the best yaw bin is chosen among
+        those within the tolerance of that yaw (``restrict_to_prior``), the weighted mean about it as without one.
 
         Returns centre (B, 2) and rotation (B, 2) (d, unnormalised): the estimate; yaw_logits (B, yaw_bins);
         with the refinement also, over its I iterations and R = (2 radius + 1)^3 hypotheses each, refine_logits
@@ -175,10 +175,11 @@ class PoseSearch(HypothesisScorer):
         image, points = self.image_proj(image_map), self.point_proj(point_feats)
         bins = yaw_bin_vectors(self.num_bins, xyz.device).to(xyz.dtype).expand(B, -1, -1)
         yaw_logits = self.hypothesis_logits(image, points, xyz, centre[:, None].expand_as(bins), bins, K, image_size)
-        if yaw_prior is not None:
-            yaw_logits = restrict_to_prior(yaw_logits, vector_yaws(bins), yaw_prior)
+        # a prior decides only which bin is best; its neighbours weigh in as without one, so that where the best
+        # bin lies within the tolerance the pose is the same
+        allowed = yaw_logits if yaw_prior is None else restrict_to_prior(yaw_logits, vector_yaws(bins), yaw_prior)
         offsets = torch.arange(-self.window, self.window + 1, device=xyz.device)
-        neighbours = (yaw_logits.argmax(dim=-1, keepdim=True) + offsets) % self.num_bins  # (B, 2 window + 1)
+        neighbours = (allowed.argmax(dim=-1, keepdim=True) + offsets) % self.num_bins  # (B, 2 window + 1)
         weights = yaw_logits.gather(1, neighbours).softmax(dim=-1)
         rotation = (weights[..., None] * bins.gather(1, neighbours[..., None].expand(-1, -1, 2))).sum(dim=1)
         out = {"centre": centre, "rotation": rotation, "yaw_logits": yaw_logits}
