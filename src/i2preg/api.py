@@ -55,9 +55,9 @@ TRAFFIC_SIDES = ("right", "left")
 so every model trained on it, keeps to the right, as KITTI's Germany and nuScenes' Boston do."""
 
 PRIOR_YAW_DEG = 30.0
-"""How far (degrees) the pose's yaw may lie from a prior pose's, by default (``Registrator.register``'s
-``prior_yaw_deg``): about what wheel odometry drifts over a few hundred metres, or a phone's compass errs near cars
-and buildings."""
+"""How far (degrees) the yaw search may look from a prior pose's yaw, by default (``Registrator.register``'s
+``prior_yaw_deg``): room for a rough heading, as odometry or a compass gives one (BENCHMARKS.md, "Real frames",
+measures 10, 30 and 60)."""
 
 LOW_CONFIDENCE = 0.4
 """A ``RegistrationResult.confidence`` below this says the pose is likely wrong: 90 % of the bundled model's registered
