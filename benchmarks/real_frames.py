@@ -35,7 +35,7 @@ import numpy as np
 
 from i2preg.api import TRAFFIC_SIDES, register_files
 from i2preg.data.readers import read_calibration_file, read_image_file, read_point_cloud
-from i2preg.geometry import invert_transform, project_pose
+from i2preg.geometry import invert_transform, project_pose, rot_y
 from i2preg.metrics import ACC_RRE_DEG, ACC_RTE_M, registration_errors
 
 YAW_FLIP_DEG = 150.0
@@ -62,13 +62,6 @@ def frames(data: Path) -> list[dict]:
                       "calib": nuscenes / "CAM_FRONT_K.txt", "extrinsic": nuscenes / "CAM_FRONT_lidar2cam.txt",
                       "traffic": "left" if image.stem.split("__")[0].endswith("+0800") else "right"})
     return found
-
-
-def yaw_rotation(angle: float) -> np.ndarray:
-    """(4, 4) a turn by angle (rad) about the camera's y axis (down): applied on the left of a cloud -> camera pose,
-    it turns the camera's heading and leaves its centre."""
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, 0.0, s, 0.0], [0.0, 1.0, 0.0, 0.0], [-s, 0.0, c, 0.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 def yaw_error_deg(T_pred: np.ndarray, T_gt: np.ndarray) -> float:
@@ -127,15 +120,16 @@ def main() -> None:
     if not found:
         raise SystemExit(f"no sample frames under {args.data}")
     results: dict[str, list[dict]] = {frame["name"]: [] for frame in found}
+    calibrations = {frame["name"]: read_calibration_file(frame["calib"], 2, frame["extrinsic"]) for frame in found}
     for repeat in range(args.seeds):
         for index, frame in enumerate(found):
             seed = args.seed + repeat * len(found) + index
             start = time.perf_counter()
             prior = {}
-            if args.prior_yaw_deg is not None:
-                T_cam_velo = read_calibration_file(frame["calib"], 2, frame["extrinsic"]).T_cam_velo
-                turn = np.random.default_rng(seed).uniform(-0.5, 0.5) * math.radians(args.prior_yaw_deg)
-                prior = {"prior": yaw_rotation(turn) @ T_cam_velo, "prior_yaw_deg": args.prior_yaw_deg}
+            if args.prior_yaw_deg is not None:  # the true pose, the camera turned about its y axis
+                turn = np.eye(4)
+                turn[:3, :3] = rot_y(np.random.default_rng(seed).uniform(-0.5, 0.5) * math.radians(args.prior_yaw_deg))
+                prior = {"prior": turn @ calibrations[frame["name"]].T_cam_velo, "prior_yaw_deg": args.prior_yaw_deg}
             result = register_files(frame["image"], frame["points"], frame["calib"],
                                     Path(args.out) / frame["name"].replace(" ", "_") / f"seed{seed}",
                                     weights=args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed,
@@ -157,7 +151,7 @@ def main() -> None:
               + " | ".join(FAILURE_KINDS[1:]) + " | s a pair |")
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for frame in found:
-        calibration = read_calibration_file(frame["calib"], 2, frame["extrinsic"])
+        calibration = calibrations[frame["name"]]
         image = read_image_file(frame["image"])
         points = read_point_cloud(frame["points"])[0]
         in_view = int(project_pose(points, calibration.T_cam_velo, calibration.K, *image.shape[:2])[2].sum())
