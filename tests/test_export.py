@@ -48,13 +48,13 @@ def assert_same_results(torch_results, onnx_results, pose_atol: float = 1e-4) ->
 
 
 def exported_config() -> dict:
-    """The tiny model with a coarse-to-fine window stage and the fine search (on the input points), small in the
-    depths an export's time grows with: two pyramid levels, one pose-search refinement, one fine grid (each op kind
-    of the model is still in its graph)."""
+    """The tiny model with a coarse-to-fine window stage and the fine search (on the input points, with a residual
+    layer in its score), small in the depths an export's time grows with: two pyramid levels, one pose-search
+    refinement, one fine grid (each op kind of the model is still in its graph)."""
     return full_config(deep_update(load_config("tiny"), {"model": {
         "iclm": {"windows": [[4, 32]]}, "gpdm": {"refine_iterations": 1},
         "point_encoder": {"widths": [8, 16], "subsample_sizes": [256], "coarse_level": 1},
-        "fine": {"num_points": 64, "level": 0, "iterations": 1}}}))
+        "fine": {"num_points": 64, "level": 0, "iterations": 1, "residual_layers": 1}}}))
 
 
 @pytest.fixture(scope="module")

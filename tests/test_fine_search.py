@@ -16,7 +16,7 @@ from i2preg.inference import infer
 from i2preg.losses import fine_search_loss
 from i2preg.model.fine_search import FineSearch, apply_offsets, offsets_to
 from i2preg.model.icl import ICL
-from i2preg.model.pose_search import vector_yaws, yaw_vectors
+from i2preg.model.pose_search import RESIDUAL_BLOCK_ROWS, vector_yaws, yaw_vectors
 from i2preg.train import icl_stage
 from test_model import synthetic_batch
 
@@ -196,3 +196,19 @@ def test_residual_layers_start_as_the_plain_score_and_then_learn():
     torch.testing.assert_close(out["fine_logits"], expected["fine_logits"], rtol=0, atol=0)
     out["fine_logits"].square().sum().backward()
     assert all(residual[-1].weight.grad.abs().sum() > 0 for residual in deeper.residuals)
+
+
+def test_residual_layers_give_the_same_scores_in_blocks_without_gradients():
+    """Without gradients HypothesisScorer.deepen runs its residual layers on blocks of rows; the values are those of
+    the whole rows at once (as in training and in the exported graph), up to float rounding, across block edges."""
+    torch.manual_seed(0)
+    scorer = FineSearch(8, 8, {**CONF, "residual_layers": 2})
+    for residual in scorer.residuals:  # trained-like weights instead of the zero-initialised last layer
+        torch.nn.init.normal_(residual[-1].weight, std=0.2)
+    rows = torch.randn(2 * RESIDUAL_BLOCK_ROWS + 123, CONF["dim"]).relu()
+    whole = scorer.deepen(rows)
+    with torch.no_grad():
+        blocks = scorer.deepen(rows)
+    assert whole.requires_grad and not blocks.requires_grad
+    assert (whole - rows).abs().max() > 0.1  # the layers change the rows
+    torch.testing.assert_close(blocks, whole.detach(), rtol=1e-6, atol=1e-6)
