@@ -77,7 +77,7 @@ class ICL(nn.Module):
         # about GPDM's frustum pose, ``iterations`` times; its first grid jittered by +-train_jitter (m, deg) in
         # training; before them, a wide grid of (lateral m, yaw deg) wide_steps x wide_radii, its logits less
         # wide_penalty per degree of yaw offset (radii [0, 0]: none); residual_layers zero-initialised residual MLPs
-        # in its per-point score (``pose_search.HypothesisScorer``; the bundled model has none, docs/METHOD.md). It
+        # in its per-point score (``pose_search.HypothesisScorer``; the bundled model has two, docs/METHOD.md). It
         # gives fine_pose (inference.SOLVERS: "fine"), about which ICLM and PRM then work
         "fine": {"num_points": 0, "level": 1, "dim": 32, "steps": [0.15, 0.3, 0.6], "radii": [4, 1, 2],
                  "iterations": 2, "train_jitter": [0.3, 0.75],
