@@ -198,17 +198,22 @@ def test_residual_layers_start_as_the_plain_score_and_then_learn():
     assert all(residual[-1].weight.grad.abs().sum() > 0 for residual in deeper.residuals)
 
 
-def test_residual_layers_give_the_same_scores_in_blocks_without_gradients():
-    """Without gradients HypothesisScorer.deepen runs its residual layers on blocks of rows; the values are those of
-    the whole rows at once (as in training and in the exported graph), up to float rounding, across block edges."""
+def test_residual_layers_give_the_same_scores_and_gradients_in_blocks():
+    """HypothesisScorer.deepen runs its residual layers on blocks of rows: values and gradients are those of the whole
+    rows at once (HypothesisScorer.residual_rows, as in the exported graph), up to float rounding, across block
+    edges, with and without gradients."""
     torch.manual_seed(0)
     scorer = FineSearch(8, 8, {**CONF, "residual_layers": 2})
     for residual in scorer.residuals:  # trained-like weights instead of the zero-initialised last layer
         torch.nn.init.normal_(residual[-1].weight, std=0.2)
-    rows = torch.randn(2 * RESIDUAL_BLOCK_ROWS + 123, CONF["dim"]).relu()
-    whole = scorer.deepen(rows)
-    with torch.no_grad():
-        blocks = scorer.deepen(rows)
-    assert whole.requires_grad and not blocks.requires_grad
+    rows = torch.randn(2 * RESIDUAL_BLOCK_ROWS + 123, CONF["dim"]).relu().requires_grad_()
+    whole, blocks = scorer.residual_rows(rows), scorer.deepen(rows)
     assert (whole - rows).abs().max() > 0.1  # the layers change the rows
-    torch.testing.assert_close(blocks, whole.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(blocks, whole, rtol=1e-6, atol=1e-6)
+    weight = scorer.residuals[0][0].weight
+    whole_grads = torch.autograd.grad(whole.square().sum(), (rows, weight))
+    block_grads = torch.autograd.grad(blocks.square().sum(), (rows, weight))
+    torch.testing.assert_close(block_grads[0], whole_grads[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(block_grads[1], whole_grads[1], rtol=1e-4, atol=1e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(scorer.deepen(rows), whole.detach(), rtol=1e-6, atol=1e-6)

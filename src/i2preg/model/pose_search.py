@@ -77,7 +77,7 @@ def points_near_view(xyz, centre, rotation, K, image_size, count: int) -> torch.
 
 
 RESIDUAL_BLOCK_ROWS = 8192
-"""Rows a block of ``HypothesisScorer.deepen`` without gradients: a (8192, 64) float32 hidden layer is 2 MiB."""
+"""Rows a block of ``HypothesisScorer.deepen``: a (8192, 64) float32 hidden layer is 2 MiB."""
 
 
 class HypothesisScorer(nn.Module):
@@ -100,24 +100,22 @@ class HypothesisScorer(nn.Module):
         self.score = nn.Linear(dim, 1)
 
     def deepen(self, features: torch.Tensor) -> torch.Tensor:
-        """features (E, dim) -> (E, dim) through the residual layers. Without gradients (inference) they run on blocks
-        of RESIDUAL_BLOCK_ROWS rows, whose (rows, 2 dim) hidden layer stays in the CPU's cache: the fine search scores
-        about 110,000 rows a pair, and on the whole of them at once each layer streamed its hidden layer through
-        memory (2-3 times slower on 2 cores). The same values either way, up to float rounding; the exported graph
-        takes the whole rows (its row count is dynamic)."""
+        """features (E, dim) -> (E, dim) through the residual layers, on blocks of RESIDUAL_BLOCK_ROWS rows whose
+        (rows, 2 dim) hidden layer stays in the CPU's cache: the fine search scores about 110,000 rows a pair, and on
+        the whole of them at once each layer streamed its hidden layer through memory (on 2 cores the forward 1.2
+        times and forward + backward 1.5-1.7 times slower). The same values either way, up to float rounding; the
+        exported graph takes the whole rows (its row count is dynamic)."""
         if not self.residuals:
             return features
-        if torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
-            for residual in self.residuals:
-                features = features + residual(features)
-            return features
-        deepened = torch.empty_like(features)
-        for start in range(0, len(features), RESIDUAL_BLOCK_ROWS):
-            block = features[start:start + RESIDUAL_BLOCK_ROWS]
-            for residual in self.residuals:
-                block = block + residual(block)
-            deepened[start:start + RESIDUAL_BLOCK_ROWS] = block
-        return deepened
+        if torch.onnx.is_in_onnx_export():
+            return self.residual_rows(features)
+        return torch.cat([self.residual_rows(block) for block in features.split(RESIDUAL_BLOCK_ROWS)])
+
+    def residual_rows(self, features: torch.Tensor) -> torch.Tensor:
+        """features (rows, dim) -> (rows, dim): each residual layer's output added to its input."""
+        for residual in self.residuals:
+            features = features + residual(features)
+        return features
 
     def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
         """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3); centres (B, Hy, 2) and
