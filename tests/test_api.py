@@ -21,7 +21,14 @@ from i2preg.data.kitti import KittiOdometry
 from i2preg.data.pairs import pair_generators
 from i2preg.data.synthetic import generate_dataset
 from i2preg.errors import InputError
-from i2preg.geometry import invert_transform, project_points, project_pose, sample_perturbation, transform_points
+from i2preg.geometry import (
+    invert_transform,
+    project_points,
+    project_pose,
+    rot_y,
+    sample_perturbation,
+    transform_points,
+)
 from i2preg.metrics import registration_errors, success
 from i2preg.model.icl import ICL
 from i2preg.weights import bundled_weights, save_weights
@@ -360,8 +367,9 @@ def test_bundled_model_registers_generated_pairs(tmp_path):
 
 def turned(T: np.ndarray, degrees: float) -> np.ndarray:
     """The cloud -> camera pose T with the camera turned by degrees about its y axis (its centre kept)."""
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    return np.array([[c, 0, s, 0], [0, 1, 0, 0], [-s, 0, c, 0], [0, 0, 0, 1.0]]) @ T
+    turn = np.eye(4)
+    turn[:3, :3] = rot_y(np.radians(degrees))
+    return turn @ T
 
 
 def yaw_between(T: np.ndarray, other: np.ndarray) -> float:

@@ -32,6 +32,7 @@ from .data.ops import distinct_indices, sample_indices, voxel_downsample
 from .data.pairs import pair_config, resize_and_crop
 from .data.readers import (
     MAX_COORDINATE_M,
+    is_rotation,
     read_calibration_file,
     read_image_file,
     read_point_cloud,
@@ -307,8 +308,7 @@ class Registrator:
             T = _numpy(prior, "prior_pose").astype(np.float64)
             if T.shape != (4, 4) or not np.isfinite(T).all():
                 raise InputError(f"prior_pose must be a finite (4, 4) pose, got shape {T.shape}")
-            R = T[:3, :3]
-            if not np.allclose(R.T @ R, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
+            if not is_rotation(T[:3, :3]):
                 raise InputError("prior_pose's 3x3 part is not a rotation")
             if self.mirrored:
                 T = MIRROR @ T @ MIRROR

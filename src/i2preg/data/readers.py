@@ -455,9 +455,14 @@ def _transform(values, path: Path, what: str = "extrinsic") -> np.ndarray:
     T[:3] = values.reshape(-1, 4)[:3]
     if values.size == 16 and not np.allclose(values.reshape(4, 4)[3], [0, 0, 0, 1]):
         raise InputError(f"{what}'s last row is not 0 0 0 1", path)
-    if not np.allclose(T[:3, :3].T @ T[:3, :3], np.eye(3), atol=1e-4) or np.linalg.det(T[:3, :3]) < 0:
+    if not is_rotation(T[:3, :3]):
         raise InputError(f"{what}'s 3x3 part is not a rotation", path)
     return T
+
+
+def is_rotation(R: np.ndarray) -> bool:
+    """Whether the (3, 3) R is a proper rotation, to 1e-4 (what pose and extrinsic files are checked with)."""
+    return bool(np.allclose(R.T @ R, np.eye(3), atol=1e-4) and np.linalg.det(R) > 0)
 
 
 def read_pose_file(path: str | os.PathLike, what: str = "pose") -> np.ndarray:
