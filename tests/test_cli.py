@@ -99,7 +99,6 @@ def test_a_warning_is_one_line_on_stderr(synthetic_root, tmp_path, capsys):
     assert "pose (camera from points)" in captured.out
 
 
-
 def test_register_takes_a_prior_pose_file(synthetic_root, tmp_path, capsys):
     """--prior reads a 4x4 pose file (as pose.txt) and --prior-yaw-deg its tolerance; a malformed one is refused in
     one line that names it."""
