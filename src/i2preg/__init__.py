@@ -5,8 +5,13 @@
     result = reg.register(image, points, K)
     result.pose  # (4, 4) camera-from-points
 
-The public names load on first use, so ``import i2preg`` stays light.
+The public names load on first use, so ``import i2preg`` stays light. On Linux it sets glibc's malloc to keep
+freed memory for reuse (``memory.keep_freed_memory``; ``I2PREG_KEEP_FREED_MEMORY=0`` leaves it as it is).
 """
+
+from . import memory
+
+memory.keep_freed_memory()
 
 __version__ = "0.1.0"
 __all__ = ["Registrator", "RegistrationResult", "load_sample", "SamplePair"]

@@ -24,8 +24,8 @@ KITTI figures as a separate reference block) and ``comparison.csv`` (one row per
   PRM, which is part of the network). Data loading and the point pyramid are not timed.
 - peak MiB: on CUDA, ``torch.cuda.max_memory_allocated`` during the method minus the allocation before it
   (tensors only: weights, batch, activations); on the CPU, the peak resident set size of the process during the
-  method (``/proc/self/statm`` polled every 5 ms) minus its size before: a lower bound, since memory an earlier
-  method left with the allocator is reused without growth.
+  method (``/proc/self/statm`` polled every 5 ms) minus its size before, with the free memory that malloc keeps for
+  reuse (``memory``) handed back to the system first: a lower bound where the C library keeps memory otherwise.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from .assembly import load_model
 from .errors import InputError
 from .files import write_text
 from .inference import REFINEMENTS, SOLVERS, evaluation_config, pair_loader, resolve_device, run, with_sequences
+from .memory import release_freed_memory
 from .metrics import registration_errors, summarize
 from .weights import DEFAULT_MODEL, MATCHING_MODEL, read_weights_config, resolve_weights
 
@@ -149,6 +150,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         else:
+            release_freed_memory()
             self._start = self._peak = self.resident_bytes()
             self._done = threading.Event()
             self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -264,7 +266,8 @@ def compare(
     reference = evaluation_config(read_weights_config(resolve_weights(specs[0].weights)), config, overrides)
     resolved = [method_config(spec, reference) for spec in specs]
     torch_device = resolve_device(device)
-    loader = partial(pair_loader, split=split, data_root=data_root, limit=limit, batch_size=batch_size)
+    loader = partial(pair_loader, split=split, data_root=data_root, limit=limit, batch_size=batch_size,
+                     device=torch_device)
     pairs = len(loader(reference).dataset)
     rows = [run_method(spec, cfg, loader, torch_device, progress) for spec, cfg in resolved]
 

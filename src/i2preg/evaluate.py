@@ -231,7 +231,7 @@ def evaluate(
         raise InputError(f"{weights_config['method']} weights: evaluate them with i2preg compare", weights)
     cfg = evaluation_config(weights_config, config, with_sequences(overrides, split, sequences))
     torch_device = resolve_device(device)
-    loader = pair_loader(cfg, split, data_root, limit, batch_size)
+    loader = pair_loader(cfg, split, data_root, limit, batch_size, torch_device)
     num_pairs = len(loader.dataset)
     figure_pairs = list(range(min(DEFAULT_FIGURE_PAIRS, num_pairs))) if figure_pairs is None else list(figure_pairs)
     outside = [i for i in figure_pairs if not 0 <= i < num_pairs]
