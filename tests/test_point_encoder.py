@@ -9,7 +9,7 @@ from i2preg.config import deep_update
 from i2preg.data.collate import build_pyramid
 from i2preg.model.icl import ICL
 from i2preg.model.layers import gather
-from i2preg.model.point_encoder import KPConv, KPConvEncoder
+from i2preg.model.point_encoder import KPConv, KPConvEncoder, max_pool
 
 CONF = deep_update(ICL.default_conf["point_encoder"], {
     "widths": (8, 16, 32, 32), "voxel_size": 0.3, "subsample_sizes": (512, 128, 32), "num_neighbors": 8,
@@ -124,3 +124,20 @@ def test_kpconv_output_and_input_gradient_equal_the_dense_convolution(in_dim, ou
     dense_grads = torch.autograd.grad((dense * target).sum(), [feats, conv.weight])
     for a, b in zip(sparse_grads, dense_grads):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_max_pool_gives_the_same_values_with_and_without_a_gradient_which_reaches_each_maximum():
+    torch.manual_seed(0)
+    feats = torch.randn(2, 40, 6)
+    neighbors = torch.randint(0, 40, (2, 10, 5))
+    with torch.no_grad():
+        without_gradient = max_pool(feats, neighbors)
+    leaf = feats.clone().requires_grad_()
+    pooled = max_pool(leaf, neighbors)
+    pooled.sum().backward()
+    assert torch.equal(pooled, without_gradient)
+    assert torch.equal(without_gradient, gather(feats, neighbors).max(dim=2).values)
+    expected = torch.zeros_like(feats)  # one count per (query, channel), at the row holding its maximum
+    for b, m, c in np.ndindex(2, 10, 6):
+        expected[b, neighbors[b, m, gather(feats, neighbors)[b, m, :, c].argmax()], c] += 1
+    assert torch.equal(leaf.grad, expected)

@@ -197,8 +197,12 @@ class KPConv(nn.Module):
 def max_pool(feats: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
     """Channel-wise max over each neighbourhood: feats (B, S, C), neighbors (B, M, k) into S -> (B, M, C).
 
-    The maximum is read back from feats by its index, so that the gradient goes to the (first) maximal
-    neighbour through a (B, M, C) scatter instead of through every gathered (B, M, k, C) entry."""
+    Where feats needs a gradient, the maximum is read back from feats by its index, so that the gradient goes to
+    the (first) maximal neighbour through a (B, M, C) scatter instead of through every gathered (B, M, k, C) entry;
+    elsewhere (inference, the frozen encoder of stage 2) the same values come from ``amax``, which finds no index
+    (4-6 times faster)."""
+    if not (feats.requires_grad and torch.is_grad_enabled()):
+        return gather(feats, neighbors).amax(dim=2)
     with torch.no_grad():
         source = neighbors.gather(2, gather(feats, neighbors).max(dim=2).indices)  # (B, M, C) row of each maximum
     return feats.gather(1, source)
