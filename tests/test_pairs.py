@@ -87,6 +87,27 @@ def test_voxel_downsample_keeps_one_point_per_voxel():
     assert len(set(indices)) == 3 and not resampled
 
 
+def first_per_voxel(points, voxel, rng=None):
+    """The formulation voxel_downsample replaced: np.unique's first index of each voxel in the (random) order."""
+    order = np.arange(len(points)) if rng is None else rng.permutation(len(points))
+    cells = np.floor(points[order] / voxel).astype(np.int64)
+    cells -= cells.min(axis=0)
+    keys = [tuple(cell) for cell in cells]
+    first = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return np.sort(order[list(first.values())])
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1])
+def test_voxel_downsample_keeps_each_voxels_first_point_in_its_order(seed):
+    points = np.random.default_rng(5).normal(scale=1.0, size=(3000, 3))
+    rngs = [None if seed is None else np.random.default_rng(seed) for _ in range(2)]  # the same draws for both
+    kept = voxel_downsample(points, 0.3, rngs[0])
+    assert len(kept) < 0.8 * len(points)  # voxels with several points, where the order decides
+    np.testing.assert_array_equal(kept, first_per_voxel(points, 0.3, rngs[1]))
+
+
 def test_centre_crop_offsets_and_intrinsics():
     image = np.zeros((375, 1242, 3), np.uint8)
     cropped, K_crop, (dx, dy) = resize_and_crop(image, K, 0.5, (160, 512), rng=None)
