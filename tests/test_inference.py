@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import cv2
 import pytest
@@ -13,7 +14,7 @@ from i2preg.baselines.pnp import pnp_poses
 from i2preg.config import load_config
 from i2preg.errors import InputError
 from i2preg.geometry import make_transform, project_points, transform_points
-from i2preg.inference import evaluation_config, infer, reprojection_confidence, with_sequences
+from i2preg.inference import evaluation_config, infer, pair_loader, reprojection_confidence, with_sequences
 from i2preg.model import ICL
 from test_model import TINY_CONF, synthetic_batch
 
@@ -104,3 +105,18 @@ def test_the_bundled_model_loads_strictly():
     model, cfg = load_model(resolve_weights(None))
     assert isinstance(model, ICL) and model.gpdm.search is not None
     assert (cfg["data"]["crop"], cfg["data"]["num_points"]) == ([160, 512], 8192)
+
+
+@pytest.mark.parametrize("spare_cores", [0, 1])
+def test_loader_workers_on_the_cpu_use_only_the_cores_torch_leaves(synthetic_root, spare_cores):
+    cores, threads = os.cpu_count() or 1, torch.get_num_threads()
+    if cores - spare_cores < 1:
+        pytest.skip("one core")
+    cfg = full_config({"data": {"test_sequences": ["00"]}, "train": {"num_workers": 2}})
+    torch.set_num_threads(cores - spare_cores)
+    try:
+        loader = pair_loader(cfg, "test", synthetic_root, None, 2)
+    finally:
+        torch.set_num_threads(threads)
+    assert loader.num_workers == spare_cores
+    assert pair_loader(cfg, "test", synthetic_root, None, 2, torch.device("cuda")).num_workers == 2

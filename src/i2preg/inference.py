@@ -141,17 +141,20 @@ def pair_loader(cfg: dict, split: str, data_root: str | os.PathLike | None, limi
     """The first ``limit`` (None: all) protocol pairs of ``split`` under ``data_root`` (None: the config's), in
     order, collated for ``cfg``'s model to run on ``device``.
 
-    On CUDA, ``train.num_workers`` loader workers build the batches beside the network. On the CPU the network's
-    threads use every core and a worker would only compete with them, so the collate runs between the batches, its
-    kNN on every core: ``i2preg eval`` of the 200 test pairs on 2 cores took 41-43 s against 44-46 s with one
-    worker, whose collate doubled the forward's time (121-129 against 195-204 ms a pair)."""
+    On CUDA, ``train.num_workers`` loader workers build the batches beside the network. On the CPU they get only the
+    cores that torch's threads leave free (``os.cpu_count() - torch.get_num_threads()``; by default none), as a
+    worker on the network's cores competes with it: there the collate runs between the batches, its kNN on every
+    core. ``i2preg eval`` of the 200 test pairs on 2 cores took 41-43 s against 44-46 s with one worker, whose
+    collate doubled the forward's time (121-129 against 195-204 ms a pair)."""
     if data_root is not None and not Path(data_root).is_dir():
         raise InputError("no such folder", data_root)
     if batch_size < 1 or (limit is not None and limit < 1):
         raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
     dataset = build_dataset(cfg, split, data_root)
     pairs = Subset(dataset, range(min(len(dataset), limit or len(dataset))))
-    workers = int(cfg["train"]["num_workers"]) if device.type == "cuda" else 0
+    workers = int(cfg["train"]["num_workers"])
+    if device.type != "cuda":
+        workers = min(workers, max(0, (os.cpu_count() or 1) - torch.get_num_threads()))
     return DataLoader(pairs, batch_size=batch_size, collate_fn=Collate(cfg["model"], knn_workers=1 if workers else -1),
                       num_workers=workers)
 
