@@ -108,6 +108,15 @@ def test_voxel_downsample_keeps_each_voxels_first_point_in_its_order(seed):
     np.testing.assert_array_equal(kept, first_per_voxel(points, 0.3, rngs[1]))
 
 
+def test_voxel_downsample_of_a_cloud_too_large_for_one_int64_key():
+    points = np.array([[0.0, 0.0, 0.0], [2e5, 2e5, 2e5], [0.0625, 0.0, 0.0], [2e5, 2e5, 2e5 + 0.0625]] * 2)
+    # 1.6e6 voxels an axis: voxel numbers up to 4.1e18, which times the 8 points pass 2**63
+    np.testing.assert_array_equal(voxel_downsample(points, 0.125), [0, 1])
+    for seed in range(3):
+        kept = voxel_downsample(points, 0.125, np.random.default_rng(seed))
+        np.testing.assert_array_equal(kept, first_per_voxel(points, 0.125, np.random.default_rng(seed)))
+
+
 def test_centre_crop_offsets_and_intrinsics():
     image = np.zeros((375, 1242, 3), np.uint8)
     cropped, K_crop, (dx, dy) = resize_and_crop(image, K, 0.5, (160, 512), rng=None)

@@ -10,8 +10,9 @@ def voxel_downsample(points: np.ndarray, voxel: float, rng: np.random.Generator 
 
     points: (N, 3). Returns the sorted indices (M,) of the kept points: the first point of each voxel
     in input order when ``rng`` is None (deterministic), a uniformly random one otherwise (the first in a random
-    order). Each point's voxel and its place in that order make one distinct int64 key, so that a plain sort (1.5
-    times faster than the stable one ``np.unique`` needs to report first indices) puts each voxel's first point first.
+    order). Each point's voxel and its place in that order make one distinct int64 key, so that a plain sort (1.4
+    times faster than the stable one ``np.unique`` needs to report first indices) puts each voxel's first point first;
+    a cloud too large for such keys is sorted by both (``np.lexsort``).
     """
     n = len(points)
     rank = np.arange(n)  # each point's place in the order
@@ -21,7 +22,10 @@ def voxel_downsample(points: np.ndarray, voxel: float, rng: np.random.Generator 
     cells -= cells.min(axis=0)
     extent = cells.max(axis=0) + 1
     voxels = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
-    ranked = np.argsort(voxels * n + rank)  # by voxel, then by place in the order
+    if int(voxels.max()) * n + n < 2**63:
+        ranked = np.argsort(voxels * n + rank)  # by voxel, then by place in the order
+    else:
+        ranked = np.lexsort((rank, voxels))
     sorted_voxels = voxels[ranked]
     first = np.ones(n, dtype=bool)
     first[1:] = sorted_voxels[1:] != sorted_voxels[:-1]
