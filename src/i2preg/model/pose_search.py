@@ -48,8 +48,7 @@ def sample_stacked(image: torch.Tensor, sample: torch.Tensor, uv: torch.Tensor, 
     row = (uv[:, 1] + 0.5) * (h / H) + (sample * (h + 2) + 1)  # stacked-map row coordinate, pixel edges at integers
     # grid_sample's normalised coordinates (align_corners=False): pixel centre u -> (2u + 1) / W - 1
     grid = torch.stack([(2 * uv[:, 0] + 1) / W - 1, 2 * row / (B * (h + 2)) - 1], dim=-1)
-    # (1, C, E, 1) -> (E, C) by a view: indexing it would make the backward pass scatter into two zero tensors of that size
-    return F.grid_sample(stacked, grid.view(1, -1, 1, 2), align_corners=False).view(C, -1).T
+    return F.grid_sample(stacked, grid.view(1, -1, 1, 2), align_corners=False)[0, :, :, 0].T
 
 
 VIEW_TIE_BREAK = 40503
