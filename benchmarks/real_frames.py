@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ import numpy as np
 
 from i2preg.api import TRAFFIC_SIDES, register_files
 from i2preg.data.readers import read_calibration_file, read_image_file, read_point_cloud
+from i2preg.files import write_text
 from i2preg.geometry import invert_transform, project_pose, rot_y
 from i2preg.metrics import ACC_RRE_DEG, ACC_RTE_M, registration_errors
 
@@ -166,11 +168,11 @@ def main() -> None:
         if pairs:
             rows.append(summary_row(f"**{name}** | | | ", pairs))
     print("\n".join(rows))
-    all_pairs = [p for ps in results.values() for p in ps]
-    with open(Path(args.out) / "pairs.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(all_pairs[0]))
-        writer.writeheader()
-        writer.writerows(all_pairs)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(groups["all frames"][0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(groups["all frames"])
+    write_text(Path(args.out) / "pairs.csv", table.getvalue())
     prior = "" if args.prior_yaw_deg is None else (f"; a prior pose's yaw off by up to {args.prior_yaw_deg / 2:g} deg,"
                                                    f" the search within {args.prior_yaw_deg:g} deg of it")
     print(f"\n{args.pose} pose; {args.seeds} protocol seeds a frame from {args.seed}{prior}; failure kinds: " + "; ".join(

@@ -35,18 +35,14 @@ def test_freed_memory_is_reused_without_page_faults_and_the_setting_can_be_turne
 
 RELEASE = """
 import torch
-import i2preg
+from i2preg.compare import PeakMemory
 from i2preg.memory import release_freed_memory
-
-def resident_mib():
-    with open("/proc/self/statm") as file:
-        return int(file.read().split()[1]) * 4096 / 2**20
 
 tensor = torch.empty(256 << 20, dtype=torch.uint8).fill_(1)
 del tensor
-kept = resident_mib()
+kept = PeakMemory.resident_bytes()
 release_freed_memory()
-print(kept - resident_mib())
+print((kept - PeakMemory.resident_bytes()) / 2**20)
 """
 
 
