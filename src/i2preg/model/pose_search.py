@@ -34,13 +34,19 @@ def vector_yaws(d: torch.Tensor) -> torch.Tensor:
     return torch.atan2(-d[..., 0], d[..., 1])
 
 
-def sample_stacked(image: torch.Tensor, sample: torch.Tensor, uv: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear features at E points of differing samples: image (B, C, h, w) feature maps of (H, W) = image_size
-    input images, sample (E,) each point's sample, uv (E, 2) its input-image pixels -> (E, C), zero outside a map
-    (``F.grid_sample``, align_corners False). The maps are stacked into one of height B (h + 2), each framed by a
-    zero row above and below, which hold the zeros a lone map's border reads: one grid_sample serves every sample.
-    The stacked map is channels-last (each pixel's C features side by side), where grid_sample reads the four
-    corners of a sample 1.2 times faster, with the same values.
+def add_stacked_samples(rows: torch.Tensor, image: torch.Tensor, sample: torch.Tensor, uv: torch.Tensor,
+                        image_size: tuple[int, int]) -> torch.Tensor:
+    """rows (E, C) += the bilinear features at E points of differing samples, in place (and returned): image (B, C,
+    h, w) feature maps of (H, W) = image_size input images, sample (E,) each point's sample, uv (E, 2) its
+    input-image pixels; zero outside a map (``F.grid_sample``, align_corners False).
+
+    The maps are stacked into one of height B (h + 2), each framed by a zero row above and below, which hold the zeros
+    a lone map's border reads: one grid_sample serves every sample. The stacked map is channels-last (each pixel's C
+    features side by side), where grid_sample reads the four corners of a sample 1.2 times faster. On the CPU the
+    points are split into as many consecutive parts as torch has threads, each sampling its own view of the same
+    stacked map: PyTorch's CPU grid_sample divides its work between threads by map, so one map ran on one thread
+    (forward 2 times faster on 2 threads). The same values either way; each part's (rows, C) output is a transposed
+    view, added to its rows without a copy.
     """
     B, C, h, w = image.shape
     H, W = image_size
@@ -48,7 +54,17 @@ def sample_stacked(image: torch.Tensor, sample: torch.Tensor, uv: torch.Tensor, 
     row = (uv[:, 1] + 0.5) * (h / H) + (sample * (h + 2) + 1)  # stacked-map row coordinate, pixel edges at integers
     # grid_sample's normalised coordinates (align_corners=False): pixel centre u -> (2u + 1) / W - 1
     grid = torch.stack([(2 * uv[:, 0] + 1) / W - 1, 2 * row / (B * (h + 2)) - 1], dim=-1)
-    return F.grid_sample(stacked, grid.view(1, -1, 1, 2), align_corners=False)[0, :, :, 0].T
+    parts = torch.get_num_threads()
+    if parts == 1 or image.device.type != "cpu" or torch.onnx.is_in_onnx_export():
+        rows += F.grid_sample(stacked, grid.view(1, -1, 1, 2), align_corners=False)[0, :, :, 0].T
+        return rows
+    length = -(-len(grid) // parts)  # rows a part; the last part's grid padded with points outside the map
+    grid = F.pad(grid, (0, 0, 0, parts * length - len(grid)), value=-2.0)
+    sampled = F.grid_sample(stacked.expand(parts, -1, -1, -1), grid.view(parts, length, 1, 2), align_corners=False)
+    for i, part in enumerate(sampled[..., 0]):  # (C, length) each
+        part_rows = rows[i * length:(i + 1) * length]
+        part_rows += part[:, :len(part_rows)].T
+    return rows
 
 
 VIEW_TIE_BREAK = 40503
@@ -148,15 +164,15 @@ class HypothesisScorer(nn.Module):
         weight = view_weight(uv.detach(), depth.detach(), H, W)  # a count, no path for gradients
         seen = weight.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
         uv, points_cam, depth = uv.reshape(-1, 2)[seen], points_cam.reshape(-1, 3)[seen], depth.flatten()[seen]
-        sampled = sample_stacked(image, seen // (Hy * M), uv, image_size)  # (E, dim)
         geometry = torch.stack([points_cam[:, 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
         point = RowIndex(seen // (Hy * M) * M + seen % M, B * M)  # rows of points.flatten(0, 1)
-        # relu(point + geometry_proj(geometry) + sampled), summed in place into the gathered rows: the geometry
-        # MLP's last bias joins the M point rows before the gather and its matmul accumulates into the E rows; a sum
-        # that starts from sampled (a transposed view) would be column-major, several times slower on the CPU
+        # relu(point + geometry_proj(geometry) + sampled image feature), summed in place into the gathered rows: the
+        # geometry MLP's last bias joins the M point rows before the gather and its matmul accumulates into the E
+        # rows; a sum that starts from the sampled features (transposed views) would be column-major, several times
+        # slower on the CPU
         hidden, last = self.geometry_proj[:-1](geometry), self.geometry_proj[-1]
         features = gather_rows((points + last.bias).flatten(0, 1), point).addmm_(hidden, last.weight.T)  # (E, dim)
-        features += sampled
+        add_stacked_samples(features, image, seen // (Hy * M), uv, image_size)
         features = self.deepen(features.relu_())
         scores = self.score(features)[:, 0] * weight.flatten()[seen]
         sums = scores.new_zeros(B * Hy).index_add(0, seen // M, scores).view(B, Hy)
