@@ -132,9 +132,10 @@ class ICLM(nn.Module):
             offsets = window_offsets(round(2 * radius / stride), stride).to(centre)
             samples, window_uv, inside = sample_window(window_map, centre.detach(), offsets, stride, (H, W))
             # summed into the contiguous encodings: the samples are a permuted view, and a sum in their layout
-            # would make every Linear below copy its input first
-            window = self.pixel_pos(window_uv / window_uv.new_tensor([W, H]))
-            window = window.add_(window_stage.offset_pos(offsets / radius)).add_(samples)
+            # would make every Linear below copy its input first; the first sum out of place, since a Linear's
+            # output on a 4-D input is a view, whose in-place sums would copy their whole gradient in the backward pass
+            window = self.pixel_pos(window_uv / window_uv.new_tensor([W, H])) + window_stage.offset_pos(offsets / radius)
+            window = window.add_(samples)
             B, Q, n2, d = window.shape
             x = window_stage.self_attention(x, x)
             desc_2d = window_stage.pixel_attention(x.reshape(B * Q, 1, d), window.reshape(B * Q, n2, d), inside.reshape(B * Q, n2))

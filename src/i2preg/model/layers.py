@@ -15,7 +15,7 @@ def mlp(dims: list[int], final_activation: bool = False) -> nn.Sequential:
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(dims) - 2 or final_activation:
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 

@@ -61,9 +61,9 @@ def add_stacked_samples(rows: torch.Tensor, image: torch.Tensor, sample: torch.T
     length = -(-len(grid) // parts)  # rows a part; the last part's grid padded with points outside the map
     grid = F.pad(grid, (0, 0, 0, parts * length - len(grid)), value=-2.0)
     sampled = F.grid_sample(stacked.expand(parts, -1, -1, -1), grid.view(parts, length, 1, 2), align_corners=False)
-    for i, part in enumerate(sampled[..., 0]):  # (C, length) each
+    for i in range(parts):
         part_rows = rows[i * length:(i + 1) * length]
-        part_rows += part[:, :len(part_rows)].T
+        part_rows += sampled[i, :, :len(part_rows), 0].T
     return rows
 
 
