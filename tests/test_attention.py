@@ -1,5 +1,5 @@
-"""AttentionBlock's fused attention equals the explicit softmax(q k^T / sqrt(d)) v it replaced (reference below),
-masked keys included."""
+"""AttentionBlock's fused attention, and its attention on the unprojected keys where the queries are few, equal the
+explicit softmax(q k^T / sqrt(d)) v they replaced (reference below), masked keys included."""
 
 import math
 
@@ -19,11 +19,12 @@ def explicit_attention(block, x, source, source_mask=None):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_output_and_gradients_equal_the_explicit_attention(masked):
+@pytest.mark.parametrize("keys", [30, 50])  # 10 queries x 4 heads: fused kernel; fewer than the keys: unprojected keys
+def test_output_and_gradients_equal_the_explicit_attention(masked, keys):
     torch.manual_seed(0)
     block = AttentionBlock(32, 4)
-    x, source = torch.randn(3, 10, 32, requires_grad=True), torch.randn(3, 50, 32, requires_grad=True)
-    mask = torch.rand(3, 50) < 0.3 if masked else None
+    x, source = torch.randn(3, 10, 32, requires_grad=True), torch.randn(3, keys, 32, requires_grad=True)
+    mask = torch.rand(3, keys) < 0.3 if masked else None
     fused, explicit = block(x, source, mask), explicit_attention(block, x, source, mask)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
     target = torch.randn_like(fused)

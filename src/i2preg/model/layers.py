@@ -94,14 +94,36 @@ class AttentionBlock(nn.Module):
         """x: (B, Q, d) attends to source: (B, S, d); source_mask: (B, S) bool, False = never attended (a sample
         with every key masked gets uniform weights, as ``masked_softmax`` gives)."""
         B, Q, d = x.shape
-        q, k, v = self._heads(self.to_query(x)), self._heads(self.to_key(source)), self._heads(self.to_value(source))
         bias = None  # masked_softmax's masking as an additive bias: the fused kernel never stores (B, heads, Q, S)
         if source_mask is not None:
             bias = torch.zeros(source_mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill_(~source_mask, torch.finfo(x.dtype).min)[:, None, None]
-        message = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(B, Q, d)
-        x = self.norm_attention(x + self.merge(message))
+        q = self._heads(self.to_query(x))
+        if Q * (self.num_heads - 1) < d and Q * self.num_heads < source.shape[1]:
+            message = self._attention_on_source(q, source, bias)
+        else:
+            k, v = self._heads(self.to_key(source)), self._heads(self.to_value(source))
+            message = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        x = self.norm_attention(x + self.merge(message.transpose(1, 2).reshape(B, Q, d)))
         return self.norm_ffn(x + self.ffn(x))
+
+    def _attention_on_source(self, q: torch.Tensor, source: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The attention of q (B, heads, Q, d / heads) to the keys and values of source (B, S, d), without projecting
+        source: the key's weight moves onto the queries (q . (W_k s + b_k) = (W_k^T q) . s + q . b_k), the value's after
+        the weighted sum (the weights sum to 1: sum_j a_j (W_v s_j + b_v) = W_v sum_j a_j s_j + b_v). For S keys that
+        takes about 2 heads Q S d multiply-adds against 2 S d^2 + 2 Q S d projected, fewer where Q (heads - 1) < d
+        (ICLM's window: 1 query, 256 samples, 4 heads, d 64); the same attention up to float rounding. -> (B, heads,
+        Q, d / heads)."""
+        (B, heads, Q, head_dim), d = q.shape, source.shape[-1]
+        key = self.to_key.weight.view(heads, head_dim, d)
+        logits = (q @ key).flatten(1, 2) @ source.transpose(1, 2)  # (B, heads Q, S)
+        # q . b_k, the same for every key (so it leaves the softmax as it is), added as the projected keys add it
+        logits = (logits + (q @ self.to_key.bias.view(heads, head_dim, 1)).flatten(1, 2)) / math.sqrt(head_dim)
+        if bias is not None:
+            logits = logits + bias[:, 0]
+        pooled = (logits.softmax(dim=-1) @ source).view(B, heads, Q, d)  # each head's weighted sum of the samples
+        value = self.to_value.weight.view(heads, head_dim, d)
+        return pooled @ value.transpose(1, 2) + self.to_value.bias.view(heads, 1, head_dim)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         """(B, S, d) -> (B, heads, S, d / heads)."""
