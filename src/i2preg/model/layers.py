@@ -99,6 +99,7 @@ class AttentionBlock(nn.Module):
             bias = torch.zeros(source_mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill_(~source_mask, torch.finfo(x.dtype).min)[:, None, None]
         q = self._heads(self.to_query(x))
+        # fewer multiply-adds unprojected (``_attention_on_source``), and fewer logits a key than keys
         if Q * (self.num_heads - 1) < d and Q * self.num_heads < source.shape[1]:
             message = self._attention_on_source(q, source, bias)
         else:
