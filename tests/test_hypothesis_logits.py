@@ -32,6 +32,8 @@ def dense_logits(search, image, points, xyz, centres, rotations, K, image_size):
 
 def inputs(seed, B=3, M=200, bins=12):
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the weights too: unseeded, about 1 draw in 100 put a score's input within rounding of
+    # ReLU's kink, where the two formulations' gradients part
     search = PoseSearch(16, 24, {**ICL.default_conf["gpdm"], "yaw_bins": bins})
     image = torch.randn(B, search.image_proj.out_channels, H // 8, W // 8, generator=generator, requires_grad=True)
     points = torch.randn(B, M, search.point_proj.out_features, generator=generator, requires_grad=True)

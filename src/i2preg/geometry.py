@@ -176,6 +176,27 @@ def frustum_params_to_pose(c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return make_transform(R, t)
 
 
+def project_frustum_params(xyz: torch.Tensor, c: torch.Tensor, d: torch.Tensor, K: torch.Tensor):
+    """Cloud-frame points xyz (..., M, 3) through each of the P 3-DoF poses c (..., P, 2), d (..., P, 2)
+    (``frustum_params_to_pose``) into the image of K (..., 3, 3): pixels uv (..., P, M, 2) and depths (..., P, M).
+
+    ``project_points(transform_points(frustum_params_to_pose(c, d), xyz[..., None, :, :]), K)`` up to float rounding,
+    written out for a rotation about the camera's y axis (a point's camera-frame y is its cloud-frame y): the pose
+    searches project every point through every hypothesis, where the general form, its two batched 3 x 3 matmuls
+    over 3-vectors, took 5-7 times as long (7.0 against 1.0-1.5 ms for a fine-search grid: 8 x 135 poses, 256 points
+    each, 2 threads).
+    """
+    d = torch.nn.functional.normalize(d, dim=-1)
+    d0, d1 = d[..., 0, None], d[..., 1, None]  # (..., P, 1)
+    x, z = xyz[..., None, :, 0] - c[..., 0, None], xyz[..., None, :, 2] - c[..., 1, None]  # (..., P, M)
+    depth = d0 * x + d1 * z
+    inverse = 1 / torch.where(depth.abs() < 1e-6, torch.full_like(depth, 1e-6), depth)  # as project_points
+    a, b = (d1 * x - d0 * z) * inverse, xyz[..., None, :, 1] * inverse
+    k = K[..., None, None, :2, :]  # (..., 1, 1, 2, 3)
+    uv = torch.stack([k[..., i, 0] * a + k[..., i, 1] * b + k[..., i, 2] for i in range(2)], dim=-1)
+    return uv, depth
+
+
 def rotation_6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
     """Continuous 6D rotation representation (..., 6) -> rotation (..., 3, 3).
 

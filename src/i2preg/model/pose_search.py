@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import frustum_params_to_pose, project_points, transform_points, view_weight
+from ..geometry import frustum_params_to_pose, project_frustum_params, project_points, transform_points, view_weight
 from .layers import RowIndex, gather, gather_rows, mlp
 
 
@@ -156,13 +156,12 @@ class HypothesisScorer(nn.Module):
         scored."""
         (B, M), Hy = xyz.shape[:2], centres.shape[1]
         H, W = image_size
-        points_cam = transform_points(frustum_params_to_pose(centres, rotations), xyz[:, None])  # (B, Hy, M, 3)
-        uv, depth = project_points(points_cam, K[:, None])
+        uv, depth = project_frustum_params(xyz, centres, rotations, K)  # (B, Hy, M, 2), (B, Hy, M)
         weight = view_weight(uv.detach(), depth.detach(), H, W)  # a count, no path for gradients
         seen = weight.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
-        uv, points_cam, depth = uv.reshape(-1, 2)[seen], points_cam.reshape(-1, 3)[seen], depth.flatten()[seen]
-        geometry = torch.stack([points_cam[:, 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
+        uv, depth = uv.reshape(-1, 2)[seen], depth.flatten()[seen]
         point = RowIndex(seen // (Hy * M) * M + seen % M, B * M)  # rows of points.flatten(0, 1)
+        geometry = torch.stack([xyz[..., 1].flatten()[point.index] / 2, depth.clamp_min(0.5).log()], dim=-1)
         # relu(point + geometry_proj(geometry) + sampled image feature), summed in place into the gathered rows: the
         # geometry MLP's last bias joins the M point rows before the gather and its matmul accumulates into the E rows
         hidden, last = self.geometry_proj[:-1](geometry), self.geometry_proj[-1]
