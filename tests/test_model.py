@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -385,3 +387,27 @@ def test_tiny_model_overfits_one_batch():
         schedule.step()
         history.append(losses["cam"].item())
     assert history[-1] < 0.2 * history[0], (history[0], history[-1])
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_training_step_runs_under_mixed_precision(stage):
+    """``train.precision: bf16-mixed`` (autocast): the pose search, the fine search and KPConv's grouped matmuls,
+    whose in-place and ``out=`` forms autocast does not reach, run in float32; the loss is the float32 step's to
+    bf16's precision, and the same parameters get a gradient."""
+    conf = deep_update(copy.deepcopy(ICL.default_conf), {
+        **TINY_CONF, "gpdm": {"hidden_dim": 16},  # the pose search
+        "fine": {"num_points": 48, "dim": 16, "residual_layers": 1},
+        "iclm": {"dim": 16, "num_queries": 8, "num_iterations": 1, "global_stride": 8, "windows": [[4, 8]],
+                 "window_centre": "frustum", "anchor_sigma": 0.125},
+    })  # fmt: skip
+    losses, with_grad = [], []
+    for mixed in (False, True):
+        torch.manual_seed(0)
+        model, batch = ICL(conf), synthetic_batch(conf=conf)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            total = compute_losses(model.forward_gpdm(batch) if stage == 1 else model(batch), batch, stage=stage)["total"]
+        total.backward()
+        losses.append(total.item())
+        with_grad.append({n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2)
+    assert with_grad[1] == with_grad[0]

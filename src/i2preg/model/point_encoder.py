@@ -62,8 +62,10 @@ class _GroupedMatmul(torch.autograd.Function):
 
 def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """rows (E, C) in consecutive groups of ``counts`` rows, weights (G, C, D) -> (E, D): each group times its
-    weight matrix, written in place of the concatenation of G matmuls."""
-    return _GroupedMatmul.apply(rows, weights, counts)
+    weight matrix, written in place of the concatenation of G matmuls. In the wider of the two dtypes (autocast does
+    not reach the matmuls' ``out=``: under mixed precision the rows come in half precision, the weights in float32)."""
+    dtype = torch.promote_types(rows.dtype, weights.dtype)
+    return _GroupedMatmul.apply(rows.to(dtype), weights.to(dtype), counts)
 
 
 class Influence(NamedTuple):

@@ -61,7 +61,7 @@ def add_bilinear_samples(rows: torch.Tensor, image: torch.Tensor, sample: torch.
     weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], dim=1)  # (E, 4)
     if torch.onnx.is_in_onnx_export():
         return rows.add_((table[corners] * weights[..., None]).sum(1))
-    return rows.add_(F.embedding_bag(corners, table, per_sample_weights=weights, mode="sum"))
+    return rows.add_(F.embedding_bag(corners, table, per_sample_weights=weights.to(table.dtype), mode="sum"))
 
 
 VIEW_TIE_BREAK = 40503
@@ -153,7 +153,11 @@ class HypothesisScorer(nn.Module):
         rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view, each
         weighted by ``geometry.view_weight`` (fading in over the pixel inside the border; divided by the weights'
         sum, at least 1, so 0 for a hypothesis that sees none). Only the (hypothesis, point) pairs in view are
-        scored."""
+        scored. In float32 under autocast (mixed precision), which does not reach its in-place sums."""
+        device = image.device.type
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self.hypothesis_logits(image.float(), points.float(), xyz, centres, rotations, K, image_size)
         (B, M), Hy = xyz.shape[:2], centres.shape[1]
         H, W = image_size
         uv, depth = project_frustum_params(xyz, centres, rotations, K)  # (B, Hy, M, 2), (B, Hy, M)
