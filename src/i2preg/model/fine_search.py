@@ -93,9 +93,10 @@ class FineSearch(HypothesisScorer):
         """
         image, points = self.image_proj(token_map), self.point_proj(point_feats)
         centre, rotation = centre.detach(), nn.functional.normalize(rotation.detach(), dim=-1)
-        if len(self.wide_grid) > 1:
-            centre, rotation = self.step(self.wide_grid, image, points, xyz, centre, rotation, K, image_size,
-                                         self.wide_prior)[1:]
+        if len(self.wide_grid) > 1:  # untrained: no graph for a backward pass (and the in-place residual layers)
+            with torch.no_grad():
+                centre, rotation = self.step(self.wide_grid, image, points, xyz, centre, rotation, K, image_size,
+                                             self.wide_prior)[1:]
         if self.training:
             jitter = (2 * torch.rand_like(self.jitter.expand(len(centre), 3)) - 1) * self.jitter
             centre, rotation = apply_offsets(centre, rotation, jitter)
