@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from i2preg.geometry import frustum_params_to_pose, project_points, transform_points, view_weight
 from i2preg.model.icl import ICL
+from i2preg.model.layers import BilinearRows
 from i2preg.model.pose_search import PoseSearch, add_bilinear_samples, yaw_bin_vectors
 
 H, W = 64, 160
@@ -91,3 +92,17 @@ def test_bilinear_samples_equal_grid_sample_on_each_map():
     weights = torch.randn(added.shape, generator=generator)
     torch.testing.assert_close(torch.autograd.grad((added * weights).sum(), image)[0],
                                torch.autograd.grad((own * weights).sum(), image)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_bilinear_rows_gradients_equal_the_embedding_bags():
+    """BilinearRows's own backward gives the table and the weights the gradients of F.embedding_bag's."""
+    generator = torch.Generator().manual_seed(4)
+    table = torch.randn(50, 6, generator=generator, requires_grad=True)
+    corners = torch.randint(0, 50, (300, 4), generator=generator)
+    weights = torch.rand(300, 4, generator=generator, requires_grad=True)
+    grad = torch.randn(300, 6, generator=generator)
+    rows = BilinearRows.apply(table, corners, weights)
+    reference = F.embedding_bag(corners, table, per_sample_weights=weights, mode="sum")
+    torch.testing.assert_close(rows, reference)
+    for a, b in zip(torch.autograd.grad(rows, [table, weights], grad), torch.autograd.grad(reference, [table, weights], grad)):
+        torch.testing.assert_close(a, b)

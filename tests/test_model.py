@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from i2preg.config import deep_update
 from i2preg.data.collate import Collate
@@ -163,6 +164,27 @@ def test_window_samples_equal_the_tokens_on_their_centres_and_flag_those_outside
     torch.testing.assert_close(half[0, 0, 0], token_map[0, :, 2, 5:7].mean(-1))
     corner = sample_window(token_map, torch.zeros(2, 1, 2), window_offsets(2, stride), stride, (20, 48))[2]
     assert corner.tolist() == [[[False, False, False, True]]] * 2  # only the sample at (+2, +2) px is inside
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 12), (1, 2, 1, 7), (1, 2, 6, 1)])
+def test_window_samples_and_their_gradient_equal_grid_samples_with_border_padding(shape):
+    """sample_window reads what grid_sample reads (bilinear, align_corners False, border padding), inside the map
+    and beyond its border, on maps one pixel wide or high too, and gives the map grid_sample's gradient."""
+    generator = torch.Generator().manual_seed(5)
+    B, C, h, w = shape
+    stride = 4
+    token_map = torch.randn(shape, generator=generator, requires_grad=True)
+    centre = torch.rand(B, 7, 2, generator=generator) * torch.tensor([w * stride + 16.0, h * stride + 16.0]) - 8
+    offsets = window_offsets(3, stride) * 1.37  # samples at other fractions than the centre's
+    samples = sample_window(token_map, centre, offsets, stride, (h * stride, w * stride))[0]
+    uv = centre[:, :, None] + offsets
+    grid = ((uv - (stride - 1) / 2) / stride + 0.5) / uv.new_tensor([w, h]) * 2 - 1
+    reference = F.grid_sample(token_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    reference = reference.permute(0, 2, 3, 1)
+    torch.testing.assert_close(samples, reference, atol=1e-5, rtol=1e-5)
+    weights = torch.randn(samples.shape, generator=generator)
+    torch.testing.assert_close(torch.autograd.grad((samples * weights).sum(), token_map)[0],
+                               torch.autograd.grad((reference * weights).sum(), token_map)[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("window_centre", ["keypoint", "frustum"])

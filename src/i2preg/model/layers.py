@@ -67,6 +67,42 @@ def gather_rows(x: torch.Tensor, rows: RowIndex) -> torch.Tensor:
     return _GatherRows.apply(x, rows)
 
 
+class BilinearRows(torch.autograd.Function):
+    """table (P, C), corners (E, 4) rows of it, weights (E, 4) -> (E, C): each row's weighted sum of its four corner
+    rows. Forward: ``F.embedding_bag`` (a gather and weighted sum in one kernel, which PyTorch parallelises over the
+    points: on 2 CPU threads 2.0-2.4 times faster than ``grid_sample`` on one stacked map, whose CPU kernel divides
+    its work between threads by map and gathers each channel separately). Backward to the table: one ``index_add_``
+    a corner, 2.4 times faster on 2 threads than the embedding bag's own backward (which sorts the E x 4 indices);
+    the same gradient up to the order of its float sums."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, corners: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(table if ctx.needs_input_grad[2] else None, corners, weights)
+        ctx.num_rows = len(table)
+        return F.embedding_bag(corners, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        table, corners, weights = ctx.saved_tensors
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_table = grad.new_zeros(ctx.num_rows, grad.shape[1])
+            for corner in range(corners.shape[1]):
+                grad_table.index_add_(0, corners[:, corner], grad * weights[:, corner, None])
+        if ctx.needs_input_grad[2]:
+            grad_weights = (table[corners] * grad[:, None]).sum(-1)
+        return grad_table, None, grad_weights
+
+
+def bilinear_rows(table: torch.Tensor, corners: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """table (P, C), corners (E, 4) rows of it, weights (E, 4) -> (E, C): each row's weighted sum of its four corner
+    rows (a bilinear sample, with the table a flattened feature map), by ``BilinearRows``; the ONNX export, which has
+    no embedding bag, gathers the corners and sums them."""
+    if torch.onnx.is_in_onnx_export():
+        return (table[corners] * weights[..., None]).sum(1)
+    return BilinearRows.apply(table, corners, weights)
+
+
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Softmax over the last dim where mask (broadcastable, bool) is False gets exactly zero weight.
 
