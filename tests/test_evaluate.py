@@ -23,7 +23,7 @@ from i2preg.model.icl import ICL
 from i2preg.weights import save_weights
 
 ON_SEQUENCE_00 = {"data": {"test_sequences": ["00"]}}
-OFFSETS = ["centre_dx", "centre_dy", "centre_dz"]
+OFFSETS = ["centre_dx", "centre_dy", "centre_dz", "yaw_offset"]
 COLUMNS = ["index", "sequence", "frame", "camera", "rte", "rre", "rre_geodesic", "success", *OFFSETS, "frustum_rte",
            "frustum_rre", "frustum_rre_geodesic", "frustum_success", *(f"frustum_{k}" for k in OFFSETS), "confidence",
            "forward_ms"]
@@ -63,7 +63,7 @@ def test_writes_every_promised_file(setup):
     assert all(0 <= float(r["confidence"]) <= 1 and float(r["forward_ms"]) > 0 for r in rows)
 
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("final", "frustum", "table", "thresholds", "confidence", "centre_offset_by_camera", "pairs", "weights", "device",
+    for key in ("final", "frustum", "table", "thresholds", "confidence", "centre_offset_by_camera", "yaw_offset_by_camera", "pairs", "weights", "device",
                 "seconds_per_pair", "wall_seconds_per_pair", "config", "figures"):
         assert key in summary
     assert summary["pairs"] == 3 and summary["device"] == "cpu"
@@ -93,8 +93,9 @@ def test_table_is_the_protocol_over_the_csv_rows(setup):
         np.testing.assert_array_equal([r[prefix + "success"] == "True" for r in rows], success(errors))
         for camera in ("2", "3"):  # the mean centre offset of each camera's pairs, from the CSV
             mine = [r for r in rows if r["camera"] == camera]
-            expected = [np.mean([float(r[prefix + k]) for r in mine]) for k in ("centre_dx", "centre_dy", "centre_dz")]
-            np.testing.assert_allclose(summary["centre_offset_by_camera"][name][camera], expected, rtol=1e-12)
+            expected = [np.mean([float(r[prefix + k]) for r in mine]) for k in OFFSETS]
+            np.testing.assert_allclose(summary["centre_offset_by_camera"][name][camera], expected[:3], rtol=1e-12)
+            np.testing.assert_allclose(summary["yaw_offset_by_camera"][name][camera], expected[3:], rtol=1e-12)
     table = format_table({"final": summary["final"], "frustum": summary["frustum"]})
     assert summary["table"] == table and table in setup["stdout"]
 

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from i2preg.geometry import euler_to_matrix, make_transform
-from i2preg.metrics import centre_offsets, format_table, registration_errors, success, summarize
+from i2preg.metrics import centre_offsets, format_table, registration_errors, success, summarize, yaw_offsets
 
 
 def method_formula(T_pred, T_gt):
@@ -105,3 +105,20 @@ def test_centre_offsets_are_in_the_true_cameras_axes_and_ignore_the_clouds_origi
         np.testing.assert_allclose(centre_offsets(T_pred, T_gt), [[0.5, 0.0, 0.0]], atol=1e-12)
         rte.append(registration_errors(T_pred, T_gt)["rte"][0])
     assert rte[0] == pytest.approx(0.5) and abs(rte[1] - 0.5) > 0.3  # the RTE moves with the origin
+
+
+def test_yaw_offsets_say_how_far_right_the_predicted_camera_looks():
+    """A predicted camera whose optical axis, in the true camera's axes, is (sin a, 0, cos a) (turned right by a) has
+    a yaw offset of +a deg, -a turned left, wherever it stands and wherever the cloud frame's origin lies; a tilt
+    about its x axis leaves it 0."""
+    for degrees in (3.0, -7.5):
+        a = np.radians(degrees)
+        true_to_predicted = np.array([[np.cos(a), 0.0, -np.sin(a)], [0.0, 1.0, 0.0], [np.sin(a), 0.0, np.cos(a)]])
+        assert np.allclose(true_to_predicted.T @ [0, 0, 1], [np.sin(a), 0, np.cos(a)])  # the predicted optical axis
+        for origin in (np.zeros(3), np.array([3.0, -1.0, 12.0])):
+            T_gt = make_transform(euler_to_matrix(0.1, 0.7, -0.05), origin)
+            T_pred = make_transform(true_to_predicted, np.array([0.4, 0.0, -0.2])) @ T_gt
+            np.testing.assert_allclose(yaw_offsets(T_pred, T_gt), [degrees], atol=1e-9)
+    tilt = make_transform(euler_to_matrix(0.05, 0.0, 0.0), np.zeros(3))
+    T_gt = make_transform(euler_to_matrix(0.0, 0.7, 0.0), np.zeros(3))
+    np.testing.assert_allclose(yaw_offsets(tilt @ T_gt, T_gt), [0.0], atol=1e-9)

@@ -6,8 +6,9 @@ are ``inference``'s.
 
 Written into ``out_dir``::
 
-    pairs.csv                   one row per pair: errors of the final and the frustum pose (RTE, RRE and the
-                                camera centre's offset in the true camera's axes), confidence, time
+    pairs.csv                   one row per pair: errors of the final and the frustum pose (RTE, RRE, the
+                                camera centre's offset in the true camera's axes and the yaw offset about its
+                                vertical axis), confidence, time
     summary.json                the protocol statistics of both poses, the confidence's ROC AUC, the config,
                                 the weights' path and sha256, device and speed
     cumulative_rte.png          cumulative error curves of the final and the frustum pose
@@ -47,7 +48,7 @@ from .inference import (
     run,
     with_sequences,
 )
-from .metrics import centre_offsets, format_table, registration_errors, success, summarize
+from .metrics import centre_offsets, format_table, registration_errors, success, summarize, yaw_offsets
 from .weights import read_weights_config, resolve_weights
 
 DEFAULT_FIGURE_PAIRS = 3
@@ -62,6 +63,8 @@ FINE_POSE = ("fine", "fine_", "fine_pose")
 ERROR_KEYS = ("rte", "rre", "rre_geodesic")
 OFFSET_KEYS = ("centre_dx", "centre_dy", "centre_dz")
 """``metrics.centre_offsets``: the predicted camera centre minus the true one, in the true camera's axes."""
+YAW_KEY = "yaw_offset"
+"""``metrics.yaw_offsets``: how far right of the true camera's optical axis the predicted camera looks, degrees."""
 
 
 def evaluated_poses(model: torch.nn.Module) -> tuple[tuple[str, str, str], ...]:
@@ -70,9 +73,10 @@ def evaluated_poses(model: torch.nn.Module) -> tuple[tuple[str, str, str], ...]:
 
 
 def csv_columns(poses: tuple[tuple[str, str, str], ...]) -> list[str]:
-    """pairs.csv's columns: the pair, each pose's errors, success and centre offsets, the confidence, the time."""
+    """pairs.csv's columns: the pair, each pose's errors, success, centre and yaw offsets, the confidence, the
+    time."""
     return ["index", "sequence", "frame", "camera",
-            *(prefix + k for _, prefix, _ in poses for k in (*ERROR_KEYS, "success", *OFFSET_KEYS)),
+            *(prefix + k for _, prefix, _ in poses for k in (*ERROR_KEYS, "success", *OFFSET_KEYS, YAW_KEY)),
             "confidence", "forward_ms"]
 
 
@@ -124,6 +128,7 @@ def predict(
             errors = registration_errors(T_pred, T_gt)
             errors["success"] = success(errors, **thresholds)
             errors.update(zip(OFFSET_KEYS, centre_offsets(T_pred, T_gt).T))
+            errors[YAW_KEY] = yaw_offsets(T_pred, T_gt)
             per_pose.update({prefix + name: values for name, values in errors.items()})
         for b, meta in enumerate(batch["meta"]):
             rows.append({
@@ -189,12 +194,12 @@ def confidence_report(confidence: np.ndarray, successes: np.ndarray) -> dict[str
     }
 
 
-def centre_offset_by_camera(rows: list[dict[str, Any]], poses=POSES) -> dict[str, dict[str, list[float]]]:
-    """Per pose of ``poses`` (default ``POSES``: final, frustum) and camera: the mean camera-centre offset (x right,
-    y down, z forward; metres) over that camera's pairs. A systematic offset shows here, e.g. a model that places
-    the camera of a stereo rig between its two cameras."""
+def offset_by_camera(rows: list[dict[str, Any]], keys, poses=POSES) -> dict[str, dict[str, list[float]]]:
+    """Per pose of ``poses`` (default ``POSES``: final, frustum) and camera: the means of the columns ``keys`` (e.g.
+    ``OFFSET_KEYS``, the camera-centre offset: x right, y down, z forward, metres) over that camera's pairs. A
+    systematic offset shows here, e.g. a model that places the camera of a stereo rig between its two cameras."""
     by_camera = {camera: [r for r in rows if r["camera"] == camera] for camera in sorted({r["camera"] for r in rows})}
-    return {name: {str(camera): [float(np.mean([r[prefix + k] for r in mine])) for k in OFFSET_KEYS]
+    return {name: {str(camera): [float(np.mean([r[prefix + k] for r in mine])) for k in keys]
                    for camera, mine in by_camera.items()} for name, prefix, _ in poses}
 
 
@@ -267,7 +272,8 @@ def evaluate(
         "table": table,
         "thresholds": thresholds,
         "confidence": confidence_report(np.array([r["confidence"] for r in rows]), errors["final"]["success"]),
-        "centre_offset_by_camera": centre_offset_by_camera(rows, poses),
+        "centre_offset_by_camera": offset_by_camera(rows, OFFSET_KEYS, poses),
+        "yaw_offset_by_camera": offset_by_camera(rows, (YAW_KEY,), poses),
         "pairs": num_pairs,
         "split": split,
         "solver": solver,
