@@ -1,11 +1,11 @@
-"""Which part of the camera-centre error each pose corrects: across (right) and along the optical axis (forward).
+"""Which part of the pose error each pose corrects: across (right), along the optical axis (forward) and in yaw.
 
     python benchmarks/centre_errors.py outputs/eval [outputs/eval-other ...]
 
-Reads the ``pairs.csv`` that ``i2preg eval`` writes (each pose's camera-centre offset in the true camera's axes)
-and, over the pairs that every pose registers (Acc), prints per axis the median absolute offset of GPDM's frustum
-pose, the fine search's pose and the final pose, and the least-squares slope and correlation of the fine pose's
-offset against the frustum pose's: a slope of 1 means the fine search keeps GPDM's error along that axis, 0 that
+Reads the ``pairs.csv`` that ``i2preg eval`` writes (each pose's camera-centre offset in the true camera's axes and
+its yaw offset) and, over the pairs that every pose registers (Acc), prints per axis the median absolute offset of
+GPDM's frustum pose, the fine search's pose and the final pose, and the least-squares slope and correlation of the
+fine pose's offset against the frustum pose's: a slope of 1 means the fine search keeps GPDM's error along that axis, 0 that
 it removes it. Prints Markdown.
 """
 
@@ -22,7 +22,7 @@ from i2preg.evaluate import FINE_POSE, POSES
 PREFIX = {name: prefix for name, prefix, _ in (*POSES, FINE_POSE)}
 """Pose -> its columns' prefix in pairs.csv."""
 ORDER = ("frustum", "fine", "final")
-AXES = {"across": "dx", "forward": "dz"}
+AXES = {"across (m)": "centre_dx", "forward (m)": "centre_dz", "yaw (deg)": "yaw_offset"}
 
 
 def columns(path: Path) -> dict[str, np.ndarray]:
@@ -37,13 +37,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("evals", nargs="+", type=Path, help="output folders of i2preg eval")
     args = parser.parse_args()
-    print("| eval | pairs | axis | median abs offset (m): frustum, fine, final | fine on frustum: slope, correlation |")
+    print("| eval | pairs | axis | median abs offset: frustum, fine, final | fine on frustum: slope, correlation |")
     print("|---|---|---|---|---|")
     for folder in args.evals:
         c = columns(folder / "pairs.csv")
         kept = np.logical_and.reduce([c[f"{PREFIX[p]}success"] for p in ORDER])
         for axis, key in AXES.items():
-            offsets = {p: c[f"{PREFIX[p]}centre_{key}"][kept] for p in ORDER}
+            offsets = {p: c[f"{PREFIX[p]}{key}"][kept] for p in ORDER}
             slope = np.polyfit(offsets["frustum"], offsets["fine"], 1)[0]
             corr = np.corrcoef(offsets["frustum"], offsets["fine"])[0, 1]
             medians = ", ".join(f"{np.median(np.abs(offsets[p])):.3f}" for p in ORDER)
