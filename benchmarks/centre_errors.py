@@ -5,8 +5,8 @@
 Reads the ``pairs.csv`` that ``i2preg eval`` writes (each pose's camera-centre offset in the true camera's axes and
 its yaw offset) and, over the pairs that every pose registers (Acc), prints per axis the median absolute offset of
 GPDM's frustum pose, the fine search's pose and the final pose, and the least-squares slope and correlation of the
-fine pose's offset against the frustum pose's: a slope of 1 means the fine search keeps GPDM's error along that axis, 0 that
-it removes it. Prints Markdown.
+fine pose's offset against the frustum pose's: a slope of 1 means the fine search keeps GPDM's error along that
+axis, 0 that it removes it. Prints Markdown.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ fresh memory: 37,000 page faults in a stage-2 step, then none):
 Module times come from forward hooks (wall clock, nested: the pose search is inside GPDM, and the table gives
 GPDM without it). With ``--top`` N, the N costliest operators of each run (torch.profiler, self CPU time) follow
 the table (a profiled run allocates differently and faults fresh memory in again, 57,000 page faults in a stage-2
-step: memory-bound operators, copies and elementwise ones, read slower there than they run); ``--trace DIR`` writes a Chrome trace of each run. Prints Markdown.
+step: memory-bound operators, copies and elementwise ones, read slower there than they run); ``--trace DIR``
+writes a Chrome trace of each run. Prints Markdown.
 """
 
 from __future__ import annotations

@@ -63,8 +63,9 @@ def test_writes_every_promised_file(setup):
     assert all(0 <= float(r["confidence"]) <= 1 and float(r["forward_ms"]) > 0 for r in rows)
 
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("final", "frustum", "table", "thresholds", "confidence", "centre_offset_by_camera", "yaw_offset_by_camera", "pairs", "weights", "device",
-                "seconds_per_pair", "wall_seconds_per_pair", "config", "figures"):
+    for key in ("final", "frustum", "table", "thresholds", "confidence", "centre_offset_by_camera",
+                "yaw_offset_by_camera", "pairs", "weights", "device", "seconds_per_pair", "wall_seconds_per_pair",
+                "config", "figures"):
         assert key in summary
     assert summary["pairs"] == 3 and summary["device"] == "cpu"
     assert summary["weights"]["path"] == str(setup["weights"].resolve()) and len(summary["weights"]["sha256"]) == 64

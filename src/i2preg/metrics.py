@@ -43,7 +43,6 @@ def centre_offsets(T_pred: np.ndarray, T_gt: np.ndarray) -> np.ndarray:
     return np.einsum("bij,bj->bi", T_gt[:, :3, :3], centres)
 
 
-
 def yaw_offsets(T_pred: np.ndarray, T_gt: np.ndarray) -> np.ndarray:
     """(B,) degrees: how far to the right of the true camera's optical axis the predicted camera looks (negative: to
     the left), the angle of the predicted optical axis about the true camera's y axis (down), in the true camera's
@@ -54,6 +53,7 @@ def yaw_offsets(T_pred: np.ndarray, T_gt: np.ndarray) -> np.ndarray:
     T_gt = np.asarray(T_gt, dtype=np.float64).reshape(-1, 4, 4)
     axis = np.einsum("bij,bkj->bik", T_gt[:, :3, :3], T_pred[:, :3, :3])[:, :, 2]  # R_gt R_pred^T (0, 0, 1)
     return np.degrees(np.arctan2(axis[:, 0], axis[:, 2]))
+
 
 def success(errors: dict[str, np.ndarray], rte_thresh: float = ACC_RTE_M, rre_thresh: float = ACC_RRE_DEG) -> np.ndarray:
     """(B,) bool: the pairs whose RTE and (Euler-sum) RRE are below the thresholds."""

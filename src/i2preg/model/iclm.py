@@ -193,7 +193,7 @@ def sample_window(token_map: torch.Tensor, centre: torch.Tensor, offsets: torch.
     corner = ((sample * h + y0.long()) * w + x0.long()).flatten()
     right, down = int(w > 1), w * int(h > 1)  # a one-pixel-wide map's right corner is itself (weight 0)
     corners = corner[:, None] + torch.tensor([0, right, down, down + right], device=uv.device)
-    weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], dim=-1).flatten(0, 2).to(token_map.dtype)
+    weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], dim=-1).flatten(0, 2)
     table = token_map.permute(0, 2, 3, 1).reshape(-1, C)  # (B h w, C)
     samples = bilinear_rows(table, corners, weights).view(*uv.shape[:3], C)
     H, W = image_size

@@ -96,8 +96,10 @@ class BilinearRows(torch.autograd.Function):
 
 def bilinear_rows(table: torch.Tensor, corners: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """table (P, C), corners (E, 4) rows of it, weights (E, 4) -> (E, C): each row's weighted sum of its four corner
-    rows (a bilinear sample, with the table a flattened feature map), by ``BilinearRows``; the ONNX export, which has
-    no embedding bag, gathers the corners and sums them."""
+    rows (a bilinear sample, with the table a flattened feature map), by ``BilinearRows``, the weights in the table's
+    dtype (under mixed precision the table may be half precision); the ONNX export, which has no embedding bag,
+    gathers the corners and sums them."""
+    weights = weights.to(table.dtype)
     if torch.onnx.is_in_onnx_export():
         return (table[corners] * weights[..., None]).sum(1)
     return BilinearRows.apply(table, corners, weights)

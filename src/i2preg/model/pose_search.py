@@ -57,7 +57,7 @@ def add_bilinear_samples(rows: torch.Tensor, image: torch.Tensor, sample: torch.
     corner = (sample * (h + 2) + y0.long()) * (w + 2) + x0.long()
     corners = corner[:, None] + torch.tensor([0, 1, w + 2, w + 3], device=corner.device)  # (E, 4)
     weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], dim=1)  # (E, 4)
-    return rows.add_(bilinear_rows(table, corners, weights.to(table.dtype)))
+    return rows.add_(bilinear_rows(table, corners, weights))
 
 
 VIEW_TIE_BREAK = 40503
@@ -98,7 +98,7 @@ def residual_blocks_(features: torch.Tensor, layers, inputs: torch.Tensor | None
     block's hidden layer and residual go to buffers that stay in the cache, so that no block allocates and no
     concatenation copies the rows again (the arithmetic of ``residual_rows``, bit for bit). With inputs (L - 1, E,
     dim) and hidden (L, E, 2 dim) it keeps there the input of every layer but the first and every hidden layer (after
-    its ReLU), for ``ResidualRows``'s backward pass. -> (features, inputs, hidden)."""
+    its ReLU), for ``ResidualRows``'s backward pass. Returns features."""
     width = layers[0][0].shape[0]
     block_hidden = features.new_empty(RESIDUAL_BLOCK_ROWS, width)
     residual = features.new_empty(RESIDUAL_BLOCK_ROWS, features.shape[1])
@@ -110,7 +110,12 @@ def residual_blocks_(features: torch.Tensor, layers, inputs: torch.Tensor | None
             h = block_hidden[: len(block)] if hidden is None else hidden[layer, rows]
             torch.addmm(first_bias, block, first_weight.T, out=h).relu_()
             block += torch.addmm(last_bias, h, last_weight.T, out=residual[: len(block)])
-    return features, inputs, hidden
+    return features
+
+
+def residual_layers(parameters) -> list:
+    """``ResidualRows``'s flat parameters -> (first weight, first bias, last weight, last bias) a layer."""
+    return [parameters[i:i + 4] for i in range(0, len(parameters), 4)]
 
 
 class ResidualRows(torch.autograd.Function):
@@ -123,10 +128,10 @@ class ResidualRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, *parameters: torch.Tensor) -> torch.Tensor:
-        layers = [parameters[i:i + 4] for i in range(0, len(parameters), 4)]
-        width = layers[0][0].shape[0]
-        out, inputs, hidden = residual_blocks_(features.clone(), layers, features.new_empty(len(layers) - 1, *features.shape),
-                                               features.new_empty(len(layers), len(features), width))
+        layers = residual_layers(parameters)
+        inputs = features.new_empty(len(layers) - 1, *features.shape)
+        hidden = features.new_empty(len(layers), len(features), layers[0][0].shape[0])
+        out = residual_blocks_(features.clone(), layers, inputs, hidden)
         ctx.save_for_backward(features, inputs, hidden, *parameters)
         return out
 
@@ -134,7 +139,7 @@ class ResidualRows(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         features, inputs, hidden, *parameters = ctx.saved_tensors
-        layers = [parameters[i:i + 4] for i in range(0, len(parameters), 4)]
+        layers = residual_layers(parameters)
         grads = [torch.zeros_like(parameter) for parameter in parameters]
         grad_features = grad.clone()  # the rows' gradient, taken back through the layers block by block in place
         grad_hidden = grad.new_empty(RESIDUAL_BLOCK_ROWS, hidden.shape[-1])
@@ -186,7 +191,7 @@ class HypothesisScorer(nn.Module):
             return self.residual_rows(features)
         layers = [(first.weight, first.bias, last.weight, last.bias) for first, _, last in self.residuals]
         if not torch.is_grad_enabled():
-            return residual_blocks_(features, layers)[0]
+            return residual_blocks_(features, layers)
         return ResidualRows.apply(features, *(parameter for layer in layers for parameter in layer))
 
     def residual_rows(self, features: torch.Tensor) -> torch.Tensor:
