@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -34,6 +35,10 @@ from i2preg.model.icl import ICL
 from i2preg.weights import bundled_weights, save_weights
 
 BUNDLED = bundled_weights()
+
+# Most tests here register the synthetic frame's cloud in its LiDAR's frame (z up), which the registration's frame
+# check warns about (test_a_cloud_in_another_frame_gets_a_warning); what they test does not hang on the frame.
+pytestmark = pytest.mark.filterwarnings("ignore:points. the cloud spreads:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +222,21 @@ def test_nan_rows_are_left_out_with_a_warning(reg, frame):
     np.testing.assert_array_equal(result.keypoints_3d, expected.keypoints_3d)
     np.testing.assert_array_equal(result.overlap_mask[~missing], expected.overlap_mask)
     assert len(result.overlap_mask) == len(holes) and not result.overlap_mask[missing].any()
+
+
+def test_a_cloud_in_another_frame_gets_a_warning(reg, frame):
+    """A 3-DoF model expects the cloud's y axis down like the camera's, the origin at camera height: the frame's cloud
+    moved into its camera's frame registers without a warning; in its LiDAR's own frame (z up), or turned upside
+    down (y up), it gets a one-line warning that says what the model expects."""
+    camera_frame = transform_points(frame["T"], frame["points"][:, :3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg.register(frame["image"], camera_frame, frame["K"])
+    with pytest.warns(UserWarning, match=r"^points: the cloud spreads [\d.]+, [\d.]+ and [\d.]+ m along x, y and z .*"
+                                         r"expects y pointing down[^\n]*$"):
+        reg.register(frame["image"], frame["points"], frame["K"])
+    with pytest.warns(UserWarning, match=r"^points: most of the cloud lies above its origin \(median y -[\d.]+ m\)"):
+        reg.register(frame["image"], camera_frame * [1, -1, -1], frame["K"])
 
 
 def test_bad_batch_and_intensity(reg, frame):

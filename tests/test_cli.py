@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from i2preg.cli import main
-from i2preg.data.readers import read_point_cloud
+from i2preg.data.readers import read_calibration_file, read_point_cloud
 from i2preg.demo import run_demo
+from i2preg.geometry import transform_points
 from i2preg.weights import bundled_weights
 
 
@@ -85,10 +86,11 @@ def test_eval_refine_flag_sets_the_refinement_and_rejects_unknown_ones(synthetic
 
 
 def test_a_warning_is_one_line_on_stderr(synthetic_root, tmp_path, capsys):
-    """A cloud with missing returns (NaN rows) registers, with one warning line that gives their count."""
+    """A cloud with missing returns (NaN rows) registers, with one warning line that gives their count (the cloud in
+    its camera's frame, as the 3-DoF model expects it: no other warning)."""
     sequence = synthetic_root / "sequences" / "00"
     xyz, intensity = read_point_cloud(sequence / "velodyne" / "000000.bin")
-    cloud = np.c_[xyz, intensity]
+    cloud = np.c_[transform_points(read_calibration_file(sequence / "calib.txt", 2).T_cam_velo, xyz), intensity]
     cloud[[0, 10, 20]] = np.nan
     np.save(tmp_path / "holes.npy", cloud)
     assert main(["register", "--image", str(sequence / "image_2" / "000000.png"), "--points", str(tmp_path / "holes.npy"),

@@ -10,7 +10,8 @@ resized by s and centre-cropped to its input size; both change only the intrinsi
 (``K_model = C S K`` with S, C pixel-grid maps), never the camera frame, so the pose it predicts for its
 input is the pose of the original image too. A 3-DoF model (the benchmark protocol, and the bundled
 model) predicts yaw about the camera's y axis and a planar translation: it expects a cloud frame whose
-y axis points down like the camera's and whose origin is at camera height, within about 10 m of it.
+y axis points down like the camera's and whose origin is at camera height, within about 10 m of it; a cloud that
+does not look so gets a warning (``_check_level_frame``).
 """
 
 from __future__ import annotations
@@ -184,6 +185,30 @@ def _check_points(points: Tensorish, intensity: Tensorish | None) -> tuple[np.nd
     return points[:, :3], intensity, finite
 
 
+FLAT_AXIS_RATIO = 0.5
+"""``_check_level_frame`` warns where the cloud's spread along y (between its quartiles) exceeds this fraction of its
+spread along x or z. Street scans in the frame a 3-DoF model expects spread along y at most 0.10 times as much as along
+the flatter of x and z (every fifth pair of the synthetic test and design sets), 0.06-0.28 times (the real KITTI and
+nuScenes frames moved into their camera's frame); the same real scans in their LiDAR's frame, z up, 3.6-20 times."""
+
+
+def _check_level_frame(xyz: np.ndarray) -> None:
+    """Warn (one line) where the cloud xyz (N, 3) does not look like a street scan in the frame a 3-DoF model
+    expects, y pointing down like the camera's and the origin at camera height: spread along y beyond
+    ``FLAT_AXIS_RATIO`` of x's or z's (a frame with another up axis, as a LiDAR's own with z up), or most points above
+    the origin (y up, or the origin under the ground). A street scan's ground holds most of its points."""
+    spread = np.percentile(xyz, 75, axis=0) - np.percentile(xyz, 25, axis=0)
+    x, y, z = spread
+    if y > FLAT_AXIS_RATIO * min(x, z):
+        warnings.warn(f"points: the cloud spreads {x:.1f}, {y:.1f} and {z:.1f} m along x, y and z (between quartiles): "
+                      "a 3-DoF model expects y pointing down like the camera's, the ground flat in x and z; rotate it "
+                      "(from a LiDAR's x forward, y left, z up: new x, y, z = -y, -z, x) and put its origin at the "
+                      "camera's height", stacklevel=4)
+    elif (height := np.median(xyz[:, 1])) < 0:
+        warnings.warn(f"points: most of the cloud lies above its origin (median y {height:.2f} m): a 3-DoF model "
+                      "expects y pointing down like the camera's and the origin at the camera's height", stacklevel=4)
+
+
 def _check_K(K: Tensorish) -> np.ndarray:
     K = _numpy(K, "K").astype(np.float64)
     if K.shape != (3, 3):
@@ -322,6 +347,8 @@ class Registrator:
         (2,) for the pose search (``_yaw_priors``), or None."""
         image, K = _check_image(image), _check_K(K)
         xyz, intensity, finite = _check_points(points, intensity)
+        if self.model.conf["dof"] == 3:
+            _check_level_frame(xyz[finite])
         (h, w), (H, W) = self.image_size, image.shape[:2]
         if self.mirrored:  # u -> W - 1 - u (pixel centres at integers), x -> -x
             image, K, xyz = np.ascontiguousarray(image[:, ::-1]), _mirrored_K(K, W), xyz * MIRROR.diagonal()[:3]
