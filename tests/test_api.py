@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from i2preg.api import LOW_CONFIDENCE, RegistrationResult, Registrator, register_files
+from i2preg.api import LOW_CONFIDENCE, RegistrationResult, Registrator, cloud_axes_rotation, register_files
 from i2preg.assembly import full_config
 from i2preg.config import load_config
 from i2preg.data.kitti import KittiOdometry
@@ -239,6 +239,38 @@ def test_a_cloud_in_another_frame_gets_a_warning(reg, frame):
         reg.register(frame["image"], camera_frame * [1, -1, -1], frame["K"])
 
 
+def test_cloud_axes_turn_the_cloud_and_the_results_back():
+    """cloud_axes_rotation maps each named direction onto the camera-like axes (x right, y down, z forward) and
+    refuses what is not a right-handed frame."""
+    flu = cloud_axes_rotation("flu")
+    np.testing.assert_array_equal(flu[:3, :3] @ np.eye(3), [[0, -1, 0], [0, 0, -1], [1, 0, 0]])  # columns: f, l, u
+    np.testing.assert_array_equal(cloud_axes_rotation("RDF"), np.eye(4))
+    np.testing.assert_array_equal(cloud_axes_rotation("rfu")[:3, :3] @ [0, 1, 0], [0, 0, 1])  # nuScenes' y: forward
+    for bad, message in (("rdd", "not a right-handed frame"), ("ldf", "not a right-handed frame"),
+                         ("xyz", "three letters"), ("rd", "three letters")):
+        with pytest.raises(InputError, match=message):
+            cloud_axes_rotation(bad)
+
+
+@pytest.mark.parametrize("traffic", ["right", "left"])
+def test_a_lidar_frame_cloud_with_its_axes_registers_as_the_turned_cloud(weights, frame, traffic):
+    """cloud_axes="flu" on a cloud in a LiDAR's frame (z up) gives what the camera-axes cloud gives, its pose,
+    frustum pose and 3D keypoints taken back into the LiDAR's frame, the same overlap, and no frame warning."""
+    lidar = frame["points"][:, :3]
+    turn = cloud_axes_rotation("flu")
+    camera_axes = lidar @ turn[:3, :3].T
+    expected = Registrator.from_pretrained(weights, traffic=traffic).register(frame["image"], camera_axes, frame["K"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = Registrator.from_pretrained(weights, traffic=traffic, cloud_axes="flu").register(
+            frame["image"], lidar, frame["K"])
+    np.testing.assert_allclose(result.pose, expected.pose @ turn, atol=1e-12)
+    np.testing.assert_allclose(result.frustum_pose, expected.frustum_pose @ turn, atol=1e-12)
+    np.testing.assert_allclose(result.keypoints_3d, expected.keypoints_3d @ turn[:3, :3], atol=1e-12)
+    np.testing.assert_array_equal(result.keypoints_2d, expected.keypoints_2d)
+    np.testing.assert_array_equal(result.overlap_mask, expected.overlap_mask)
+
+
 def test_bad_batch_and_intensity(reg, frame):
     with pytest.raises(InputError, match="as many"):
         reg.register_batch([frame["image"]] * 2, [frame["points"]], [frame["K"]] * 2)
@@ -305,7 +337,7 @@ def test_register_files_protocol_check(tmp_path, frame, reg, monkeypatch):
     cv2.imwrite(str(image_path), cv2.cvtColor(frame["image"], cv2.COLOR_RGB2BGR))
     P = sample_perturbation(np.random.default_rng(5), full_config({})["data"]["amplitudes"])
     monkeypatch.setattr(reg.model, "forward", oracle(invert_transform(P), []))
-    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights, refine=None, traffic="right": reg)
+    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights, **options: reg)
     clouds = []
     register = reg.register
     monkeypatch.setattr(reg, "register", lambda image, points, *args: clouds.append(points) or register(image, points, *args))
@@ -433,7 +465,7 @@ def test_register_files_moves_a_prior_pose_with_the_protocol_perturbation(tmp_pa
     image_path = tmp_path / "image.png"
     cv2.imwrite(str(image_path), cv2.cvtColor(frame["image"], cv2.COLOR_RGB2BGR))
     np.savetxt(tmp_path / "prior.txt", frame["T"])
-    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights, refine=None, traffic="right": reg)
+    monkeypatch.setattr(Registrator, "from_pretrained", lambda weights, **options: reg)
     priors = []
     register = reg.register
     monkeypatch.setattr(reg, "register", lambda *args: priors.append(args[4:]) or register(*args))

@@ -12,6 +12,7 @@ from i2preg.cli import main
 from i2preg.data.readers import read_calibration_file, read_point_cloud
 from i2preg.demo import run_demo
 from i2preg.geometry import transform_points
+from i2preg.metrics import registration_errors
 from i2preg.weights import bundled_weights
 
 
@@ -83,6 +84,21 @@ def test_eval_refine_flag_sets_the_refinement_and_rejects_unknown_ones(synthetic
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "eval.refine must be one of none, edges" in err
     assert not (tmp_path / "bad" / "summary.json").exists()
+
+
+def test_register_takes_a_lidar_frame_cloud_with_its_axes(synthetic_root, tmp_path, capsys):
+    """A cloud in its LiDAR's frame (z up) gets the frame warning; with --cloud-axes flu it registers without one, and
+    pose.txt holds the pose for the cloud as given (the bundled model: within 2 m and 5 deg of the extrinsic)."""
+    sequence = synthetic_root / "sequences" / "00"
+    common = ["register", "--image", str(sequence / "image_2" / "000000.png"), "--points",
+              str(sequence / "velodyne" / "000000.bin"), "--calib", str(sequence / "calib.txt")]
+    assert main(common) == 0
+    assert "expects y pointing down" in capsys.readouterr().err
+    assert main([*common, "--cloud-axes", "flu", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
+    errors = registration_errors(np.loadtxt(tmp_path / "pose.txt")[None],
+                                 read_calibration_file(sequence / "calib.txt", 2).T_cam_velo[None])
+    assert errors["rte"][0] < 2 and errors["rre"][0] < 5
 
 
 def test_a_warning_is_one_line_on_stderr(synthetic_root, tmp_path, capsys):

@@ -10,8 +10,9 @@ resized by s and centre-cropped to its input size; both change only the intrinsi
 (``K_model = C S K`` with S, C pixel-grid maps), never the camera frame, so the pose it predicts for its
 input is the pose of the original image too. A 3-DoF model (the benchmark protocol, and the bundled
 model) predicts yaw about the camera's y axis and a planar translation: it expects a cloud frame whose
-y axis points down like the camera's and whose origin is at camera height, within about 10 m of it; a cloud that
-does not look so gets a warning (``_check_level_frame``).
+y axis points down like the camera's and whose origin is at camera height, within about 10 m of it: the
+Registrator's ``cloud_axes`` turns a cloud in other axes (a LiDAR's own, z up) into them, and a cloud that does not
+look so gets a warning (``_check_level_frame``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,29 @@ validation pairs score 0.42 or more, and 31 of its 33 failed registrations of th
 MIRROR = np.diag([-1.0, 1.0, 1.0, 1.0])
 """x -> -x: the reflection of a camera frame, and of a 3-DoF cloud frame (y down), that mirrors a scene."""
 
+AXIS_DIRECTIONS = {"r": (0, 1.0), "l": (0, -1.0), "d": (1, 1.0), "u": (1, -1.0), "f": (2, 1.0), "b": (2, -1.0)}
+"""A cloud axis's direction letter (right, left, down, up, forward, back) -> the camera-like axis (x right, y down,
+z forward) it points along, and its sign (``cloud_axes_rotation``)."""
+
+
+def cloud_axes_rotation(axes: str) -> np.ndarray:
+    """The rotation (4, 4) that takes a cloud whose x, y and z axes point along ``axes`` (three letters of r, l, d, u,
+    f, b: right, left, down, up, forward, back) into the camera-like axes a 3-DoF model expects (x right, y down, z
+    forward): "rdf" is the identity, "flu" a LiDAR's frame with x forward, y left, z up (KITTI, ROS), "rfu" nuScenes'
+    LiDAR's. Axes that are not a right-handed frame are an error."""
+    letters = axes.lower()
+    if len(letters) != 3 or any(letter not in AXIS_DIRECTIONS for letter in letters):
+        raise InputError(f"cloud axes must be three letters of r, l, d, u, f, b (e.g. rdf, flu), not {axes!r}")
+    rotation = np.eye(4)
+    rotation[:3, :3] = 0.0
+    for column, letter in enumerate(letters):
+        row, sign = AXIS_DIRECTIONS[letter]
+        rotation[row, column] = sign
+    if not np.isclose(np.linalg.det(rotation), 1.0):
+        raise InputError(f"cloud axes {axes!r} are not a right-handed frame (each of right/left, down/up, "
+                         "forward/back once, as in rdf or flu)")
+    return rotation
+
 Tensorish = np.ndarray | torch.Tensor
 
 
@@ -116,7 +140,7 @@ class _Prepared:
     """One input after preprocessing: the network sample and what is needed to map results back."""
 
     sample: dict[str, Any]
-    points: np.ndarray  # (N, 3) input points, cloud frame (x negated when the Registrator mirrors)
+    points: np.ndarray  # (N, 3) input points in the network's cloud frame (``Registrator.cloud_to_network``)
     finite: np.ndarray  # (N,) bool: the points without NaN or inf, those used
     K: np.ndarray  # (3, 3) caller's intrinsics (of the mirror image when the Registrator mirrors)
     K_model: np.ndarray  # (3, 3) intrinsics of the network input
@@ -201,9 +225,9 @@ def _check_level_frame(xyz: np.ndarray) -> None:
     x, y, z = spread
     if y > FLAT_AXIS_RATIO * min(x, z):
         warnings.warn(f"points: the cloud spreads {x:.1f}, {y:.1f} and {z:.1f} m along x, y and z (between quartiles): "
-                      "a 3-DoF model expects y pointing down like the camera's, the ground flat in x and z; rotate it "
-                      "(from a LiDAR's x forward, y left, z up: new x, y, z = -y, -z, x) and put its origin at the "
-                      "camera's height", stacklevel=4)
+                      "a 3-DoF model expects y pointing down like the camera's, the ground flat in x and z; say where "
+                      "the cloud's axes point (cloud_axes, i2preg register --cloud-axes: flu for a LiDAR's x forward, "
+                      "y left, z up)", stacklevel=4)
     elif (height := np.median(xyz[:, 1])) < 0:
         warnings.warn(f"points: most of the cloud lies above its origin (median y {height:.2f} m): a 3-DoF model "
                       "expects y pointing down like the camera's and the origin at the camera's height", stacklevel=4)
@@ -239,14 +263,22 @@ class Registrator:
     not; None: the config's ``eval.refine``. traffic: the side of the street the scenes' traffic keeps to
     (``TRAFFIC_SIDES``); the model learned a right-hand world and its yaw search reads the street's asymmetry, so
     "left" registers the mirror images of the inputs (image flipped left to right, the cloud's x negated) and
-    mirrors the results back: the same pose, keypoints and mask frames as "right".
+    mirrors the results back: the same pose, keypoints and mask frames as "right". cloud_axes: where the cloud's x,
+    y and z point (``cloud_axes_rotation``; "flu" for a LiDAR's frame with z up): the cloud is turned into the
+    camera-like axes a 3-DoF model expects before registration, and the results come back in the cloud's frame.
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
-                 backend: str | os.PathLike = "torch", refine: str | None = None, traffic: str = "right"):
+                 backend: str | os.PathLike = "torch", refine: str | None = None, traffic: str = "right",
+                 cloud_axes: str = "rdf"):
         if traffic not in TRAFFIC_SIDES:
             raise InputError(f"traffic must be one of {', '.join(TRAFFIC_SIDES)}, not {traffic!r}")
         self.mirrored = traffic == "left"
+        # the frames the network sees: camera' = camera_to_network camera, cloud' = cloud_to_network cloud, so that the
+        # pose T (cloud -> camera) is camera_to_network^-1 T' cloud_to_network (both matrices their own inverse's
+        # transpose: signs and a permutation)
+        self.camera_to_network = MIRROR if self.mirrored else np.eye(4)
+        self.cloud_to_network = self.camera_to_network @ cloud_axes_rotation(cloud_axes)
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.config = config
@@ -269,15 +301,16 @@ class Registrator:
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                         backend: str | os.PathLike = "torch", refine: str | None = None,
-                        traffic: str = "right") -> Registrator:
+                        traffic: str = "right", cloud_axes: str = "rdf") -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
-        of a bundled model (None: ``synthetic-small``); backend, refine and traffic: as for the constructor."""
+        of a bundled model (None: ``synthetic-small``); backend, refine, traffic and cloud_axes: as for the
+        constructor."""
         path = resolve_weights(path_or_name)
         model, config = load_model(path)
         if not isinstance(model, ICL):
             raise InputError(f"{config['method']} weights: the Registrator runs ICL; compare them with i2preg compare",
                              path)
-        return cls(model, config, device, backend, refine, traffic)
+        return cls(model, config, device, backend, refine, traffic, cloud_axes)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None = None,
                  prior_pose: Tensorish | None = None, prior_yaw_deg: float = PRIOR_YAW_DEG) -> RegistrationResult:
@@ -335,8 +368,7 @@ class Registrator:
                 raise InputError(f"prior_pose must be a finite (4, 4) pose, got shape {T.shape}")
             if not is_rotation(T[:3, :3]):
                 raise InputError("prior_pose's 3x3 part is not a rotation")
-            if self.mirrored:
-                T = MIRROR @ T @ MIRROR
+            T = self.camera_to_network @ T @ self.cloud_to_network.T
             yaw = np.arctan2(-T[2, 0], T[0, 0])  # ``pose_search.vector_yaws`` of d = (R[2, 0], R[0, 0])
             priors.append(torch.tensor([yaw, np.radians(prior_yaw_deg)], dtype=torch.float32))
         return priors
@@ -347,11 +379,13 @@ class Registrator:
         (2,) for the pose search (``_yaw_priors``), or None."""
         image, K = _check_image(image), _check_K(K)
         xyz, intensity, finite = _check_points(points, intensity)
+        if not np.array_equal(self.cloud_to_network, np.eye(4)):  # signs and a permutation: exact
+            xyz = xyz @ self.cloud_to_network[:3, :3].T
         if self.model.conf["dof"] == 3:
             _check_level_frame(xyz[finite])
         (h, w), (H, W) = self.image_size, image.shape[:2]
-        if self.mirrored:  # u -> W - 1 - u (pixel centres at integers), x -> -x
-            image, K, xyz = np.ascontiguousarray(image[:, ::-1]), _mirrored_K(K, W), xyz * MIRROR.diagonal()[:3]
+        if self.mirrored:  # u -> W - 1 - u (pixel centres at integers), x -> -x (in cloud_to_network)
+            image, K = np.ascontiguousarray(image[:, ::-1]), _mirrored_K(K, W)
         if H < h or W < w:
             raise InputError(f"image of {W}x{H} px is smaller than the model input of {w}x{h} px")
         scale = max(self.image_scale, h / H, w / W)
@@ -387,10 +421,11 @@ class Registrator:
         # Network pixels -> resized pixels (+ crop offset) -> original pixels (inverse of u' = s (u + 0.5) - 0.5).
         keypoints_2d = (out["kp_2d"] + np.asarray(p.crop_offset) + 0.5) / p.scale - 0.5
         pose, frustum_pose, keypoints_3d = out["pose"], out["frustum_pose"], out["kp_3d"]
-        if self.mirrored:  # back from the mirror images: T = M T' M, u = W - 1 - u', x = -x'
-            pose, frustum_pose = MIRROR @ pose @ MIRROR, MIRROR @ frustum_pose @ MIRROR
+        if self.mirrored:  # back from the mirror images: u = W - 1 - u'
             keypoints_2d = keypoints_2d * [-1, 1] + [p.size[1] - 1, 0]
-            keypoints_3d = keypoints_3d * MIRROR.diagonal()[:3]
+        # back into the caller's frames (``__init__``): T = camera_to_network^-1 T' cloud_to_network, likewise x
+        pose, frustum_pose = (self.camera_to_network.T @ T @ self.cloud_to_network for T in (pose, frustum_pose))
+        keypoints_3d = keypoints_3d @ self.cloud_to_network[:3, :3]
         return RegistrationResult(
             pose=pose,
             frustum_pose=frustum_pose,
@@ -413,10 +448,11 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
                    weights: str | os.PathLike | None = None, extrinsic: str | os.PathLike | None = None,
                    protocol_seed: int | None = None, refine: str | None = None,
                    traffic: str = "right", prior: str | os.PathLike | np.ndarray | None = None,
-                   prior_yaw_deg: float = PRIOR_YAW_DEG) -> RegistrationResult:
+                   prior_yaw_deg: float = PRIOR_YAW_DEG, cloud_axes: str = "rdf") -> RegistrationResult:
     """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one), and
-    ``refine`` and ``traffic`` as ``Registrator``'s; prior: a prior pose (4x4, cloud -> camera) or a text file with
-    one (as ``pose.txt``), whose yaw the search keeps within ``prior_yaw_deg`` (``Registrator.register``).
+    ``refine``, ``traffic`` and ``cloud_axes`` as ``Registrator``'s; prior: a prior pose (4x4, cloud -> camera) or a
+    text file with one (as ``pose.txt``), whose yaw the search keeps within ``prior_yaw_deg``
+    (``Registrator.register``).
 
     Files are read by ``data.readers``: the cloud (KITTI .bin, nuScenes .pcd.bin, PCD, PLY, NPY, NPZ)
     with its intensity; K and the lens distortion from ``calib_path`` (KITTI calib.txt: camera
@@ -442,9 +478,12 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
     image, K = undistort_image(read_image_file(image_path), calibration.K, calibration.distortion)
     points, intensity = read_point_cloud(points_path)
     prior_pose = prior if prior is None or isinstance(prior, np.ndarray) else read_pose_file(prior, "prior pose")
-    registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic)
+    registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic, cloud_axes=cloud_axes)
     T_gt = None
     if protocol_seed is not None:
+        if cloud_axes.lower() != "rdf":
+            raise InputError("the protocol check moves the cloud into the camera's frame: leave the cloud axes at "
+                             f"rdf, not {cloud_axes!r}")
         if np.allclose(calibration.T_cam_velo, np.eye(4)):
             raise InputError("protocol check needs the LiDAR -> camera extrinsic (calib Tr, or --extrinsic)", calib_path)
         amplitudes = pair_config(registrator.config)["amplitudes"]

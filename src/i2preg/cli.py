@@ -73,7 +73,7 @@ def _register(args: argparse.Namespace) -> None:
     prior = {} if args.prior_yaw_deg is None else {"prior_yaw_deg": args.prior_yaw_deg}
     print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights,
                          extrinsic=args.extrinsic, protocol_seed=args.protocol_seed, refine=args.refine,
-                         traffic=args.traffic, prior=args.prior, **prior))
+                         traffic=args.traffic, prior=args.prior, cloud_axes=args.cloud_axes, **prior))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traffic", choices=("right", "left"), default="right",
                    help="the side of the street the scene's traffic keeps to: the model learned a right-hand world;"
                         " left registers the mirror images of image and cloud and mirrors the pose back")
+    p.add_argument("--cloud-axes", dest="cloud_axes", default="rdf", metavar="AXES",
+                   help="where the cloud's x, y and z point, one letter each of r, l, d, u, f, b (right, left, down,"
+                        " up, forward, back): rdf (default) is the camera's axes, which a 3-DoF model expects; flu a"
+                        " LiDAR's x forward, y left, z up (KITTI, ROS); rfu nuScenes' LiDAR's")
     p.add_argument("--prior", metavar="POSE_TXT",
                    help="a guess of the pose (4x4 cloud -> camera text file, as pose.txt; from odometry or a compass):"
                         " the yaw search keeps within --prior-yaw-deg of its yaw")
