@@ -255,20 +255,27 @@ def test_cloud_axes_turn_the_cloud_and_the_results_back():
 @pytest.mark.parametrize("traffic", ["right", "left"])
 def test_a_lidar_frame_cloud_with_its_axes_registers_as_the_turned_cloud(weights, frame, traffic):
     """cloud_axes="flu" on a cloud in a LiDAR's frame (z up) gives what the camera-axes cloud gives, its pose,
-    frustum pose and 3D keypoints taken back into the LiDAR's frame, the same overlap, and no frame warning."""
+    frustum pose and 3D keypoints taken back into the LiDAR's frame, the same overlap, and no frame warning; a prior
+    pose in the LiDAR's frame holds the yaw search as the same prior in the camera-axes frame does."""
     lidar = frame["points"][:, :3]
     turn = cloud_axes_rotation("flu")
     camera_axes = lidar @ turn[:3, :3].T
-    expected = Registrator.from_pretrained(weights, traffic=traffic).register(frame["image"], camera_axes, frame["K"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        result = Registrator.from_pretrained(weights, traffic=traffic, cloud_axes="flu").register(
-            frame["image"], lidar, frame["K"])
-    np.testing.assert_allclose(result.pose, expected.pose @ turn, atol=1e-12)
-    np.testing.assert_allclose(result.frustum_pose, expected.frustum_pose @ turn, atol=1e-12)
-    np.testing.assert_allclose(result.keypoints_3d, expected.keypoints_3d @ turn[:3, :3], atol=1e-12)
-    np.testing.assert_array_equal(result.keypoints_2d, expected.keypoints_2d)
-    np.testing.assert_array_equal(result.overlap_mask, expected.overlap_mask)
+    plain = Registrator.from_pretrained(weights, traffic=traffic)
+    axes = Registrator.from_pretrained(weights, traffic=traffic, cloud_axes="flu")
+    expected = plain.register(frame["image"], camera_axes, frame["K"])
+    prior = turned(expected.frustum_pose, 90.0)  # cloud (camera axes) -> camera
+    for prior_pose in (None, prior):
+        if prior_pose is not None:
+            expected = plain.register(frame["image"], camera_axes, frame["K"], prior_pose=prior, prior_yaw_deg=20)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = axes.register(frame["image"], lidar, frame["K"], prior_pose=None if prior_pose is None else
+                                   prior @ turn, prior_yaw_deg=20)
+        np.testing.assert_allclose(result.pose, expected.pose @ turn, atol=1e-12)
+        np.testing.assert_allclose(result.frustum_pose, expected.frustum_pose @ turn, atol=1e-12)
+        np.testing.assert_allclose(result.keypoints_3d, expected.keypoints_3d @ turn[:3, :3], atol=1e-12)
+        np.testing.assert_array_equal(result.keypoints_2d, expected.keypoints_2d)
+        np.testing.assert_array_equal(result.overlap_mask, expected.overlap_mask)
 
 
 def test_bad_batch_and_intensity(reg, frame):
