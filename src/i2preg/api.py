@@ -216,11 +216,17 @@ the flatter of x and z (every fifth pair of the synthetic test and design sets),
 nuScenes frames moved into their camera's frame); the same real scans in their LiDAR's frame, z up, 3.6-20 times."""
 
 
+LEVEL_CHECK_POINTS = 20_000
+"""How many points ``_check_level_frame`` reads at most (every k-th): quartiles and median need no more."""
+
+
 def _check_level_frame(xyz: np.ndarray) -> None:
     """Warn (one line) where the cloud xyz (N, 3) does not look like a street scan in the frame a 3-DoF model
     expects, y pointing down like the camera's and the origin at camera height: spread along y beyond
     ``FLAT_AXIS_RATIO`` of x's or z's (a frame with another up axis, as a LiDAR's own with z up), or most points above
-    the origin (y up, or the origin under the ground). A street scan's ground holds most of its points."""
+    the origin (y up, or the origin under the ground). A street scan's ground holds most of its points. Read on every
+    k-th point, at most about ``LEVEL_CHECK_POINTS``."""
+    xyz = xyz[:: max(1, len(xyz) // LEVEL_CHECK_POINTS)]
     spread = np.percentile(xyz, 75, axis=0) - np.percentile(xyz, 25, axis=0)
     x, y, z = spread
     if y > FLAT_AXIS_RATIO * min(x, z):
