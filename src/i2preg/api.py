@@ -227,8 +227,8 @@ def _check_level_frame(xyz: np.ndarray) -> None:
     the origin (y up, or the origin under the ground). A street scan's ground holds most of its points. Read on every
     k-th point, at most about ``LEVEL_CHECK_POINTS``."""
     xyz = xyz[:: max(1, len(xyz) // LEVEL_CHECK_POINTS)]
-    spread = np.percentile(xyz, 75, axis=0) - np.percentile(xyz, 25, axis=0)
-    x, y, z = spread
+    lower, upper = np.percentile(xyz, [25, 75], axis=0)
+    x, y, z = upper - lower
     if y > FLAT_AXIS_RATIO * min(x, z):
         warnings.warn(f"points: the cloud spreads {x:.1f}, {y:.1f} and {z:.1f} m along x, y and z (between quartiles): "
                       "a 3-DoF model expects y pointing down like the camera's, the ground flat in x and z; say where "
@@ -484,12 +484,12 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
     image, K = undistort_image(read_image_file(image_path), calibration.K, calibration.distortion)
     points, intensity = read_point_cloud(points_path)
     prior_pose = prior if prior is None or isinstance(prior, np.ndarray) else read_pose_file(prior, "prior pose")
+    if protocol_seed is not None and cloud_axes.lower() != "rdf":
+        raise InputError("the protocol check moves the cloud into the camera's frame: leave the cloud axes at rdf, "
+                         f"not {cloud_axes!r}")
     registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic, cloud_axes=cloud_axes)
     T_gt = None
     if protocol_seed is not None:
-        if cloud_axes.lower() != "rdf":
-            raise InputError("the protocol check moves the cloud into the camera's frame: leave the cloud axes at "
-                             f"rdf, not {cloud_axes!r}")
         if np.allclose(calibration.T_cam_velo, np.eye(4)):
             raise InputError("protocol check needs the LiDAR -> camera extrinsic (calib Tr, or --extrinsic)", calib_path)
         amplitudes = pair_config(registrator.config)["amplitudes"]
