@@ -1,13 +1,16 @@
 """Speed and memory of the ICL model, alone or side by side with another git revision.
 
     python benchmarks/model_speed.py [--configs synthetic-small kitti | WEIGHTS.safetensors] [--against REV] [--rounds 3]
-        [--repeats 3] [--threads 2] [--device cpu|cuda] [--forward-batches 1 8] [--train-batches 8] [--data ROOT]
+        [--repeats 3] [--threads 2] [--device cpu|cuda] [--precision 32-true|bf16-mixed] [--forward-batches 1 8]
+        [--train-batches 8] [--data ROOT]
 
 Measures, per bundled config: the forward time per pair (inference: eval mode, no_grad) at each forward batch
 size; the collate time per pair (the point pyramid, built on the data side); one training step (forward +
 losses + backward + Adam, as ``train`` sets up each stage: stage 1 trains GPDM, stage 2 the rest with GPDM
 frozen) at each training batch size; and the peak memory of each (CPU: the growth of the process's max RSS over
-model + batch; CUDA: torch.cuda.max_memory_allocated). Inputs are random images and KITTI-like extents of
+model + batch; CUDA: torch.cuda.max_memory_allocated). ``--precision bf16-mixed`` runs the forward pass and the losses under bfloat16
+autocast, as ``i2preg train --precision bf16-mixed`` does (the pose searches and KPConv's matmuls stay float32).
+Inputs are random images and KITTI-like extents of
 uniform random points at the config's input size, or with ``--data ROOT`` the first test pairs of that
 KITTI-layout root (e.g. ``datasets/synthetic-test``), read once by this tree and handed to every tree as arrays.
 Real scans are dense near the sensor, so their KPConv neighbourhoods hold many more nonzero kernel influences
@@ -101,10 +104,11 @@ def current_rss_kb() -> int:
 
 
 def measure(name: str, mode: str, batch_size: int, device: str, threads: int, repeats: int,
-            samples_file: str | None = None) -> dict:
+            samples_file: str | None = None, precision: str = "32-true") -> dict:
     """One measurement of the tree on sys.path, meant for a fresh process. mode: forward, collate, stage1 or
-    stage2; samples_file: a pickle of ``dataset_samples``' list (default: ``synthetic_samples``). Returns the
-    median seconds per run and the peak memory in MB."""
+    stage2; samples_file: a pickle of ``dataset_samples``' list (default: ``synthetic_samples``); precision:
+    32-true or bf16-mixed (bfloat16 autocast over the forward pass and the losses). Returns the median seconds per
+    run and the peak memory in MB."""
     import torch
 
     from i2preg.data.collate import Collate
@@ -135,12 +139,17 @@ def measure(name: str, mode: str, batch_size: int, device: str, threads: int, re
         return {"seconds": statistics.median(times[1:]), "peak_mb": 0.0}
     batch = {k: [x.to(device) for x in v] if isinstance(v, list) and isinstance(v[0], torch.Tensor)
              else v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate(samples).items()}
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
     if mode == "forward":
         model.eval()
 
         @torch.no_grad()
         def step():
-            model(batch)
+            with autocast():
+                model(batch)
     else:
         stage = int(mode[-1])
         gpdm = {id(p) for p in model.gpdm_parameters()}
@@ -153,7 +162,9 @@ def measure(name: str, mode: str, batch_size: int, device: str, threads: int, re
 
         def step():
             optimizer.zero_grad()
-            compute_losses(forward(batch), batch, cfg["loss"], stage=stage)["total"].backward()
+            with autocast():
+                loss = compute_losses(forward(batch), batch, cfg["loss"], stage=stage)["total"]
+            loss.backward()
             optimizer.step()
 
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
@@ -203,11 +214,12 @@ def main() -> None:
                         help="bundled config names, or .safetensors weights files: their config and weights")
     parser.add_argument("--against", help="git revision to time side by side with this tree")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement after one warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --against")
     parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--train-batches", type=int, nargs="+", default=[8])
+    parser.add_argument("--train-batches", type=int, nargs="*", default=[8], help="none: no training steps")
     parser.add_argument("--data", help="KITTI-layout root whose first test pairs are the inputs (default: random)")
     args = parser.parse_args()
 
@@ -228,7 +240,7 @@ def main() -> None:
                         pickle.dump(dataset_samples(name, args.data, largest), file)
             rounds = args.rounds if args.against else 1
             inputs = f"the first test pairs of {args.data}" if args.data else "random inputs"
-            print(f"{args.device}, {args.threads} threads, {inputs}; each cell: median over {rounds} interleaved"
+            print(f"{args.device}, {args.precision}, {args.threads} threads, {inputs}; each cell: median over {rounds} interleaved"
                   f" round(s) of the median of {args.repeats} runs after one warm-up\n")
             header = " | ".join(f"{tree} | peak MB" for tree in trees)
             ratio = f" {args.against} / this tree |" if args.against else ""
@@ -239,7 +251,7 @@ def main() -> None:
                 for _ in range(rounds):
                     for tree, src in trees.items():
                         results[tree].append(measure_tree(src, name, mode, batch_size, args.device, args.threads,
-                                                          args.repeats, samples_files[name]))
+                                                          args.repeats, samples_files[name], args.precision))
                 cells, seconds = [], {}
                 for tree, runs in results.items():
                     seconds[tree] = statistics.median(r["seconds"] for r in runs)

@@ -1,7 +1,7 @@
 """Where the time of one training step and one inference batch goes, section by section.
 
     python benchmarks/profile_step.py [--config synthetic-small] [--data datasets/synthetic-test]
-        [--batch-size 8] [--threads 2] [--repeats 3] [--weights W] [--trace DIR] [--top 15]
+        [--batch-size 8] [--threads 2] [--repeats 3] [--weights W] [--device cpu|cuda] [--trace DIR] [--top 15]
 
 Reads ``batch-size`` test pairs of the KITTI-layout data under ``--data`` with the config's data settings,
 then times, as medians over ``--repeats`` runs after two warm-ups (the second run of a process can still fault in
@@ -12,7 +12,8 @@ fresh memory: 37,000 page faults in a stage-2 step, then none):
   and one inference batch (eval mode, no_grad), split by module: image encoder, point encoder (KPConv), GPDM
   heads, pose search, image decoder, ICLM, PRM, losses, backward, optimiser.
 Module times come from forward hooks (wall clock, nested: the pose search is inside GPDM, and the table gives
-GPDM without it). With ``--top`` N, the N costliest operators of each run (torch.profiler, self CPU time) follow
+GPDM without it; on ``--device cuda`` each section synchronises the GPU at its ends, so that it holds its own
+kernels).  On CUDA the data sections stay on the CPU and the batch is moved to the GPU once. With ``--top`` N, the N costliest operators of each run (torch.profiler, self CPU time) follow
 the table (a profiled run allocates differently and faults fresh memory in again, 57,000 page faults in a stage-2
 step: memory-bound operators, copies and elementwise ones, read slower there than they run); ``--trace DIR``
 writes a Chrome trace of each run. Prints Markdown.
@@ -34,6 +35,7 @@ from i2preg.assembly import full_config
 from i2preg.config import load_config
 from i2preg.data.collate import Collate, pyramid_indices, pyramid_levels
 from i2preg.data.pairs import build_dataset
+from i2preg.inference import to_device
 from i2preg.losses import compute_losses
 from i2preg.model import ICL
 from i2preg.weights import load_weights, read_weights_config, resolve_weights
@@ -55,8 +57,9 @@ class SectionTimer:
     """Accumulates wall-clock seconds per named section; ``section(name)`` is a context manager that also marks
     the section in a torch.profiler trace. ``hook(model)`` times the ``MODULES`` forwards."""
 
-    def __init__(self):
+    def __init__(self, device: str = "cpu"):
         self.seconds: dict[str, float] = defaultdict(float)
+        self.sync = torch.cuda.synchronize if device == "cuda" else lambda: None
 
     def section(self, name: str):
         timer = self
@@ -65,9 +68,11 @@ class SectionTimer:
             def __enter__(self):
                 self.mark = record_function(name)
                 self.mark.__enter__()
+                timer.sync()
                 self.start = time.perf_counter()
 
             def __exit__(self, *exc):
+                timer.sync()
                 timer.seconds[name] += time.perf_counter() - self.start
                 self.mark.__exit__(*exc)
 
@@ -141,12 +146,13 @@ def run(model: ICL, batch: dict, mode: str, timer: SectionTimer) -> None:
         optimizer.step()
 
 
-def prepare(cfg: dict, mode: str, weights: str | None) -> ICL:
+def prepare(cfg: dict, mode: str, weights: str | None, device: str) -> ICL:
     torch.manual_seed(0)
     model = ICL(cfg["model"])
     model.loss_weights = cfg["loss"]
     if weights:
         load_weights(model, weights)
+    model.to(device)
     if mode == "inference":
         return model.eval()
     stage = int(mode[-1])
@@ -159,28 +165,32 @@ def prepare(cfg: dict, mode: str, weights: str | None) -> ICL:
 
 def profile_mode(cfg, batch, mode, args) -> tuple[dict[str, float], float, str]:
     """Median seconds per section and of the whole run, and the top-operator table of one profiled run."""
-    model = prepare(cfg, mode, args.weights)
+    model = prepare(cfg, mode, args.weights, args.device)
     for _ in range(2):  # warm-ups
-        run(model, batch, mode, SectionTimer())
-    timer = SectionTimer()
+        run(model, batch, mode, SectionTimer(args.device))
+    timer = SectionTimer(args.device)
     timer.hook(model)
     timers, totals = [], []
     for _ in range(args.repeats):
         timer.seconds.clear()
+        timer.sync()
         start = time.perf_counter()
         run(model, batch, mode, timer)
+        timer.sync()
         totals.append(time.perf_counter() - start)
         timers.append(timer.table())
     sections = {name: statistics.median(t.get(name, 0.0) for t in timers) for name in timers[0]}
     top = ""
     if args.top or args.trace:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+        with profile(activities=activities) as prof:
             run(model, batch, mode, timer)
         if args.trace:
             Path(args.trace).mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(Path(args.trace) / f"{args.config}-{mode}.json"))
         if args.top:
-            top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top)
+            key = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+            top = prof.key_averages().table(sort_by=key, row_limit=args.top)
     return sections, statistics.median(totals), top
 
 
@@ -192,6 +202,7 @@ def main() -> None:
                         " initialisation, same cost)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["stage1", "stage2", "inference"])
     parser.add_argument("--top", type=int, default=0, help="print the N costliest operators of each run")
@@ -201,11 +212,11 @@ def main() -> None:
     cfg = full_config(read_weights_config(resolve_weights(args.weights)) if args.weights else load_config(args.config))
 
     data_timer = SectionTimer()
-    batch = load_batch(cfg, args.data, args.batch_size, data_timer)
+    batch = to_device(load_batch(cfg, args.data, args.batch_size, data_timer), torch.device(args.device))
     results = {mode: profile_mode(cfg, batch, mode, args) for mode in args.modes}
 
     B = args.batch_size
-    print(f"{args.config}, batch {B}, {args.threads} threads; ms per batch, median of {args.repeats} runs "
+    print(f"{args.config}, {args.device}, batch {B}, {args.threads} threads; ms per batch, median of {args.repeats} runs "
           f"after two warm-ups\n")
     print("| data (once) | ms |\n|---|---|")
     for name, seconds in data_timer.seconds.items():
@@ -219,7 +230,7 @@ def main() -> None:
     print(f"| **total** | {' | '.join(f'**{1e3 * results[m][1]:.0f}**' for m in args.modes)} |")
     for mode in args.modes:
         if results[mode][2]:
-            print(f"\n{mode}: top operators by self CPU time\n```\n{results[mode][2]}```")
+            print(f"\n{mode}: top operators by self {args.device.upper()} time\n```\n{results[mode][2]}```")
 
 
 if __name__ == "__main__":
