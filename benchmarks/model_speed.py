@@ -8,22 +8,22 @@ Measures, per bundled config: the forward time per pair (inference: eval mode, n
 size; the collate time per pair (the point pyramid, built on the data side); one training step (forward +
 losses + backward + Adam, as ``train`` sets up each stage: stage 1 trains GPDM, stage 2 the rest with GPDM
 frozen) at each training batch size; and the peak memory of each (CPU: the growth of the process's max RSS over
-model + batch; CUDA: torch.cuda.max_memory_allocated). ``--precision bf16-mixed`` runs the forward pass and the losses under bfloat16
-autocast, as ``i2preg train --precision bf16-mixed`` does (the pose searches and KPConv's matmuls stay float32).
-Inputs are random images and KITTI-like extents of
-uniform random points at the config's input size, or with ``--data ROOT`` the first test pairs of that
+model + batch; CUDA: torch.cuda.max_memory_allocated). ``--precision bf16-mixed`` runs the forward pass and
+the losses under bfloat16 autocast, as ``i2preg train --precision bf16-mixed`` does (the pose searches and
+KPConv's matmuls stay float32). Inputs are random images and KITTI-like extents of uniform random points at the
+config's input size, or with ``--data ROOT`` the first test pairs of that
 KITTI-layout root (e.g. ``datasets/synthetic-test``), read once by this tree and handed to every tree as arrays.
 Real scans are dense near the sensor, so their KPConv neighbourhoods hold many more nonzero kernel influences
 than uniform points: time the point encoder on ``--data``. A config is random weights, which time most of the
 model as trained weights do, but not the pose search and the fine search, whose work depends on the poses they
 find: give a weights file (e.g. ``src/i2preg/weights/synthetic-small.safetensors``) with ``--data`` for those.
 
-Each measurement runs in a fresh subprocess whose PYTHONPATH points at a tree's ``src``, and reports the median
-of ``--repeats`` runs after one warm-up. ``--against REV`` checks REV out into a temporary git worktree and
-measures both trees in turn, ``--rounds`` times, interleaved (this tree, REV, this tree, REV...), so that both
-see the same machine load; the table gives the median over the rounds and the ratio REV / this tree (above 1:
-this tree is faster). Speed claims in this project are such ratios: absolute times on shared machines move by
-30 % and more. Prints Markdown.
+Each measurement runs in a fresh subprocess whose PYTHONPATH points at a tree's ``src``, and reports the median of
+``--repeats`` runs after one warm-up (three on CUDA). ``--against REV`` checks REV out into a temporary git worktree
+and measures both trees in turn, ``--rounds`` times, interleaved (this tree, REV, this tree, REV...), so that both
+see the same machine load; the table gives the median over the rounds and the ratio REV / this tree (above 1: this
+tree is faster). Speed claims in this project are such ratios: absolute times on shared machines move by 30 % and
+more. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -172,8 +172,11 @@ def measure(name: str, mode: str, batch_size: int, device: str, threads: int, re
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         allocated_before = torch.cuda.memory_allocated()
+    # CUDA's first few calls stay slow (H200, the bundled model at batch 1, one warm-up: the median of 3 runs 165 ms
+    # a pair, of 7 runs 56 ms)
+    warmups = 3 if device == "cuda" else 1
     times = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + warmups):
         sync()
         start = time.perf_counter()
         step()
@@ -183,7 +186,7 @@ def measure(name: str, mode: str, batch_size: int, device: str, threads: int, re
         peak_mb = (torch.cuda.max_memory_allocated() - allocated_before) / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    return {"seconds": statistics.median(times[1:]), "peak_mb": peak_mb}
+    return {"seconds": statistics.median(times[warmups:]), "peak_mb": peak_mb}
 
 
 def measure_tree(src: Path, *args) -> dict:
@@ -216,7 +219,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement after one warm-up")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement after the warm-ups")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --against")
     parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--train-batches", type=int, nargs="*", default=[8], help="none: no training steps")
@@ -240,8 +243,9 @@ def main() -> None:
                         pickle.dump(dataset_samples(name, args.data, largest), file)
             rounds = args.rounds if args.against else 1
             inputs = f"the first test pairs of {args.data}" if args.data else "random inputs"
-            print(f"{args.device}, {args.precision}, {args.threads} threads, {inputs}; each cell: median over {rounds} interleaved"
-                  f" round(s) of the median of {args.repeats} runs after one warm-up\n")
+            warmups = "three warm-ups" if args.device == "cuda" else "one warm-up"
+            print(f"{args.device}, {args.precision}, {args.threads} threads, {inputs}; each cell: median over {rounds}"
+                  f" interleaved round(s) of the median of {args.repeats} runs after {warmups}\n")
             header = " | ".join(f"{tree} | peak MB" for tree in trees)
             ratio = f" {args.against} / this tree |" if args.against else ""
             print(f"| config | measure | {header} |{ratio}")

@@ -11,12 +11,12 @@ fresh memory: 37,000 page faults in a stage-2 step, then none):
 - a training step of each stage (forward + losses + backward + Adam, stage 2 with GPDM frozen as in training)
   and one inference batch (eval mode, no_grad), split by module: image encoder, point encoder (KPConv), GPDM
   heads, pose search, image decoder, ICLM, PRM, losses, backward, optimiser.
-Module times come from forward hooks (wall clock, nested: the pose search is inside GPDM, and the table gives
-GPDM without it; on ``--device cuda`` each section synchronises the GPU at its ends, so that it holds its own
-kernels).  On CUDA the data sections stay on the CPU and the batch is moved to the GPU once. With ``--top`` N, the N costliest operators of each run (torch.profiler, self CPU time) follow
-the table (a profiled run allocates differently and faults fresh memory in again, 57,000 page faults in a stage-2
-step: memory-bound operators, copies and elementwise ones, read slower there than they run); ``--trace DIR``
-writes a Chrome trace of each run. Prints Markdown.
+Module times come from forward hooks (wall clock, nested: the pose search is inside GPDM, and the table gives GPDM
+without it; on ``--device cuda`` each section synchronises the GPU at its ends, so that it holds its own kernels;
+the data sections stay on the CPU, and the batch moves to the GPU once). With ``--top`` N, the N costliest operators
+of each run (torch.profiler, self CPU or CUDA time) follow the table (a profiled run allocates differently and
+faults fresh memory in again, 57,000 page faults in a stage-2 step: memory-bound operators, copies and elementwise
+ones, read slower there than they run); ``--trace DIR`` writes a Chrome trace of each run. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -216,8 +216,8 @@ def main() -> None:
     results = {mode: profile_mode(cfg, batch, mode, args) for mode in args.modes}
 
     B = args.batch_size
-    print(f"{args.config}, {args.device}, batch {B}, {args.threads} threads; ms per batch, median of {args.repeats} runs "
-          f"after two warm-ups\n")
+    print(f"{args.config}, {args.device}, batch {B}, {args.threads} threads; ms per batch, median of {args.repeats} "
+          f"runs after two warm-ups\n")
     print("| data (once) | ms |\n|---|---|")
     for name, seconds in data_timer.seconds.items():
         print(f"| {name} | {1e3 * seconds:.0f} |")

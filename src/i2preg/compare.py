@@ -19,9 +19,8 @@ Written atomically into ``out_dir``: ``comparison.md`` (the table, what its colu
 KITTI figures as a separate reference block) and ``comparison.csv`` (one row per method, ``CSV_COLUMNS``).
 
 - Errors: the protocol (``metrics``) over ALL pairs; a failed PnP solve gives the identity pose and counts.
-- network ms: the model's forward per pair (calls of ``batch_size`` pairs, CUDA synchronised; on CUDA after one
-  untimed pass over the first batch, since CUDA's first calls load its libraries and pick its kernels, which
-  would otherwise be charged to whichever method runs first); solver ms:
+- network ms: the model's forward per pair (calls of ``batch_size`` pairs, CUDA synchronised, on CUDA after
+  ``run``'s untimed warm-up, without which the first method was charged CUDA's start-up); solver ms:
   everything after it (PnP-RANSAC; for the baseline also the overlap selection and mutual-NN matching; 0 for
   PRM, which is part of the network). Data loading and the point pyramid are not timed.
 - peak MiB: on CUDA, ``torch.cuda.max_memory_allocated`` during the method minus the allocation before it
@@ -48,17 +47,7 @@ from torch.utils.data import DataLoader
 from .assembly import load_model
 from .errors import InputError
 from .files import write_text
-from .inference import (
-    REFINEMENTS,
-    SOLVERS,
-    evaluation_config,
-    infer,
-    pair_loader,
-    resolve_device,
-    run,
-    to_device,
-    with_sequences,
-)
+from .inference import REFINEMENTS, SOLVERS, evaluation_config, pair_loader, resolve_device, run, with_sequences
 from .memory import release_freed_memory
 from .metrics import registration_errors, summarize
 from .weights import DEFAULT_MODEL, MATCHING_MODEL, read_weights_config, resolve_weights
@@ -187,8 +176,6 @@ def run_method(spec: MethodSpec, cfg: dict, loader: Callable[[dict], DataLoader]
     model, cfg = load_model(spec.weights, cfg)
     loader = loader(cfg)
     poses, truths, successes, network_s, solver_s = [], [], [], 0.0, 0.0
-    if device.type == "cuda":  # warm-up, untimed (``run`` seeds the RNGs again before the timed pass)
-        infer(model.eval().to(device), to_device(next(iter(loader)), device), spec.solver, cfg["eval"])
     with PeakMemory(device) as memory:
         for batch, result in run(model, loader, device, spec.solver, cfg["eval"], progress, desc=spec.name):
             network_s, solver_s = network_s + result.network_seconds, solver_s + result.solver_seconds
