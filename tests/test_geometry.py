@@ -84,21 +84,23 @@ def test_frustum_parameters_round_trip_and_meaning():
 
 def test_projection_through_frustum_parameters_equals_the_general_projection():
     """project_frustum_params gives project_points(transform_points(frustum_params_to_pose(c, d), xyz), K) for a
-    batch of pose grids, unnormalised yaw vectors, a skewed K and points behind the camera included."""
+    batch of pose grids, unnormalised yaw vectors, a skewed K and points behind the camera included. In float64: a
+    point near the camera plane projects tens of thousands of pixels out, where float32's two roundings differ by
+    more than a pixel (and by a different amount on CPUs with other vector units)."""
     generator = torch.Generator().manual_seed(0)
     B, P, M = 3, 7, 50
-    xyz = torch.randn(B, M, 3, generator=generator) * torch.tensor([10.0, 1.0, 10.0])
-    c = torch.randn(B, P, 2, generator=generator)
-    d = torch.randn(B, P, 2, generator=generator) * 3
-    K = torch.tensor([[300.0, 2.0, 256.0], [0.0, 310.0, 80.0], [0.0, 0.0, 1.0]]).repeat(B, 1, 1)
+    xyz = torch.randn(B, M, 3, generator=generator, dtype=torch.float64) * torch.tensor([10.0, 1.0, 10.0])
+    c = torch.randn(B, P, 2, generator=generator, dtype=torch.float64)
+    d = torch.randn(B, P, 2, generator=generator, dtype=torch.float64) * 3
+    K = torch.tensor([[300.0, 2.0, 256.0], [0.0, 310.0, 80.0], [0.0, 0.0, 1.0]], dtype=torch.float64).repeat(B, 1, 1)
     K[1, 0, 0] = 200.0
     uv, depth = g.project_frustum_params(xyz, c, d, K)
     expected_uv, expected_depth = g.project_points(g.transform_points(g.frustum_params_to_pose(c, d), xyz[:, None]),
                                                    K[:, None])
     assert uv.shape == (B, P, M, 2) and depth.shape == (B, P, M)
     assert (depth < 0).any() and (depth > 0).any()
-    torch.testing.assert_close(depth, expected_depth, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(uv, expected_uv, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(depth, expected_depth, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(uv, expected_uv, atol=1e-9, rtol=1e-12)
 
 
 def test_six_d_round_trip_and_orthonormal_output():
