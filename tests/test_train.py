@@ -213,3 +213,17 @@ def test_stage_two_alone_starts_from_init_weights(tiny_root, tmp_path):
     gpdm = {name for name, p in model.named_parameters() if any(p is q for q in model.gpdm_parameters())}
     assert all(torch.equal(start[name], end[name]) for name in gpdm)
     assert any(not torch.equal(start[name], end[name]) for name in end if name not in gpdm)
+
+
+@pytest.mark.parametrize("setting", [{"strategy": "bogus"}, {"precision": "17"}, {"accelerator": "gpu"}])
+def test_hardware_lightning_cannot_run_is_one_error_before_the_run_writes_anything(tiny_root, tmp_path, setting):
+    """An unknown strategy or precision, or a GPU where torch sees none, is one InputError naming the settings,
+    raised before the run folder exists (in place of Lightning's traceback after config.yaml was written)."""
+    from i2preg.errors import InputError
+    from i2preg.train import train
+
+    if "accelerator" in setting and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(InputError, match=f"Lightning cannot train with .*{next(iter(setting.values()))}"):
+        train(tiny_config(tiny_root, stages=[1], **setting), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

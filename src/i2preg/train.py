@@ -20,6 +20,7 @@ checkpoint ends with exactly the weights of an uninterrupted run (CPU, determini
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -222,6 +224,29 @@ class StepLimit(L.Callback):
         self._check(trainer)
 
 
+def hardware(train: dict) -> dict[str, Any]:
+    """The Trainer's accelerator, devices, num_nodes, strategy and precision, from the config's ``train``."""
+    return {"accelerator": train["accelerator"], "devices": train["devices"], "num_nodes": int(train["num_nodes"]),
+            "strategy": train["strategy"], "precision": train["precision"]}
+
+
+def check_hardware(train: dict) -> None:
+    """Refuse, as one ``InputError``, settings of ``hardware`` that Lightning cannot run on this machine (a GPU
+    where torch sees none, more devices than it has, an unknown strategy or precision) before a run writes anything:
+    a bare Trainer is built with them, quietly, and thrown away."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." comes with the real one
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        L.Trainer(**hardware(train), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except (MisconfigurationException, ValueError, ImportError) as err:
+        settings = ", ".join(f"{key}={value}" for key, value in hardware(train).items())
+        raise InputError(f"Lightning cannot train with {settings} here: {str(err).splitlines()[0]}") from None
+    finally:
+        log.setLevel(level)
+
+
 def _trainer(cfg: dict, run_dir: Path, stage: int, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     train = cfg["train"]
     stage_dir = run_dir / f"stage{stage}"
@@ -242,11 +267,7 @@ def _trainer(cfg: dict, run_dir: Path, stage: int, callbacks: Sequence[L.Callbac
     return L.Trainer(
         default_root_dir=stage_dir,
         max_epochs=int(train[f"stage{stage}_epochs"]),
-        accelerator=train["accelerator"],
-        devices=train["devices"],
-        num_nodes=int(train["num_nodes"]),
-        strategy=train["strategy"],
-        precision=train["precision"],
+        **hardware(train),
         deterministic=bool(train["deterministic"]),
         gradient_clip_val=train["gradient_clip_val"],
         limit_train_batches=train["limit_train_batches"],
@@ -314,8 +335,8 @@ def single_stage(cfg: dict) -> dict:
 def run_config(cfg: dict, run_dir: Path, resume: bool, overrides: dict | None = None) -> dict:
     """The config of a run: on resume the run's own ``config.yaml`` (keys added since get their defaults
     from ``full_config``) with the ``train.SCHEDULE_KEYS`` of ``overrides`` over it (any other override is an
-    error), otherwise ``full_config(cfg)``; written there."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    error), otherwise ``full_config(cfg)``; its hardware settings checked (``check_hardware``), then written
+    there."""
     path = run_dir / "config.yaml"
     if resume and path.exists():
         cfg = full_config(yaml.safe_load(path.read_text()))
@@ -328,6 +349,8 @@ def run_config(cfg: dict, run_dir: Path, resume: bool, overrides: dict | None = 
         cfg["train"].update(schedule)
     else:
         cfg = full_config(cfg)
+    check_hardware(cfg["train"])
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     return cfg
 
