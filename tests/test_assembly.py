@@ -52,3 +52,17 @@ def test_paper_size_config_trains_stage_two_on_generated_data():
         optimizer.step()
     moved = {name.split(".")[0] for name, p in module.model.named_parameters() if not torch.equal(p, before[name])}
     assert moved == {"image_decoder", "iclm", "prm"}
+
+
+@pytest.mark.parametrize("config, key, value", [
+    ({"train": {"lr": "abc"}}, "train.lr", "abc"),
+    ({"model": {"fine": {"num_points": "many"}}}, "model.fine.num_points", "many"),
+    ({"method": "matching", "loss": {"temperature": "warm"}}, "loss.temperature", "warm"),
+])
+def test_text_where_a_number_belongs_is_one_error_naming_the_key(config, key, value):
+    """``--set train.lr=abc`` is refused by name when the config is filled in, not as a TypeError in training
+    (the baseline's loss against its own defaults); infinities and the text settings (devices: auto) pass."""
+    with pytest.raises(InputError, match=f"{key} must be a number, not '{value}'"):
+        full_config(config)
+    cfg = full_config({"loss": {"corr_cap_px": float("inf")}, "train": {"devices": "auto"}})
+    assert cfg["loss"]["corr_cap_px"] == float("inf") and cfg["train"]["devices"] == "auto"

@@ -104,7 +104,23 @@ def full_config(cfg: dict) -> dict[str, Any]:
         "train": deep_update(TRAIN_DEFAULTS, cfg.get("train") or {}),
         "eval": deep_update(eval_defaults, cfg.get("eval") or {}),
     }
+    model_defaults = MatchingNet.default_conf if method == "matching" else ICL.default_conf
+    loss_defaults = MATCHING_LOSS_DEFAULTS if method == "matching" else DEFAULT_WEIGHTS
+    for section, defaults in (("data", PAIR_DEFAULTS), ("model", model_defaults), ("loss", loss_defaults),
+                              ("train", TRAIN_DEFAULTS), ("eval", eval_defaults)):
+        _refuse_text_for_numbers(defaults, full[section], f"{section}.")
     return {**full, "method": method} if method != "icl" else full
+
+
+def _refuse_text_for_numbers(defaults: dict, values: dict, prefix: str) -> None:
+    """An ``InputError`` for the first of ``values`` that is text where its default is a number (``--set
+    train.lr=abc``), which would otherwise fail as a traceback deep in training."""
+    for key, default in defaults.items():
+        value = values.get(key)
+        if isinstance(default, dict) and isinstance(value, dict):
+            _refuse_text_for_numbers(default, value, f"{prefix}{key}.")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+            raise InputError(f"{prefix}{key} must be a number, not {value!r}")
 
 
 def _as_list(value: Any) -> list:
