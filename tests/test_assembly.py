@@ -66,3 +66,12 @@ def test_text_where_a_number_belongs_is_one_error_naming_the_key(config, key, va
         full_config(config)
     cfg = full_config({"loss": {"corr_cap_px": float("inf")}, "train": {"devices": "auto"}})
     assert cfg["loss"]["corr_cap_px"] == float("inf") and cfg["train"]["devices"] == "auto"
+
+
+@pytest.mark.parametrize("key", ["train.batch_size", "train.num_workers", "data.num_points"])
+def test_counts_below_their_least_are_one_error_naming_the_key(key):
+    section, name = key.split(".")
+    least = {"batch_size": 1, "num_workers": 0, "num_points": 1}[name]
+    assert full_config({section: {name: least}})[section][name] == least
+    with pytest.raises(InputError, match=f"{key} must be at least {least}, not {least - 1}"):
+        full_config({section: {name: least - 1}})

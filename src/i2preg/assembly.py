@@ -109,7 +109,14 @@ def full_config(cfg: dict) -> dict[str, Any]:
     for section, defaults in (("data", PAIR_DEFAULTS), ("model", model_defaults), ("loss", loss_defaults),
                               ("train", TRAIN_DEFAULTS), ("eval", eval_defaults)):
         _refuse_text_for_numbers(defaults, full[section], f"{section}.")
+    for (section, key), least in AT_LEAST.items():
+        if full[section][key] < least:
+            raise InputError(f"{section}.{key} must be at least {least}, not {full[section][key]}")
     return {**full, "method": method} if method != "icl" else full
+
+
+AT_LEAST = {("train", "batch_size"): 1, ("train", "num_workers"): 0, ("data", "num_points"): 1}
+"""Counts a config cannot go below (below them PyTorch or NumPy failed with a traceback deep in a run)."""
 
 
 def _refuse_text_for_numbers(defaults: dict, values: dict, prefix: str) -> None:
