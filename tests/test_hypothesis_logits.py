@@ -70,12 +70,13 @@ def test_a_hypothesis_that_sees_no_point_scores_zero():
     torch.testing.assert_close(logits, dense_logits(search, image, points, xyz, centres, rotations, K, (H, W)))
 
 
-def test_bilinear_samples_equal_grid_sample_on_each_map():
+@pytest.mark.parametrize("B", [3, 1])
+def test_bilinear_samples_equal_grid_sample_on_each_map(B):
     """add_bilinear_samples adds what grid_sample reads on each sample's own map (border pixels reading the zeros
     beyond it), and its gradient to the maps is grid_sample's; the ONNX export's form (corners gathered, then
-    summed) gives the same rows."""
+    summed) gives the same rows. With one sample the flattened map is a transposed view (read through a copy)."""
     generator = torch.Generator().manual_seed(3)
-    B, C, h, w = 3, 5, H // 4, W // 4
+    C, h, w = 5, H // 4, W // 4
     image = torch.randn(B, C, h, w, generator=generator, requires_grad=True)
     sample = torch.randint(0, B, (1001,), generator=generator).sort().values
     uv = torch.rand(1001, 2, generator=generator) * torch.tensor([W, H]) - 0.5  # in view, as the scores sample
