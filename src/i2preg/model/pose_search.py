@@ -219,8 +219,10 @@ class HypothesisScorer(nn.Module):
         point = RowIndex(seen // (Hy * M) * M + seen % M, B * M)  # rows of points.flatten(0, 1)
         geometry = torch.stack([xyz[..., 1].flatten()[point.index] / 2, depth.clamp_min(0.5).log()], dim=-1)
         # relu(point + geometry_proj(geometry) + sampled image feature), summed in place into the gathered rows: the
-        # geometry MLP's last bias joins the M point rows before the gather and its matmul accumulates into the E rows
-        hidden, last = self.geometry_proj[:-1](geometry), self.geometry_proj[-1]
+        # geometry MLP's last bias joins the M point rows before the gather and its matmul accumulates into the E rows;
+        # its hidden ReLU in place (the Linear's (E, dim) output is no view, and its backward needs only its input)
+        first, last = self.geometry_proj[0], self.geometry_proj[-1]
+        hidden = first(geometry).relu_()
         features = gather_rows((points + last.bias).flatten(0, 1), point).addmm_(hidden, last.weight.T)  # (E, dim)
         add_bilinear_samples(features, image, seen // (Hy * M), uv, image_size)
         features = self.deepen(features.relu_())
