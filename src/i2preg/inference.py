@@ -229,8 +229,7 @@ def run(model: nn.Module, loader: DataLoader, device: torch.device, solver: str 
     """``infer`` over the batches of ``loader`` on ``device``: yields each batch (moved to ``device``) and its
     ``Inference``. The model goes to ``device`` in eval mode; on CUDA it first runs the first batch once, untimed
     (CUDA's first calls load its libraries and pick its kernels: a cold batch of 8 took 336 ms a pair on an H200, a
-    warm one 10 ms); torch's and
-    OpenCV's RNGs (PnP-RANSAC) are then seeded with 0, so that a run repeats exactly."""
+    warm one 10 ms); torch's and OpenCV's RNGs (PnP-RANSAC) are then seeded with 0, so that a run repeats exactly."""
     model.eval().to(device)
     if device.type == "cuda":
         infer(model, to_device(next(iter(loader)), device), solver, eval_cfg)
