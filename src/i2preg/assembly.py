@@ -90,13 +90,14 @@ def full_config(cfg: dict) -> dict[str, Any]:
                 raise InputError(f"model.{model_key} {stated} differs from data.{data_key} {data[data_key]}: the network"
                                  f" input is the data's; state it once, as data.{data_key}")
     if method == "matching":
-        model = deep_update(MatchingNet.default_conf, {k: v for k, v in model.items() if k in MatchingNet.default_conf})
-        loss = {key: (cfg.get("loss") or {}).get(key, value) for key, value in MATCHING_LOSS_DEFAULTS.items()}
+        model_defaults, loss_defaults = MatchingNet.default_conf, MATCHING_LOSS_DEFAULTS
         eval_defaults = {**EVAL_DEFAULTS, "matching": MATCH_DEFAULTS}
+        model = deep_update(model_defaults, {k: v for k, v in model.items() if k in model_defaults})
+        loss = {key: (cfg.get("loss") or {}).get(key, value) for key, value in loss_defaults.items()}
     else:
-        model = deep_update(ICL.default_conf, model)
-        loss = deep_update(DEFAULT_WEIGHTS, cfg.get("loss") or {})
-        eval_defaults = EVAL_DEFAULTS
+        model_defaults, loss_defaults, eval_defaults = ICL.default_conf, DEFAULT_WEIGHTS, EVAL_DEFAULTS
+        model = deep_update(model_defaults, model)
+        loss = deep_update(loss_defaults, cfg.get("loss") or {})
     full = {
         "data": data,
         "model": model,
@@ -104,11 +105,10 @@ def full_config(cfg: dict) -> dict[str, Any]:
         "train": deep_update(TRAIN_DEFAULTS, cfg.get("train") or {}),
         "eval": deep_update(eval_defaults, cfg.get("eval") or {}),
     }
-    model_defaults = MatchingNet.default_conf if method == "matching" else ICL.default_conf
-    loss_defaults = MATCHING_LOSS_DEFAULTS if method == "matching" else DEFAULT_WEIGHTS
-    for section, defaults in (("data", PAIR_DEFAULTS), ("model", model_defaults), ("loss", loss_defaults),
-                              ("train", TRAIN_DEFAULTS), ("eval", eval_defaults)):
-        _refuse_text_for_numbers(defaults, full[section], f"{section}.")
+    defaults = {"data": PAIR_DEFAULTS, "model": model_defaults, "loss": loss_defaults, "train": TRAIN_DEFAULTS,
+                "eval": eval_defaults}
+    for section, section_defaults in defaults.items():
+        _refuse_text_for_numbers(section_defaults, full[section], f"{section}.")
     for (section, key), least in AT_LEAST.items():
         if full[section][key] < least:
             raise InputError(f"{section}.{key} must be at least {least}, not {full[section][key]}")

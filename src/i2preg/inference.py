@@ -227,16 +227,19 @@ def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | N
 def run(model: nn.Module, loader: DataLoader, device: torch.device, solver: str = "prm", eval_cfg: dict | None = None,
         progress: bool = True, desc: str = "eval") -> Iterator[tuple[dict, Inference]]:
     """``infer`` over the batches of ``loader`` on ``device``: yields each batch (moved to ``device``) and its
-    ``Inference``. The model goes to ``device`` in eval mode; on CUDA it first runs the first batch once, untimed
-    (CUDA's first calls load its libraries and pick its kernels: a cold batch of 8 took 336 ms a pair on an H200, a
-    warm one 10 ms); torch's and OpenCV's RNGs (PnP-RANSAC) are then seeded with 0, so that a run repeats exactly."""
-    model.eval().to(device)
-    if device.type == "cuda":
-        infer(model, to_device(next(iter(loader)), device), solver, eval_cfg)
+    ``Inference``. The model goes to ``device`` in eval mode; torch's and OpenCV's RNGs (PnP-RANSAC) are seeded
+    with 0 first, so that a run repeats exactly. On CUDA the first batch runs once more before its timed pass, with
+    the RNGs put back after it (CUDA's first calls load its libraries and pick its kernels: a cold batch of 8 took 336
+    ms a pair on an H200, a warm one 10 ms)."""
     torch.manual_seed(0)
     cv2.setRNGSeed(0)
+    model.eval().to(device)
     with tqdm(total=len(loader.dataset), unit="pair", desc=desc, disable=not progress) as bar:
-        for batch in loader:
+        for index, batch in enumerate(loader):
             batch = to_device(batch, device)
+            if index == 0 and device.type == "cuda":
+                with torch.random.fork_rng(devices=[device], device_type=device.type):
+                    infer(model, batch, solver, eval_cfg)
+                cv2.setRNGSeed(0)
             yield batch, infer(model, batch, solver, eval_cfg)
             bar.update(len(batch["meta"]))
