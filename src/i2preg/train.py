@@ -234,15 +234,16 @@ def check_hardware(train: dict) -> None:
     """Refuse, as one ``InputError``, settings of ``hardware`` that Lightning cannot run on this machine (a GPU
     where torch sees none, more devices than it has, an unknown strategy or precision) before a run writes anything:
     a bare Trainer is built with them, quietly, and thrown away."""
+    settings = hardware(train)
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." comes with the real one
     level = log.level
     log.setLevel(logging.WARNING)
     try:
-        L.Trainer(**hardware(train), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        L.Trainer(**settings, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                   enable_model_summary=False)
     except (MisconfigurationException, ValueError, ImportError) as err:
-        settings = ", ".join(f"{key}={value}" for key, value in hardware(train).items())
-        raise InputError(f"Lightning cannot train with {settings} here: {str(err).splitlines()[0]}") from None
+        listed = ", ".join(f"{key}={value}" for key, value in settings.items())
+        raise InputError(f"Lightning cannot train with {listed} here: {str(err).splitlines()[0]}") from None
     finally:
         log.setLevel(level)
 
