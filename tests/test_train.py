@@ -201,7 +201,8 @@ def test_finished_run_resumed_with_more_epochs_ends_as_one_trained_that_long(tin
 
 
 def test_stage_two_alone_starts_from_init_weights(tiny_root, tmp_path):
-    """How a later session continues: stage 1 in one run, stage 2 in another from its weights."""
+    """How a later session continues: stage 1 in one run, stage 2 in another from its weights (GPDM frozen, or with
+    ``train.stage2_trains_gpdm`` trained on)."""
     from i2preg.model.icl import ICL
     from i2preg.train import train
 
@@ -213,6 +214,12 @@ def test_stage_two_alone_starts_from_init_weights(tiny_root, tmp_path):
     gpdm = {name for name, p in model.named_parameters() if any(p is q for q in model.gpdm_parameters())}
     assert all(torch.equal(start[name], end[name]) for name in gpdm)
     assert any(not torch.equal(start[name], end[name]) for name in end if name not in gpdm)
+    # train.stage2_trains_gpdm: the encoders learn too (with the stage-1 terms), the modules train.frozen names do not
+    tuned = load_file(str(train(tiny_config(tiny_root, stages=[2], init_weights=str(first), stage2_trains_gpdm=True,
+                                            frozen=["iclm", "prm"]), tmp_path / "c")))
+    for module in ("image_encoder", "point_encoder", "image_decoder"):
+        assert any(not torch.equal(start[name], tuned[name]) for name in tuned if name.startswith(module + "."))
+    assert all(torch.equal(start[name], tuned[name]) for name in tuned if name.startswith(("iclm.", "prm.")))
 
 
 @pytest.mark.parametrize("setting", [{"strategy": "bogus"}, {"precision": "17"}, {"accelerator": "gpu"}])

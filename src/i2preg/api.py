@@ -64,7 +64,7 @@ measures 10, 30 and 60)."""
 
 LOW_CONFIDENCE = 0.4
 """A ``RegistrationResult.confidence`` below this says the pose is likely wrong: 90 % of the bundled model's registered
-validation pairs score 0.42 or more, and 31 of its 33 failed registrations of the real sample frames score less
+validation pairs score 0.45 or more, and 28 of its 31 failed registrations of the real sample frames score less
 (BENCHMARKS.md, "Real frames"). A confidence above it is no guarantee."""
 
 MIRROR = np.diag([-1.0, 1.0, 1.0, 1.0])

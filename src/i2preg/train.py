@@ -1,7 +1,8 @@
 """Training with Lightning. ICL trains in two stages: stage 1 trains GPDM (L_cls + L_fru), stage 2 the rest with
-GPDM frozen. The matching baseline (``method: matching``) trains in one stage as long as ICL's two together, with
-the same data, sampler, optimiser and learning-rate schedule. Each stage is one ``TrainingModule`` built from
-parts: the network, its loss function and its pose function (validation).
+GPDM frozen (``train.stage2_trains_gpdm``: trained on, its terms beside the stage-2 ones). The matching baseline
+(``method: matching``) trains in one stage as long as ICL's two together, with the same data, sampler, optimiser and
+learning-rate schedule. Each stage is one ``TrainingModule`` built from parts: the network, its loss function and
+its pose function (validation).
 
 A run lives in ``runs/NAME/``::
 
@@ -153,12 +154,14 @@ class TrainingModule(L.LightningModule):
 
 
 def icl_stage(cfg: dict, stage: int) -> TrainingModule:
-    """ICL's stage 1 (GPDM alone: its forward, L_cls + L_fru, the frustum pose) or stage 2 (all but GPDM and the
-    modules ``train.frozen`` names, which stay as they are: the full forward, all terms, the final pose)."""
+    """ICL's stage 1 (GPDM alone: its forward, L_cls + L_fru, the frustum pose) or stage 2 (all but GPDM, which
+    ``train.stage2_trains_gpdm`` trains too, and the modules ``train.frozen`` names, which stay as they are: the full
+    forward, all terms, the final pose)."""
     model = ICL(cfg["model"])
     gpdm = {id(p) for p in model.gpdm_parameters()}
     for parameter in model.parameters():
-        parameter.requires_grad_((id(parameter) in gpdm) == (stage == 1))
+        parameter.requires_grad_(id(parameter) in gpdm if stage == 1 else
+                                 id(parameter) not in gpdm or cfg["train"]["stage2_trains_gpdm"])
     if stage == 2:
         for name in cfg["train"]["frozen"]:
             module = getattr(model, str(name), None)

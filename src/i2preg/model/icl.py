@@ -1,8 +1,8 @@
 """The ICL model: GPDM -> ICLM -> PRM (METHOD section 2), configured LightGlue-style from ``ICL.default_conf``.
 
 Training stages: stage 1 trains the GPDM set (``gpdm_parameters``: image encoder, point encoder, GPDM heads)
-with L_cls + L_fru; stage 2 freezes it (``freeze_gpdm``) and trains the rest (image decoder to the pixel
-tokens, fine search, ICLM, PRM; with ``iclm.own_encoders``, ICLM's own encoders too).
+with L_cls + L_fru; stage 2 freezes it (``freeze_gpdm``; ``train.stage2_trains_gpdm`` trains it on) and trains the
+rest (image decoder to the pixel tokens, fine search, ICLM, PRM; with ``iclm.own_encoders``, ICLM's own encoders too).
 """
 
 from __future__ import annotations
