@@ -32,7 +32,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "stages": [1, 2],  # [2]: stage 2 alone, from init_weights
     "init_weights": None,  # safetensors to start the first stage from (e.g. an earlier run's weights)
-    "stage2_trains_gpdm": False,  # stage 2 trains the GPDM set too, its stage-1 terms beside (the bundled run 17)
+    "stage2_trains_gpdm": False,  # stage 2 trains the GPDM set too, with its stage-1 terms (docs/TRAINING.md, run 17)
     "frozen": [],  # stage 2: these modules of ICL stay as init_weights has them too (e.g. [image_decoder, iclm, prm])
     "init_strict": True,  # False: a warm start that loads the tensors init_weights shares with the model
     "lr": 1e-4,  # Adam

@@ -159,9 +159,9 @@ def icl_stage(cfg: dict, stage: int) -> TrainingModule:
     forward, all terms, the final pose)."""
     model = ICL(cfg["model"])
     gpdm = {id(p) for p in model.gpdm_parameters()}
+    trains_gpdm = stage == 1 or cfg["train"]["stage2_trains_gpdm"]
     for parameter in model.parameters():
-        parameter.requires_grad_(id(parameter) in gpdm if stage == 1 else
-                                 id(parameter) not in gpdm or cfg["train"]["stage2_trains_gpdm"])
+        parameter.requires_grad_(trains_gpdm if id(parameter) in gpdm else stage == 2)
     if stage == 2:
         for name in cfg["train"]["frozen"]:
             module = getattr(model, str(name), None)
