@@ -157,11 +157,8 @@ def icl_stage(cfg: dict, stage: int) -> TrainingModule:
     """ICL's stage 1 (GPDM alone: its forward, L_cls + L_fru, the frustum pose) or stage 2 (all but GPDM, which
     ``train.stage2_trains_gpdm`` trains too, and the modules ``train.frozen`` names, which stay as they are: the full
     forward, all terms, the final pose)."""
-    model = ICL(cfg["model"])
-    gpdm = {id(p) for p in model.gpdm_parameters()}
-    trains_gpdm = stage == 1 or cfg["train"]["stage2_trains_gpdm"]
-    for parameter in model.parameters():
-        parameter.requires_grad_(trains_gpdm if id(parameter) in gpdm else stage == 2)
+    model = ICL(cfg["model"]).requires_grad_(stage == 2)
+    model.freeze_gpdm(stage == 2 and not cfg["train"]["stage2_trains_gpdm"])
     if stage == 2:
         for name in cfg["train"]["frozen"]:
             module = getattr(model, str(name), None)

@@ -116,7 +116,7 @@ class ICL(nn.Module):
             yield from module.parameters()
 
     def freeze_gpdm(self, frozen: bool = True) -> None:
-        """Stage 2: stop gradients into the GPDM set (requires_grad False)."""
+        """Stop (frozen) or let gradients into the GPDM set (requires_grad False or True): stage 2 freezes it."""
         for parameter in self.gpdm_parameters():
             parameter.requires_grad_(not frozen)
 
