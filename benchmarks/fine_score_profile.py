@@ -70,7 +70,7 @@ def main() -> None:
     with torch.inference_mode():
         logits, ends = zip(*(true_pose_logits(model, batch, grid)
                              for batch in DataLoader(pairs, batch_size=8, collate_fn=Collate(cfg["model"]))))
-    logits, ends = torch.cat(logits), torch.cat(ends, dim=1).abs().median(dim=1).values.numpy()
+    logits, ends = torch.cat(logits), np.median(np.abs(torch.cat(ends, dim=1).numpy()), axis=1)  # (2, 3)
     relative = (logits - logits[:, len(grid) // 2 : len(grid) // 2 + 1]).view(-1, side, side).numpy()
     offsets = np.arange(-r, r + 1) * args.step
     print(f"{len(relative)} pairs of {args.data}, {args.weights}: mean logit minus the true pose's\n")
