@@ -30,7 +30,7 @@ from i2preg.inference import evaluation_config, with_sequences
 from i2preg.model.fine_search import offset_grid, offsets_to
 
 
-def true_pose_logits(model, batch: dict, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def about_true_pose(model, batch: dict, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, G) the fine search's logits for the grid (G, 3) of offsets about each pair's GT pose, and (2, B, 3) the
     offsets (``offsets_to``) from the GT of the fine search's pose run from the GT and from GPDM's frustum pose."""
     search, inputs = model.fine, []
@@ -68,7 +68,7 @@ def main() -> None:
     r, side = args.radius, 2 * args.radius + 1
     grid = offset_grid([r, r, 0], torch.tensor([args.step, args.step, 0.0]))  # lateral-major, then forward
     with torch.inference_mode():
-        logits, ends = zip(*(true_pose_logits(model, batch, grid)
+        logits, ends = zip(*(about_true_pose(model, batch, grid)
                              for batch in DataLoader(pairs, batch_size=8, collate_fn=Collate(cfg["model"]))))
     logits, ends = torch.cat(logits), np.median(np.abs(torch.cat(ends, dim=1).numpy()), axis=1)  # (2, 3)
     relative = (logits - logits[:, len(grid) // 2 : len(grid) // 2 + 1]).view(-1, side, side).numpy()
