@@ -130,3 +130,42 @@ def test_register_takes_a_prior_pose_file(synthetic_root, tmp_path, capsys):
     assert main([*args, "--prior", str(tmp_path / "bad.txt")]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"i2preg register: error: {tmp_path / 'bad.txt'}: prior pose's last row is not 0 0 0 1"]
+
+
+def test_an_out_path_that_cannot_be_a_folder_is_refused_before_any_work(synthetic_root, tmp_path, capsys):
+    """--out naming a file, or a folder under one: one line, exit code 2, nothing written (register and eval refuse it
+    before the model runs, synth before a frame is rendered)."""
+    (tmp_path / "taken").write_text("a file\n")
+    sequence = synthetic_root / "sequences" / "00"
+    register = ["register", "--image", str(sequence / "image_2" / "000000.png"), "--points",
+                str(sequence / "velodyne" / "000000.bin"), "--calib", str(sequence / "calib.txt")]
+    for out in (tmp_path / "taken", tmp_path / "taken" / "below"):
+        for command in ([*register, "--out", str(out)],
+                        ["eval", "--data", str(synthetic_root), "--sequences", "00", "--out", str(out)],
+                        ["synth", "--out", str(out), "--frames", "1"]):
+            assert main(command) == 2
+            err = capsys.readouterr().err.splitlines()
+            assert len(err) == 1 and err[0].startswith(f"i2preg {command[0]}: error: {out}: cannot write here:"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_eval_names_the_sequences_a_dataset_holds(synthetic_root, tmp_path, capsys):
+    assert main(["eval", "--data", str(synthetic_root), "--out", str(tmp_path / "eval")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"i2preg eval: error: {synthetic_root}: no sequence 01,02,03 of the 00,01,02,03 asked for (it holds 00: pass "
+        "the ones to read, e.g. i2preg eval --sequences)"]
+
+
+def test_register_says_what_it_wrote_and_leaves_no_earlier_frames_files(synthetic_root, tmp_path, capsys):
+    """A folder written with --protocol-seed, then without: the protocol's files of the first run are gone."""
+    sequence = synthetic_root / "sequences" / "00"
+    args = ["register", "--image", str(sequence / "image_2" / "000000.png"), "--points",
+            str(sequence / "velodyne" / "000000.bin"), "--calib", str(sequence / "calib.txt"), "--out", str(tmp_path)]
+    assert main([*args, "--protocol-seed", "0"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "overlay.png", "overlay_frustum.png", "overlay_gt.png", "pose.txt", "protocol.json"]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote pose.txt, overlay.png, overlay_frustum.png, overlay_gt.png, protocol.json in {tmp_path}")
+    assert main([*args, "--cloud-axes", "flu"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.png", "overlay_frustum.png", "pose.txt"]
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote pose.txt, overlay.png, overlay_frustum.png in {tmp_path}"

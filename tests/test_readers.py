@@ -236,6 +236,32 @@ def test_a_bin_of_other_bytes_is_refused_by_its_coordinates(tmp_path):
     assert read_point_cloud(tmp_path / "far.bin")[0][3, 1] == np.float32(9.0e4)
 
 
+def test_a_bin_is_read_in_the_layout_its_values_fit(tmp_path):
+    """A plain .bin whose size is a multiple of both 16 and 20 bytes: a nuScenes sweep (x, y, z, intensity, ring)
+    is read as nuScenes, since read as KITTI its fourth column holds negative coordinates; records of another size
+    (7 floats: x, y, z, intensity, ring, time, 0) fit neither layout and are refused, with what each reading found."""
+    xyz = np.c_[np.linspace(-20, 20, 8), np.full(8, 1.5), np.linspace(5, -30, 8)]
+    intensity, ring = np.arange(8) * 30.0, np.arange(8) % 32
+    np.c_[xyz, intensity, ring].astype("<f4").tofile(tmp_path / "sweep.bin")  # 160 bytes
+    points, read_intensity = read_point_cloud(tmp_path / "sweep.bin")
+    np.testing.assert_array_equal(points, xyz.astype(np.float32))
+    np.testing.assert_array_equal(read_intensity, intensity.astype(np.float32))
+    seven = np.c_[xyz, intensity, ring, np.linspace(0, 0.1, 8), np.zeros(8)]
+    np.r_[seven, seven, seven, seven, seven].astype("<f4").tofile(tmp_path / "seven.bin")  # 1,120 bytes
+    message = expect_error(tmp_path / "seven.bin")
+    assert "in no known layout: read as KITTI" in message and "; read as nuScenes" in message, message
+    assert "intensities below zero" in message, message
+
+
+def test_a_folder_given_as_a_file_is_named_as_one(tmp_path):
+    (tmp_path / "image.png").write_bytes(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    assert expect_error(tmp_path / "image.png", reader=read_calibration_file).endswith(
+        ": not a text calibration file (it holds binary data)")
+    assert expect_error(tmp_path).endswith(": is a folder, not a file")
+    assert expect_error(tmp_path, reader=read_calibration_file).endswith(": is a folder, not a file")
+    assert expect_error(tmp_path, reader=read_image_file).endswith(": is a folder, not a file")
+
+
 def test_points_holding_nan_or_inf_are_left_out_with_a_warning(tmp_path):
     """Organised clouds mark missing returns with NaN (as PCL writes them): the reader drops those points and
     says how many, in one line naming the file."""
@@ -287,7 +313,7 @@ def test_k_and_extrinsic_files(tmp_path):
     np.testing.assert_array_equal(calibration.K, K)
     np.testing.assert_array_equal(calibration.T_cam_velo, T)
     np.testing.assert_array_equal(read_calibration_file(tmp_path / "K.txt").T_cam_velo, np.eye(4))
-    assert "pass a 4x4 as extrinsic" in expect_error(tmp_path / "lidar2cam.txt", reader=read_calibration_file)
+    assert "extrinsic goes in its own file" in expect_error(tmp_path / "lidar2cam.txt", reader=read_calibration_file)
 
 
 def test_yaml_and_json_calibrations(tmp_path):

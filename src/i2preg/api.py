@@ -41,7 +41,7 @@ from .data.readers import (
     read_pose_file,
     undistort_image,
 )
-from .errors import InputError
+from .errors import InputError, require_output_folder
 from .export import OnnxNetwork, export_onnx
 from .files import write_text
 from .geometry import invert_transform, project_pose, sample_perturbation, transform_points
@@ -150,6 +150,9 @@ class _Prepared:
 
 
 def _numpy(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, (str, os.PathLike)):
+        raise InputError(f"{name} must be an array, not a path: i2preg.api.register_files reads files (and "
+                         "i2preg.data.readers each kind)", x)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     try:
@@ -449,6 +452,11 @@ class Registrator:
 # ---------------------------------------------------------------------------------------------
 
 
+REGISTER_FILES = ("pose.txt", "overlay.png", "overlay_frustum.png")
+REGISTER_PROTOCOL_FILES = ("overlay_gt.png", "protocol.json")
+"""What ``register_files`` writes into its folder, and what it writes there only with a protocol seed."""
+
+
 def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike, calib_path: str | os.PathLike,
                    out_dir: str | os.PathLike | None = None, camera: int = 2,
                    weights: str | os.PathLike | None = None, extrinsic: str | os.PathLike | None = None,
@@ -476,10 +484,13 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
     out_dir: if given, write ``pose.txt`` (4 rows of 4 numbers, full precision), ``overlay.png`` (the
     points projected with the pose on the (undistorted) image, coloured by depth) and
     ``overlay_frustum.png`` (the same with the frustum pose), each atomically; with ``protocol_seed``
-    also ``overlay_gt.png`` (the ground-truth pose) and ``protocol.json`` (the errors).
+    also ``overlay_gt.png`` (the ground-truth pose) and ``protocol.json`` (the errors), which are removed without it,
+    so that a folder written again holds no earlier frame's. The folder is checked before the model runs.
     """
     from .visualize import draw_projection, save_image
 
+    if out_dir is not None:
+        out_dir = require_output_folder(out_dir)
     calibration = read_calibration_file(calib_path, camera, extrinsic)
     image, K = undistort_image(read_image_file(image_path), calibration.K, calibration.distortion)
     points, intensity = read_point_cloud(points_path)
@@ -511,6 +522,9 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
             save_image(out_dir / "overlay_gt.png", draw_projection(image, points, T_gt, K))
             protocol = {**result.info["protocol"], "T_gt": T_gt.tolist()}
             write_text(out_dir / "protocol.json", json.dumps(protocol, indent=2) + "\n")
+        else:
+            for name in REGISTER_PROTOCOL_FILES:
+                (out_dir / name).unlink(missing_ok=True)
         save_image(out_dir / "overlay.png", draw_projection(image, points, result.pose, K))
         save_image(out_dir / "overlay_frustum.png", draw_projection(image, points, result.frustum_pose, K))
     return result

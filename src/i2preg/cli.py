@@ -53,6 +53,7 @@ def _eval(args: argparse.Namespace) -> None:
              batch_size=args.batch_size, device=args.device, figure_pairs=args.figure_pairs,
              overrides=deep_update(parse_overrides(args.set), _refine_override(args)), solver=args.solver,
              sequences=args.sequences)
+    print(f"wrote pairs.csv, summary.json and the figures in {args.out}")
 
 
 def _refine_override(args: argparse.Namespace) -> dict:
@@ -65,15 +66,19 @@ def _compare(args: argparse.Namespace) -> None:
     compare(args.method, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
             batch_size=args.batch_size, device=args.device, overrides=parse_overrides(args.set),
             sequences=args.sequences)
+    print(f"wrote comparison.md and comparison.csv in {args.out}")
 
 
 def _register(args: argparse.Namespace) -> None:
-    from .api import register_files
+    from .api import REGISTER_FILES, REGISTER_PROTOCOL_FILES, register_files
 
     prior = {} if args.prior_yaw_deg is None else {"prior_yaw_deg": args.prior_yaw_deg}
     print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights,
                          extrinsic=args.extrinsic, protocol_seed=args.protocol_seed, refine=args.refine,
                          traffic=args.traffic, prior=args.prior, cloud_axes=args.cloud_axes, **prior))
+    if args.out:
+        names = REGISTER_FILES + (REGISTER_PROTOCOL_FILES if args.protocol_seed is not None else ())
+        print(f"wrote {', '.join(names)} in {args.out}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -100,11 +105,12 @@ def _name_list(text: str) -> list[str]:
 
 def _add_test_set_arguments(p: argparse.ArgumentParser, config_help: str) -> None:
     """The test set and how to run on it, as ``eval`` and ``compare`` share them."""
-    p.add_argument("--data", help="dataset root (KITTI Odometry layout; default: the config's data.root)")
+    p.add_argument("--data", required=True, help="dataset root (KITTI Odometry layout), e.g. a folder of i2preg synth")
     p.add_argument("--config", help=config_help)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--sequences", type=_name_list, metavar="00,01,...",
-                   help="the split's sequences (default: the config's data.SPLIT_sequences)")
+                   help="the split's sequence names (default: the config's data.SPLIT_sequences; the synthetic test"
+                        " set's are 00,01,02,03)")
     p.add_argument("--limit", type=int, help="the first N pairs only")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
@@ -122,17 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="generate a synthetic street dataset in the KITTI Odometry layout")
     p.add_argument("--out", required=True, help="output root (sequences/ and poses/ are written inside)")
-    p.add_argument("--sequences", type=int, default=1, help="number of sequences")
-    p.add_argument("--first-sequence", type=int, default=0, help="id of the first sequence")
-    p.add_argument("--frames", type=int, default=20, help="frames per sequence")
-    p.add_argument("--seed", type=int, default=0, help="world seed; with the sequence id it fixes a sequence")
-    p.add_argument("--sensor", choices=["kitti", "nuscenes"], default="kitti")
+    p.add_argument("--sequences", type=int, default=1,
+                   help="how many sequences, numbered from --first-sequence (default 1; eval's --sequences names them)")
+    p.add_argument("--first-sequence", type=int, default=0, help="id of the first sequence (default 0)")
+    p.add_argument("--frames", type=int, default=20, help="frames per sequence (default 20)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="world seed; with the sequence id it fixes a sequence (default 0; the test set's is 2)")
+    p.add_argument("--sensor", choices=["kitti", "nuscenes"], default="kitti",
+                   help="the rig: kitti (default: 64-beam LiDAR, 1241 x 376 images) or nuscenes (32 beams, 1600 x 900)")
     p.add_argument("--appearance", choices=["default", "varied"], default="default",
                    help="default: the world of the bundled model and test set, byte for byte; varied adds street "
                         "clutter (bollards, bins, bushes, hedges, fences, pedestrians, vans), clouds, sun shadows, "
                         "facade weathering and a random camera response per image (exposure, white balance, "
                         "vignetting, blur, noise, gamma, saturation, JPEG)")
-    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1; same bytes with any number)")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("train", help="train ICL: stage 1 (GPDM) then stage 2 (everything else)")
@@ -216,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_prepare_nuscenes)
 
     p = sub.add_parser("demo", help="generate a small synthetic test set and show what i2preg does with it")
-    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--out", default="outputs/demo", help="folder for the data, pictures and eval (default outputs/demo)")
     p.set_defaults(func=_demo)
     return parser
 

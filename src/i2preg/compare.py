@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .assembly import load_model
-from .errors import InputError
+from .errors import InputError, require_output_folder
 from .files import write_text
 from .inference import REFINEMENTS, SOLVERS, evaluation_config, pair_loader, resolve_device, run, with_sequences
 from .memory import release_freed_memory
@@ -259,6 +259,7 @@ def compare(
     method's weights'); overrides: nested dict merged into them; sequences: the split's sequences (in place of the
     config's). limit: the first N pairs.
     """
+    require_output_folder(out_dir)
     specs = [m if isinstance(m, MethodSpec) else parse_method(m) for m in (methods or DEFAULT_METHODS)]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):

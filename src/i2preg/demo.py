@@ -9,6 +9,7 @@ import numpy as np
 
 from .data.pairs import build_dataset
 from .data.synthetic import generate_dataset
+from .errors import require_output_folder
 from .visualize import draw_projection, save_image
 from .weights import bundled_weights
 
@@ -20,7 +21,7 @@ def run_demo(out_dir: Path, frames: int = 4) -> list[Path]:
     """Write a synthetic sequence under ``out_dir/data`` and, per protocol pair, a picture of the cloud
     projected with the ground-truth pose (top) and with the identity, i.e. unregistered (bottom). With the
     bundled model installed, also ``i2preg eval`` on these pairs: the table, and its files in ``out_dir/eval``."""
-    out_dir = Path(out_dir)
+    out_dir = require_output_folder(out_dir)
     root = generate_dataset(out_dir / "data", sequences=1, frames=frames, seed=DEMO_SEED)
     data = {"data": {"test_sequences": ["00"]}}
     pairs = build_dataset(data, "test", root)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from . import visualize as viz
 from .assembly import load_model
-from .errors import InputError
+from .errors import InputError, require_output_folder
 from .files import sha256, write_text
 from .geometry import project_pose
 from .inference import (
@@ -230,7 +230,7 @@ def evaluate(
     """
     if solver not in SOLVERS:
         raise InputError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
-    weights, out_dir = resolve_weights(weights), Path(out_dir)
+    weights, out_dir = resolve_weights(weights), require_output_folder(out_dir)
     weights_config = read_weights_config(weights)
     if weights_config.get("method", "icl") != "icl":
         raise InputError(f"{weights_config['method']} weights: evaluate them with i2preg compare", weights)

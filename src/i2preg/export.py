@@ -23,7 +23,7 @@ from torch import nn
 from .assembly import load_model
 from .data.collate import Collate
 from .data.pairs import pair_config
-from .errors import InputError
+from .errors import InputError, require_output_folder
 from .files import write_bytes
 from .model.icl import ICL
 from .weights import resolve_weights
@@ -174,6 +174,9 @@ def export_onnx(model: ICL, path: str | os.PathLike | None, image_size: tuple[in
 def export_weights(weights: str | os.PathLike | None, out: str | os.PathLike) -> Path:
     """``i2preg export``: the ICL of ``weights`` (a file or a bundled model's name; None: the bundled one) as an
     ONNX file at ``out``, for its own network input (``data.crop``, ``data.num_points``). Returns ``out``."""
+    if Path(out).is_dir():
+        raise InputError("is a folder: give the .onnx file to write", out)
+    require_output_folder(Path(out).parent)
     path = resolve_weights(weights)
     model, config = load_model(path)
     if not isinstance(model, ICL):

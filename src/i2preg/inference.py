@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import cv2
@@ -31,7 +30,7 @@ from .baselines.pnp import pnp_poses
 from .config import deep_update, load_config
 from .data.collate import Collate
 from .data.pairs import build_dataset
-from .errors import InputError
+from .errors import InputError, require_folder
 from .geometry import project_points, transform_points
 from .refine import refine_poses
 
@@ -146,8 +145,8 @@ def pair_loader(cfg: dict, split: str, data_root: str | os.PathLike | None, limi
     worker on the network's cores competes with it: there the collate runs between the batches, its kNN on every
     core. ``i2preg eval`` of the 200 test pairs on 2 cores took 41-43 s against 44-46 s with one worker, whose
     collate doubled the forward's time (121-129 against 195-204 ms a pair)."""
-    if data_root is not None and not Path(data_root).is_dir():
-        raise InputError("no such folder", data_root)
+    if data_root is not None:
+        require_folder(data_root)
     if batch_size < 1 or (limit is not None and limit < 1):
         raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
     dataset = build_dataset(cfg, split, data_root)

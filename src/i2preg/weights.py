@@ -12,7 +12,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import InputError
+from .errors import InputError, require_file
 from .files import atomic_path
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
@@ -68,8 +68,7 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> lis
 
 def read_weights_config(weights: Path) -> dict[str, Any]:
     """The resolved config stored in the safetensors header of ``weights`` (``save_weights``)."""
-    if not weights.is_file():
-        raise InputError("no such file", weights)
+    require_file(weights)
     try:
         with safe_open(str(weights), "pt") as file:
             text = (file.metadata() or {}).get("config")

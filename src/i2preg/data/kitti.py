@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, require_file, require_folder
 
 CALIB_SIZES = {
     "P0": 12, "P1": 12, "P2": 12, "P3": 12,
@@ -62,15 +62,12 @@ class FrameId(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-def _require_file(path: Path) -> None:
-    if not path.is_file():
-        raise InputError("no such file", path)
 
 
 def read_calib_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """``key: values`` lines -> {key: float64 values}; known keys are checked for their value count."""
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     values = {}
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
@@ -133,7 +130,7 @@ def read_calibration(path: str | os.PathLike, cameras: Sequence[int] = (2, 3)) -
 def read_points(path: str | os.PathLike) -> np.ndarray:
     """A velodyne ``.bin`` scan -> (N, 4) float32: x, y, z (metres, velodyne frame), reflectance."""
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     size = path.stat().st_size
     if size % 16:
         raise InputError(f"truncated scan: {size} bytes is not a multiple of 16 (4 float32 per point)", path)
@@ -148,7 +145,7 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB."""
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     bgr = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InputError("not a readable image", path)
@@ -158,7 +155,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def read_poses(path: str | os.PathLike, num_frames: int) -> np.ndarray:
     """A poses file (one row of 12 values per frame) -> (num_frames, 4, 4) float64."""
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     rows = [line.split() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     if len(rows) != num_frames:
         raise InputError(f"{len(rows)} pose rows for {num_frames} frames", path)
@@ -176,8 +173,7 @@ def read_poses(path: str | os.PathLike, num_frames: int) -> np.ndarray:
 
 def _frame_stems(folder: Path, suffix: str) -> list[str]:
     """Sorted stems of the ``suffix`` files in ``folder``; the folder must hold at least one."""
-    if not folder.is_dir():
-        raise InputError("no such folder", folder)
+    require_folder(folder)
     stems = sorted(p.stem for p in folder.glob(f"*{suffix}"))
     if not stems:
         raise InputError(f"no {suffix} frames", folder)
@@ -223,8 +219,13 @@ class KittiOdometry:
         self.poses: dict[str, np.ndarray] = {}
         self._stems: list[str] = []
         self._rows: list[int] = []
+        sequences = [f"{int(s):02d}" if isinstance(s, int) else str(s) for s in sequences]
+        missing = [s for s in sequences if not (self.root / "sequences" / s).is_dir()]
+        if missing:
+            held = ",".join(sorted(p.name for p in require_folder(self.root / "sequences").iterdir() if p.is_dir()))
+            raise InputError(f"no sequence {','.join(missing)} of the {','.join(sequences)} asked for (it holds {held or 'none'}:"
+                             " pass the ones to read, e.g. i2preg eval --sequences)", self.root)
         for sequence in sequences:
-            sequence = f"{int(sequence):02d}" if isinstance(sequence, int) else str(sequence)
             folder = self.root / "sequences" / sequence
             stems = _frame_stems(folder / "velodyne", ".bin")
             for camera in self.cameras:

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import yaml
 
-from ..errors import InputError
+from ..errors import InputError, require_file, require_output_folder
 from ..geometry import invert_transform, make_transform, project_pose, transform_points
 from .ops import voxel_downsample
 from .pairs import resize_intrinsics
@@ -130,8 +130,7 @@ class NuScenesTables:
 
     @staticmethod
     def _load(path: Path) -> list[dict]:
-        if not path.is_file():
-            raise InputError("no such file (a nuScenes table)", path)
+        require_file(path, "a nuScenes table")
         try:
             return json.loads(path.read_text())
         except json.JSONDecodeError as err:
@@ -188,6 +187,7 @@ def prepare_nuscenes(
     """
     if version not in VERSIONS:
         raise InputError(f"version must be one of {', '.join(VERSIONS)}, not {version!r}")
+    require_output_folder(out)
     unknown = sorted(set(cfg or {}) - set(NUSCENES_DEFAULTS))
     if unknown:
         raise InputError(f"unknown nuScenes setting(s) {', '.join(unknown)}")

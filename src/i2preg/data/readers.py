@@ -5,7 +5,9 @@ Point clouds (``read_point_cloud``), chosen by content where the format has a he
 
 - KITTI ``.bin``: float32 x, y, z, reflectance (16 bytes a point).
 - nuScenes ``.pcd.bin``: float32 x, y, z, intensity, ring (20 bytes a point). A plain ``.bin`` whose
-  size is a multiple of 20 but not of 16 is read this way too; a multiple of both reads as KITTI.
+  size is a multiple of 20 but not of 16 is read this way too; a multiple of both reads as KITTI unless its
+  values cannot be KITTI's (an intensity below zero), then as nuScenes. Values that fit neither layout (a file
+  of other records) are refused.
 - PCD (``ascii``, ``binary``, ``binary_compressed``): fields x, y, z and optionally intensity
   (or reflectance, i); any other fields, of any SIZE, TYPE and COUNT, are skipped.
 - PLY (ascii, binary little and big endian): the ``vertex`` element's x, y, z and optional intensity.
@@ -28,7 +30,7 @@ import cv2
 import numpy as np
 import yaml
 
-from ..errors import InputError
+from ..errors import InputError, require_file
 from .kitti import CameraCalibration, read_calibration
 
 INTENSITY_FIELDS = ("intensity", "reflectance", "i", "scalar_intensity", "remission")
@@ -54,9 +56,7 @@ def read_point_cloud(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
     warning that gives their count. Raises ``InputError`` for a missing, truncated, empty or malformed file,
     for one whose every point holds NaN or inf, and for one whose coordinates reach beyond ``MAX_COORDINATE_M``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file", path)
+    path = require_file(path)
     data, layout = path.read_bytes(), ""
     if data.startswith(b"\x93NUMPY"):
         xyzi = _read_npy(path)
@@ -74,8 +74,15 @@ def read_point_cloud(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
                 f"truncated: {len(data)} bytes is a multiple of neither 16 ({FLOAT_RECORDS[4]}) "
                 f"nor 20 ({FLOAT_RECORDS[5]})", path,
             )
-        columns = 5 if len(data) % 16 else 4
-        xyzi = _read_float_records(data, columns, path)
+        problems = []
+        for columns in [c for c in (4, 5) if len(data) % (4 * c) == 0]:
+            try:
+                xyzi = _read_float_records(data, columns, path)
+                break
+            except InputError as err:
+                problems.append(err.problem)
+        else:
+            raise InputError(f"in no known layout: {'; '.join(problems)}", path)
         layout = f" (read as {FLOAT_RECORDS[columns]})"
     elif path.suffix.lower() in POINT_CLOUD_SUFFIXES:
         raise InputError(f"not a {path.suffix.lower()[1:].upper()} file (no valid header)", path)
@@ -111,12 +118,24 @@ FLOAT_RECORDS = {4: "KITTI: float32 x, y, z, reflectance", 5: "nuScenes: float32
 
 
 def _read_float_records(data: bytes, columns: int, path: Path) -> XYZI:
-    """Raw little-endian float32 records of ``columns`` (4 or 5) values: x, y, z, intensity, ..."""
+    """Raw little-endian float32 records of ``columns`` (4 or 5) values: x, y, z, intensity, ... Refused when the
+    values cannot be that layout's, as when a file of another record size is read with this one: an intensity below
+    zero, or (5 columns) a ring that is no whole number from 0 to 1,023."""
     if len(data) % (4 * columns):
         raise InputError(
             f"truncated: {len(data)} bytes is not a multiple of {4 * columns} ({FLOAT_RECORDS[columns]})", path
         )
     records = np.frombuffer(data, dtype="<f4").reshape(-1, columns)
+    finite = records[np.isfinite(records).all(axis=1)]
+    if (finite[:, 3] < 0).any():
+        problem = f"{int((finite[:, 3] < 0).sum())} of {len(records)} intensities below zero"
+        raise InputError(f"read as {FLOAT_RECORDS[columns]}: {problem}", path)
+    if columns == 5:
+        ring = finite[:, 4]
+        wrong = int(((ring < 0) | (ring > 1023) | (ring != np.round(ring))).sum())
+        if wrong:
+            raise InputError(f"read as {FLOAT_RECORDS[columns]}: {wrong} of {len(records)} rings not a whole "
+                             "number from 0 to 1,023", path)
     return records[:, :3], records[:, 3]
 
 
@@ -412,28 +431,27 @@ def read_calibration_file(
     (the nuScenes-style pair). Without any extrinsic, T_cam_velo is the identity: the cloud is
     already in the camera frame.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file", path)
+    path = require_file(path)
     distortion = None
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         K, T, distortion = _read_calibration_mapping(path)
     else:
-        text = path.read_text(errors="replace")
+        data = path.read_bytes()
+        if b"\0" in data[:4096]:
+            raise InputError("not a text calibration file (it holds binary data)", path)
+        text = data.decode(errors="replace")
         if ":" in text:
             calibration = read_calibration(path, cameras=(camera,))[camera]
             K, T = calibration.K, calibration.T_cam_velo
         else:
             numbers = _numbers(text, path)
             if numbers.size != 9:
-                raise InputError(f"{numbers.size} numbers: expected the 9 of K (pass a 4x4 as extrinsic=)", path)
+                raise InputError(f"{numbers.size} numbers: expected the 9 of K (a 4x4 extrinsic goes in its own file: --extrinsic, extrinsic= in Python)", path)
             K, T = numbers.reshape(3, 3), None
     if extrinsic is not None:
         if T is not None:
             raise InputError(f"holds the extrinsic already; {os.fspath(extrinsic)} would replace it", path)
-        extrinsic = Path(extrinsic)
-        if not extrinsic.is_file():
-            raise InputError("no such file", extrinsic)
+        extrinsic = require_file(extrinsic)
         T = _transform(_numbers(extrinsic.read_text(errors="replace"), extrinsic), extrinsic)
     _check_intrinsics(K, path)
     return UserCalibration(K=K, T_cam_velo=np.eye(4) if T is None else T, distortion=distortion)
@@ -468,9 +486,7 @@ def is_rotation(R: np.ndarray) -> bool:
 def read_pose_file(path: str | os.PathLike, what: str = "pose") -> np.ndarray:
     """A rigid transform (4, 4) from a text file of its 4x4 (or 3x4) numbers, row-major (the ``pose.txt`` that
     ``i2preg register`` writes); ``what`` names it in the errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file", path)
+    path = require_file(path)
     return _transform(_numbers(path.read_text(errors="replace"), path), path, what)
 
 
@@ -529,9 +545,7 @@ def undistort_image(image: np.ndarray, K: np.ndarray, distortion: np.ndarray | N
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
     """A PNG/JPG (or any format OpenCV decodes) -> (H, W, 3) uint8 RGB; grey and 16-bit images are
     converted, alpha dropped. Decoded from the bytes, so any file name works."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file", path)
+    path = require_file(path)
     encoded = np.fromfile(path, dtype=np.uint8)
     bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
     if bgr is None:

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from i2preg.data.augment import photometric_augment
-from i2preg.errors import InputError
+from i2preg.errors import InputError, require_output_folder
 from i2preg.files import write_bytes
 from i2preg.geometry import invert_transform, make_transform
 
@@ -146,7 +146,7 @@ def generate_dataset(out_dir, sequences: int | list[int], frames: int, seed: int
     Sequence k with a given seed is the same whatever other sequences are written with it;
     ``workers`` > 1 renders chunks of frames in that many processes (same bytes as one process).
     """
-    out = Path(out_dir)
+    out = require_output_folder(out_dir)
     ids = list(range(sequences)) if isinstance(sequences, int) else [int(s) for s in sequences]
     if not ids or any(not 0 <= s <= 99 for s in ids) or len(set(ids)) != len(ids):
         raise InputError(f"sequences must be distinct ids in 0..99, got {sequences!r}")
