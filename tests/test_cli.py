@@ -146,6 +146,9 @@ def test_an_out_path_that_cannot_be_a_folder_is_refused_before_any_work(syntheti
             assert main(command) == 2
             err = capsys.readouterr().err.splitlines()
             assert len(err) == 1 and err[0].startswith(f"i2preg {command[0]}: error: {out}: cannot write here:"), err
+    assert main(["train", "--config", "tiny", "--data", str(synthetic_root), "--run-dir", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"i2preg train: error: {tmp_path / 'taken'}: cannot write here: exists and is not a folder"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 

@@ -44,7 +44,7 @@ from .baselines.matching_loss import matching_loss
 from .config import deep_update
 from .data.collate import Collate
 from .data.pairs import build_dataset
-from .errors import InputError
+from .errors import InputError, require_output_folder
 from .files import write_text
 from .inference import solve
 from .losses import compute_losses
@@ -288,7 +288,7 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict 
     when ``overrides`` (``--set``: on resume only ``train.SCHEDULE_KEYS``) say so; returns the path of the
     weights of the last stage run. ``callbacks`` join every stage's Trainer. A config with ``method: matching``
     trains the baseline instead (``train_matching``)."""
-    run_dir = Path(run_dir)
+    run_dir = require_output_folder(run_dir)
     cfg = run_config(cfg, run_dir, resume, overrides)
     torch.set_float32_matmul_precision("high")
     if cfg.get("method", "icl") == "matching":
