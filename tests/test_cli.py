@@ -23,6 +23,14 @@ def test_synth_writes_the_kitti_layout(tmp_path, capsys):
     assert (tmp_path / "poses" / "03.txt").read_text().count("\n") == 1
 
 
+def test_version(capsys):
+    import i2preg
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"i2preg {i2preg.__version__}\n"
+
+
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()

@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .config import deep_update, parse_overrides
 from .errors import InputError
 
@@ -124,6 +125,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="i2preg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"i2preg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="generate a synthetic street dataset in the KITTI Odometry layout")
