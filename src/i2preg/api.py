@@ -509,7 +509,14 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
         T_gt = invert_transform(P)
         if prior_pose is not None:  # from the file's cloud frame into the perturbed one
             prior_pose = prior_pose @ invert_transform(P @ calibration.T_cam_velo)
-    result = registrator.register(image, points, K, intensity, prior_pose, prior_yaw_deg)
+    with warnings.catch_warnings(record=True) as caught:  # the cloud's warnings name its file, not "points"
+        warnings.simplefilter("always")
+        result = registrator.register(image, points, K, intensity, prior_pose, prior_yaw_deg)
+    for warning in caught:
+        message = str(warning.message)
+        prefix = "points: "
+        warnings.warn(f"{os.fspath(points_path)}: {message[len(prefix):]}" if message.startswith(prefix) else message,
+                      warning.category, stacklevel=2)
     if T_gt is not None:
         errors = {k: float(v[0]) for k, v in registration_errors(result.pose[None], T_gt[None]).items()}
         result.info["protocol"] = {"seed": protocol_seed, "T_gt": T_gt, **errors,
