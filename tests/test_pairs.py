@@ -224,7 +224,7 @@ def test_pair_config_and_splits(tmp_path):
         build_dataset({}, "dev", tmp_path)
     with pytest.raises(InputError, match="no dataset root"):
         build_dataset({}, "test")
-    with pytest.raises(InputError, match="sequences/09"):
+    with pytest.raises(InputError, match="sequences: no such folder"):
         build_dataset({"data": {"test_root": str(tmp_path)}}, "test")
 
 
