@@ -165,8 +165,8 @@ def test_an_out_path_that_cannot_be_a_folder_is_refused_before_any_work(syntheti
 def test_eval_names_the_sequences_a_dataset_holds(synthetic_root, tmp_path, capsys):
     assert main(["eval", "--data", str(synthetic_root), "--out", str(tmp_path / "eval")]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"i2preg eval: error: {synthetic_root}: no sequence 01,02,03 of the 00,01,02,03 asked for (it holds 00: pass "
-        "the ones to read, e.g. i2preg eval --sequences)"]
+        f"i2preg eval: error: {synthetic_root}: no sequence 01,02,03 of the 00,01,02,03 asked for (it holds 00: eval "
+        "and compare take --sequences, train --set data.SPLIT_sequences)"]
 
 
 def test_register_says_what_it_wrote_and_leaves_no_earlier_frames_files(synthetic_root, tmp_path, capsys):

@@ -179,8 +179,8 @@ def test_bad_inputs_raise_one_line_input_error(odometry, name, damage, named, wh
 def test_unknown_sequence_names_the_ones_the_dataset_holds(odometry):
     with pytest.raises(InputError) as error:
         KittiOdometry(odometry, ["03", "04"])
-    assert str(error.value) == (f"{odometry}: no sequence 04 of the 03,04 asked for (it holds 03: pass the ones to "
-                                "read, e.g. i2preg eval --sequences)")
+    assert str(error.value) == (f"{odometry}: no sequence 04 of the 03,04 asked for (it holds 03: eval and compare "
+                                "take --sequences, train --set data.SPLIT_sequences)")
 
 
 def test_object_layout_calib_count_mismatch(object_layout):

@@ -223,8 +223,9 @@ class KittiOdometry:
         missing = [s for s in sequences if not (self.root / "sequences" / s).is_dir()]
         if missing:
             held = ",".join(sorted(p.name for p in require_folder(self.root / "sequences").iterdir() if p.is_dir()))
-            raise InputError(f"no sequence {','.join(missing)} of the {','.join(sequences)} asked for (it holds {held or 'none'}:"
-                             " pass the ones to read, e.g. i2preg eval --sequences)", self.root)
+            raise InputError(f"no sequence {','.join(missing)} of the {','.join(sequences)} asked for (it holds "
+                             f"{held or 'none'}: eval and compare take --sequences, train --set data.SPLIT_sequences)",
+                             self.root)
         for sequence in sequences:
             folder = self.root / "sequences" / sequence
             stems = _frame_stems(folder / "velodyne", ".bin")
