@@ -193,7 +193,7 @@ def _bad_inputs():
         "empty cloud": ((image, points[:0], K), "empty cloud"),
         "NaN points only": ((image, np.full((100, 3), np.nan), K), "all 100 rows hold NaN or inf"),
         "points far from the origin": ((image, points * [1.0, 1.0, 2e5], K), "coordinates reach 2e+05 m, beyond 100,000 m"),
-        "a path for the points": ((image, "points.bin", K), "points must be an array, not a path: i2preg.api.register_files"),
+        "a path for the points": ((image, "points.bin", K), "points must be an array, not a path: i2preg.api"),
         "a path for the image": ((Path("image.png"), points, K), "image must be an array, not a path"),
         "text points": ((image, np.array(["1", "2", "3"]), K), "numeric"),
         "K (3, 4)": ((image, points, np.zeros((3, 4))), "K must be (3, 3)"),

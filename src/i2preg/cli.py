@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_prepare_nuscenes)
 
     p = sub.add_parser("demo", help="generate a small synthetic test set and show what i2preg does with it")
-    p.add_argument("--out", default="outputs/demo", help="folder for the data, pictures and eval (default outputs/demo)")
+    p.add_argument("--out", default="outputs/demo",
+                   help="folder for the data, pictures and eval (default outputs/demo)")
     p.set_defaults(func=_demo)
     return parser
 

@@ -62,12 +62,9 @@ class FrameId(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-
-
 def read_calib_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """``key: values`` lines -> {key: float64 values}; known keys are checked for their value count."""
-    path = Path(path)
-    require_file(path)
+    path = require_file(path)
     values = {}
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
@@ -129,8 +126,7 @@ def read_calibration(path: str | os.PathLike, cameras: Sequence[int] = (2, 3)) -
 
 def read_points(path: str | os.PathLike) -> np.ndarray:
     """A velodyne ``.bin`` scan -> (N, 4) float32: x, y, z (metres, velodyne frame), reflectance."""
-    path = Path(path)
-    require_file(path)
+    path = require_file(path)
     size = path.stat().st_size
     if size % 16:
         raise InputError(f"truncated scan: {size} bytes is not a multiple of 16 (4 float32 per point)", path)
@@ -144,8 +140,7 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB."""
-    path = Path(path)
-    require_file(path)
+    path = require_file(path)
     bgr = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InputError("not a readable image", path)
@@ -154,8 +149,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def read_poses(path: str | os.PathLike, num_frames: int) -> np.ndarray:
     """A poses file (one row of 12 values per frame) -> (num_frames, 4, 4) float64."""
-    path = Path(path)
-    require_file(path)
+    path = require_file(path)
     rows = [line.split() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     if len(rows) != num_frames:
         raise InputError(f"{len(rows)} pose rows for {num_frames} frames", path)

@@ -446,7 +446,8 @@ def read_calibration_file(
         else:
             numbers = _numbers(text, path)
             if numbers.size != 9:
-                raise InputError(f"{numbers.size} numbers: expected the 9 of K (a 4x4 extrinsic goes in its own file: --extrinsic, extrinsic= in Python)", path)
+                raise InputError(f"{numbers.size} numbers: expected the 9 of K (a 4x4 extrinsic goes in its own file: "
+                                 "--extrinsic, extrinsic= in Python)", path)
             K, T = numbers.reshape(3, 3), None
     if extrinsic is not None:
         if T is not None:
