@@ -162,6 +162,15 @@ def test_an_out_path_that_cannot_be_a_folder_is_refused_before_any_work(syntheti
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_train_on_a_dataset_without_its_sequences_stops_before_the_run_starts(synthetic_root, tmp_path, capsys):
+    """The tiny config trains on 00-08, of which the dataset holds 00: one line, and no run folder."""
+    assert main(["train", "--config", "tiny", "--data", str(synthetic_root), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"i2preg train: error: {synthetic_root}: no sequence 01,02,"), err
+    assert err[0].endswith("(it holds 00: eval and compare take --sequences, train --set data.SPLIT_sequences)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_names_the_sequences_a_dataset_holds(synthetic_root, tmp_path, capsys):
     assert main(["eval", "--data", str(synthetic_root), "--out", str(tmp_path / "eval")]) == 2
     assert capsys.readouterr().err.splitlines() == [

@@ -289,6 +289,9 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, overrides: dict 
     weights of the last stage run. ``callbacks`` join every stage's Trainer. A config with ``method: matching``
     trains the baseline instead (``train_matching``)."""
     run_dir = require_output_folder(run_dir)
+    if not resume:  # a missing sequence or file: one line now, not an error inside the Trainer after the model
+        for split in ("train", "val"):
+            build_dataset(cfg, split)
     cfg = run_config(cfg, run_dir, resume, overrides)
     torch.set_float32_matmul_precision("high")
     if cfg.get("method", "icl") == "matching":
