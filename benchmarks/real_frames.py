@@ -2,7 +2,7 @@
 
     python benchmarks/real_frames.py [--weights W] [--data ../shared/data] [--seeds 5] [--seed 7351]
                                      [--out outputs/real] [--pose final|frustum] [--refine none|edges]
-                                     [--traffic recorded|right|left] [--prior-yaw-deg DEG]
+                                     [--traffic recorded|right|left] [--prior-yaw-deg DEG] [--point-draws D]
 
 Each frame goes through ``i2preg register --protocol-seed`` (``api.register_files``) once per protocol seed:
 the scan is moved into the camera frame with the frame's own calibration (the ground truth), perturbed by the
@@ -13,7 +13,8 @@ street the traffic keeps to); ``recorded`` gives each frame its own: KITTI's Kar
 nuScenes log whose name ends in ``+0800`` (Singapore's UTC offset; Boston's logs end in ``-0400``) to the left.
 ``--prior-yaw-deg DEG`` registers with a prior pose (``Registrator.register``'s ``prior_pose``) as a robot's odometry
 or compass would give it: the true pose turned about the camera's y axis by a yaw drawn uniformly within +-DEG / 2
-(seeded by the pair's protocol seed), the yaw search kept within DEG of it.
+(seeded by the pair's protocol seed), the yaw search kept within DEG of it. ``--point-draws D``: the
+``Registrator``'s (each pose the consensus of the network on D draws of the point sample).
 
 Prints ONE Markdown table: a row per frame and rows over all KITTI pairs, the nuScenes pairs and all pairs,
 with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, the
@@ -113,6 +114,8 @@ def main() -> None:
     parser.add_argument("--pose", choices=("final", "frustum"), default="final",
                         help="the pose scored: the model's final one, or GPDM's frustum pose")
     parser.add_argument("--refine", help="none or edges: the final pose's refinement (default: the weights' own)")
+    parser.add_argument("--point-draws", dest="point_draws", type=int,
+                        help="draws of the point sample whose poses' consensus is the pose (default: the weights' own)")
     parser.add_argument("--traffic", choices=("recorded", *TRAFFIC_SIDES), default="recorded",
                         help="the Registrator's traffic side: each frame's own (recorded), or one for all")
     parser.add_argument("--prior-yaw-deg", dest="prior_yaw_deg", type=float,
@@ -136,7 +139,7 @@ def main() -> None:
             result = register_files(frame["image"], frame["points"], frame["calib"],
                                     Path(args.out) / frame["name"].replace(" ", "_") / f"seed{seed}",
                                     weights=args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed,
-                                    refine=args.refine,
+                                    refine=args.refine, point_draws=args.point_draws,
                                     traffic=frame["traffic"] if args.traffic == "recorded" else args.traffic,
                                     **prior)
             T_gt = result.info["protocol"]["T_gt"]

@@ -369,6 +369,26 @@ def test_register_files_protocol_check(tmp_path, frame, reg, monkeypatch):
     assert with_extrinsic.info["protocol"]["rte"] < 1e-6
 
 
+def test_point_draws_run_the_network_on_several_samples_of_the_cloud(reg, frame, monkeypatch):
+    """point_draws=3: one network batch of each input's 3 draws of its points, the first the sample a single draw
+    takes, the image the same; the pose the consensus of the draws' (here each the truth, from an oracle)."""
+    single, batches = [], []
+    monkeypatch.setattr(reg.model, "forward", oracle(frame["T"], single))
+    reg.register(frame["image"], frame["points"], frame["K"])
+    draws = Registrator(reg.model, reg.config, point_draws=3)
+    monkeypatch.setattr(reg.model, "forward", oracle(frame["T"], batches))
+    result = draws.register_batch([frame["image"]] * 2, [frame["points"]] * 2, [frame["K"]] * 2)
+    batch = batches[0]
+    assert batch["draws"] == 3 and batch["points"].shape == (6, draws.num_points, 3)
+    assert torch.equal(batch["points"][0], single[0]["points"][0]) and torch.equal(batch["image"][2], batch["image"][0])
+    assert not torch.equal(batch["points"][1], batch["points"][0])
+    assert torch.equal(batch["points"][3], batch["points"][0])
+    assert len(result) == 2 and result[0].keypoints_2d.shape == (8, 2)
+    np.testing.assert_allclose(result[0].pose, frame["T"], atol=1e-6)
+    with pytest.raises(InputError, match="eval.point_draws must be a whole number of at least 1"):
+        Registrator(reg.model, reg.config, point_draws=0)
+
+
 def test_edge_refinement_keeps_the_true_pose_and_reads_the_input_cloud(reg, frame, monkeypatch):
     """refine="edges": the network's pose (here the truth, from an oracle) is refined on the voxel-kept input
     cloud, not the network's 1,024 points, and stays at the truth (a synthetic frame's edges fit it)."""
@@ -380,7 +400,7 @@ def test_edge_refinement_keeps_the_true_pose_and_reads_the_input_cloud(reg, fram
     assert len(batches[0]["dense_points"][0]) > 10 * edges.num_points
     errors = registration_errors(result.pose[None], frame["T"][None])
     assert errors["rte"][0] < 0.15 and errors["rre"][0] < 0.3
-    assert "dense_points" not in reg._prepare(frame["image"], frame["points"], frame["K"], None).sample
+    assert "dense_points" not in reg._prepare(frame["image"], frame["points"], frame["K"], None).samples[0]
     with pytest.raises(InputError, match="eval.refine must be one of none, edges"):
         Registrator(reg.model, reg.config, refine="photometric")
 

@@ -191,3 +191,18 @@ def test_register_says_what_it_wrote_and_leaves_no_earlier_frames_files(syntheti
     assert main([*args, "--cloud-axes", "flu"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.png", "overlay_frustum.png", "pose.txt"]
     assert capsys.readouterr().out.splitlines()[-1] == f"wrote pose.txt, overlay.png, overlay_frustum.png in {tmp_path}"
+
+
+def test_eval_point_draws_flag_runs_the_draws_and_rejects_fewer_than_one(synthetic_root, tmp_path, capsys):
+    common = ["--data", str(synthetic_root), "--sequences", "00", "--limit", "2", "--device", "cpu",
+              "--figure-pairs", ""]
+    assert main(["eval", *common, "--point-draws", "2", "--out", str(tmp_path / "draws")]) == 0
+    summary = json.loads((tmp_path / "draws" / "summary.json").read_text())
+    assert summary["config"]["eval"]["point_draws"] == 2 and summary["pairs"] == 2
+    with open(tmp_path / "draws" / "pairs.csv") as file:
+        assert [int(r["index"]) for r in csv.DictReader(file)] == [0, 1]
+    capsys.readouterr()
+    assert main(["eval", *common, "--point-draws", "0", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "eval.point_draws must be a whole number of at least 1" in err
+    assert not (tmp_path / "bad").exists()

@@ -6,6 +6,7 @@ import math
 import os
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -13,10 +14,11 @@ from i2preg.assembly import full_config
 from i2preg.baselines.pnp import pnp_poses
 from i2preg.config import load_config
 from i2preg.errors import InputError
-from i2preg.geometry import make_transform, project_points, transform_points
+from i2preg.data.collate import Collate, first_draws
+from i2preg.geometry import consensus_pose, make_transform, project_points, transform_points
 from i2preg.inference import evaluation_config, infer, pair_loader, reprojection_confidence, with_sequences
 from i2preg.model import ICL
-from test_model import TINY_CONF, synthetic_batch
+from test_model import TINY_CONF, synthetic_batch, synthetic_sample
 
 
 def test_infer_solves_each_pose_and_scores_the_final_one():
@@ -120,3 +122,31 @@ def test_loader_workers_on_the_cpu_use_only_the_cores_torch_leaves(synthetic_roo
         torch.set_num_threads(threads)
     assert loader.num_workers == spare_cores
     assert pair_loader(cfg, "test", synthetic_root, None, 2, torch.device("cuda")).num_workers == 2
+
+
+def test_point_draws_run_each_image_once_and_give_the_consensus_of_their_poses():
+    """A batch of 2 pairs x 3 point draws: the network's outputs on each draw are those of the draw run alone
+    (the image encoded once a pair), each pair's pose is the consensus of its draws' poses, every other output and
+    the batch are the first draw's, and the confidence is the mean over the draws' keypoint pairs."""
+    torch.manual_seed(0)
+    model = ICL(TINY_CONF).eval()
+    rng = np.random.default_rng(3)
+    pairs = [synthetic_sample(rng) for _ in range(2)]
+    draws = [[pair, *({**pair, "points": pair["points"][rng.permutation(len(pair["points"]))]} for _ in range(2))]
+             for pair in pairs]
+    batch = Collate(TINY_CONF)(draws)
+    assert batch["draws"] == 3 and batch["image"].shape[0] == 6
+    with torch.no_grad():
+        alone = [model(Collate(TINY_CONF)([d])) for pair in draws for d in pair]
+    result = infer(model, batch, "prm")
+    poses = torch.stack([a["pose"][0] for a in alone]).view(2, 3, 4, 4)
+    torch.testing.assert_close(result.pose, consensus_pose(poses), atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.out["frustum_pose"],
+                               consensus_pose(torch.stack([a["frustum_pose"][0] for a in alone]).view(2, 3, 4, 4)),
+                               atol=1e-5, rtol=0)
+    for key in ("kp_2d", "kp_3d", "mask"):
+        torch.testing.assert_close(result.out[key], torch.cat([alone[0][key], alone[3][key]]), atol=1e-4, rtol=0)
+    confidence = torch.stack([reprojection_confidence(a["kp_2d"], a["kp_3d"], result.pose[[i // 3]], batch["K"][:1])[0]
+                              for i, a in enumerate(alone)])  # each draw's pairs under its pair's consensus pose
+    torch.testing.assert_close(result.confidence, confidence.view(2, 3).mean(1), atol=1e-5, rtol=0)
+    assert len(first_draws(batch)["meta"]) == 2 and first_draws(batch)["pyramid_xyz"][1].shape[0] == 2

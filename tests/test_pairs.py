@@ -258,3 +258,23 @@ def test_real_pairs_reproduce_the_unperturbed_projection():
                                      sample["K"].double().numpy(), 160, 512)
         assert np.abs(uv - expected)[visible].max() < 1e-3
         assert (inside == visible).mean() > 0.999
+
+
+def test_point_draws_are_the_pair_with_other_samples_of_its_points():
+    """The first draw is the pair as without draws; the others share its image, K and ground truth, and draw
+    other points from the same voxel-kept cloud."""
+    single = KittiPairs(FakeFrames(), SMALL)[2]
+    draws = KittiPairs(FakeFrames(), SMALL, point_draws=3)[2]
+    assert len(draws) == 3
+    for key in ("image", "K", "points", "intensity", "T_gt", "dense_points"):
+        assert torch.equal(draws[0][key], single[key]), key
+    for draw in draws[1:]:
+        for key in ("image", "K", "T_gt"):
+            assert torch.equal(draw[key], single[key]), key
+        assert draw["points"].shape == single["points"].shape and not torch.equal(draw["points"], single["points"])
+        assert draw["meta"] == single["meta"]
+    dense = {tuple(p) for p in single["dense_points"].tolist()}  # every voxel-kept point (fewer than 40,960)
+    assert all(tuple(p) in dense for draw in draws for p in draw["points"].tolist())
+    assert not torch.equal(draws[1]["points"], draws[2]["points"])
+    with pytest.raises(InputError, match="point_draws must be 1 in training"):
+        KittiPairs(FakeFrames(), SMALL, train=True, point_draws=2)

@@ -45,7 +45,7 @@ from .errors import InputError, require_output_folder
 from .export import OnnxNetwork, export_onnx
 from .files import write_text
 from .geometry import invert_transform, project_pose, sample_perturbation, transform_points
-from .inference import checked_refinement, infer, to_device
+from .inference import checked_draws, checked_refinement, infer, to_device
 from .metrics import registration_errors, success
 from .model.icl import ICL
 from .weights import resolve_weights
@@ -137,9 +137,10 @@ class RegistrationResult:
 
 @dataclass
 class _Prepared:
-    """One input after preprocessing: the network sample and what is needed to map results back."""
+    """One input after preprocessing: the network samples (one a draw of the points, ``Registrator.point_draws``)
+    and what is needed to map results back."""
 
-    sample: dict[str, Any]
+    samples: list[dict[str, Any]]
     points: np.ndarray  # (N, 3) input points in the network's cloud frame (``Registrator.cloud_to_network``)
     finite: np.ndarray  # (N,) bool: the points without NaN or inf, those used
     K: np.ndarray  # (3, 3) caller's intrinsics (of the mirror image when the Registrator mirrors)
@@ -275,11 +276,14 @@ class Registrator:
     mirrors the results back: the same pose, keypoints and mask frames as "right". cloud_axes: where the cloud's x,
     y and z point (``cloud_axes_rotation``; "flu" for a LiDAR's frame with z up): the cloud is turned into the
     camera-like axes a 3-DoF model expects before registration, and the results come back in the cloud's frame.
+    point_draws: run the network on that many draws of the cloud's point sample and take the consensus of their
+    poses (``inference``, beyond the paper: more accurate, that many times the points' work); None: the config's
+    ``eval.point_draws``.
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
                  backend: str | os.PathLike = "torch", refine: str | None = None, traffic: str = "right",
-                 cloud_axes: str = "rdf"):
+                 cloud_axes: str = "rdf", point_draws: int | None = None):
         if traffic not in TRAFFIC_SIDES:
             raise InputError(f"traffic must be one of {', '.join(TRAFFIC_SIDES)}, not {traffic!r}")
         self.mirrored = traffic == "left"
@@ -299,6 +303,9 @@ class Registrator:
         self.eval_config = full_config(config or {})["eval"]  # its refine and edges: ``inference.solve``
         if refine is not None:
             self.eval_config["refine"] = checked_refinement(refine)
+        if point_draws is not None:
+            self.eval_config["point_draws"] = point_draws
+        self.point_draws = checked_draws(self.eval_config["point_draws"])
         self.collate = Collate(model.conf, knn_workers=-1)  # collates between network batches, on every core
         self.network = self.model
         if backend != "torch":
@@ -310,16 +317,16 @@ class Registrator:
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                         backend: str | os.PathLike = "torch", refine: str | None = None,
-                        traffic: str = "right", cloud_axes: str = "rdf") -> Registrator:
+                        traffic: str = "right", cloud_axes: str = "rdf", point_draws: int | None = None) -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
-        of a bundled model (None: ``synthetic-small``); backend, refine, traffic and cloud_axes: as for the
-        constructor."""
+        of a bundled model (None: ``synthetic-small``); backend, refine, traffic, cloud_axes and point_draws: as for
+        the constructor."""
         path = resolve_weights(path_or_name)
         model, config = load_model(path)
         if not isinstance(model, ICL):
             raise InputError(f"{config['method']} weights: the Registrator runs ICL; compare them with i2preg compare",
                              path)
-        return cls(model, config, device, backend, refine, traffic, cloud_axes)
+        return cls(model, config, device, backend, refine, traffic, cloud_axes, point_draws)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None = None,
                  prior_pose: Tensorish | None = None, prior_yaw_deg: float = PRIOR_YAW_DEG) -> RegistrationResult:
@@ -353,7 +360,8 @@ class Registrator:
         intensities = intensities if intensities is not None else [None] * len(images)
         yaw_priors = [None] * len(images) if prior_poses is None else self._yaw_priors(prior_poses, prior_yaw_deg)
         prepared = [self._prepare(*args) for args in zip(images, clouds, Ks, intensities, yaw_priors)]
-        batch = to_device(self.collate([p.sample for p in prepared]), self.device)
+        batch = to_device(self.collate([p.samples if len(p.samples) > 1 else p.samples[0] for p in prepared]),
+                          self.device)
         result = infer(self.network, batch, eval_cfg=self.eval_config)
         out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
         out.update(pose=result.pose, confidence=result.confidence)
@@ -400,6 +408,7 @@ class Registrator:
         scale = max(self.image_scale, h / H, w / W)
         crop, K_model, offset = resize_and_crop(image, K, scale, (h, w), rng=None)
         kept = np.flatnonzero(finite)[voxel_downsample(xyz[finite], self.voxel)]
+        draw_rng = np.random.default_rng([SAMPLE_SEED, 1])  # the draws after the first
         pick, resampled = sample_indices(len(kept), self.num_points, np.random.default_rng(SAMPLE_SEED))
         index = kept[pick]
         tensor = torch.from_numpy(crop).permute(2, 0, 1).float()
@@ -417,7 +426,12 @@ class Registrator:
         if self.eval_config["refine"] == "edges" and self.dense_points > 0:  # its cloud, as evaluation pairs draw it
             dense = kept[distinct_indices(len(kept), self.dense_points, np.random.default_rng(SAMPLE_SEED))]
             sample["dense_points"] = torch.from_numpy(xyz[dense]).float()
-        return _Prepared(sample, xyz, finite, K, K_model, (H, W), scale, offset)
+        samples = [sample]
+        for _ in range(self.point_draws - 1):
+            pick, resampled = sample_indices(len(kept), self.num_points, draw_rng)
+            samples.append({**sample, "points": torch.from_numpy(xyz[kept[pick]]).float(),
+                            "intensity": torch.from_numpy(intensity[kept[pick]]).float(), "resampled": resampled})
+        return _Prepared(samples, xyz, finite, K, K_model, (H, W), scale, offset)
 
     @staticmethod
     def _overlap_mask(p: _Prepared, frustum_pose: np.ndarray) -> np.ndarray:
@@ -442,7 +456,7 @@ class Registrator:
             keypoints_3d=keypoints_3d,
             overlap_mask=self._overlap_mask(p, out["frustum_pose"]),
             confidence=float(out["confidence"]),
-            info={"resampled": bool(p.sample["resampled"]), "scale": p.scale, "crop_offset": p.crop_offset,
+            info={"resampled": bool(p.samples[0]["resampled"]), "scale": p.scale, "crop_offset": p.crop_offset,
                   "K_model": p.K_model, "seconds": seconds},
         )
 
@@ -462,10 +476,11 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
                    weights: str | os.PathLike | None = None, extrinsic: str | os.PathLike | None = None,
                    protocol_seed: int | None = None, refine: str | None = None,
                    traffic: str = "right", prior: str | os.PathLike | np.ndarray | None = None,
-                   prior_yaw_deg: float = PRIOR_YAW_DEG, cloud_axes: str = "rdf") -> RegistrationResult:
+                   prior_yaw_deg: float = PRIOR_YAW_DEG, cloud_axes: str = "rdf",
+                   point_draws: int | None = None) -> RegistrationResult:
     """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one), and
-    ``refine``, ``traffic`` and ``cloud_axes`` as ``Registrator``'s; prior: a prior pose (4x4, cloud -> camera) or a
-    text file with one (as ``pose.txt``), whose yaw the search keeps within ``prior_yaw_deg``
+    ``refine``, ``traffic``, ``cloud_axes`` and ``point_draws`` as ``Registrator``'s; prior: a prior pose (4x4, cloud
+    -> camera) or a text file with one (as ``pose.txt``), whose yaw the search keeps within ``prior_yaw_deg``
     (``Registrator.register``).
 
     Files are read by ``data.readers``: the cloud (KITTI .bin, nuScenes .pcd.bin, PCD, PLY, NPY, NPZ)
@@ -498,7 +513,8 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
     if protocol_seed is not None and cloud_axes.lower() != "rdf":
         raise InputError("the protocol check moves the cloud into the camera's frame: leave the cloud axes at rdf, "
                          f"not {cloud_axes!r}")
-    registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic, cloud_axes=cloud_axes)
+    registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic, cloud_axes=cloud_axes,
+                                              point_draws=point_draws)
     T_gt = None
     if protocol_seed is not None:
         if np.allclose(calibration.T_cam_velo, np.eye(4)):

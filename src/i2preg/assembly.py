@@ -66,6 +66,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "pnp": PNP_DEFAULTS,  # PnP-RANSAC of the pnp solver and of the matching baseline
     "refine": "none",  # "edges": ICL's final pose refined by edge alignment on data.dense_points (refine.py)
     "edges": EDGE_DEFAULTS,
+    "point_draws": 1,  # >1: each pose the consensus of the network run on that many draws of the point sample
 }
 """The ``eval`` section; the matching baseline adds ``matching`` (``baselines.matching.MATCH_DEFAULTS``)."""
 

@@ -45,6 +45,9 @@ def _add_refine_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", metavar="none|edges",
                    help="after the solver: edges (edge alignment on the dense cloud, beyond the paper) or none"
                         " (default: the weights' eval.refine)")
+    p.add_argument("--point-draws", dest="point_draws", type=int, metavar="D",
+                   help="run the network on D draws of the cloud's point sample and take the consensus of their"
+                        " poses: more accurate, D times the points' work (default: the weights' eval.point_draws, 1)")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -58,7 +61,10 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _refine_override(args: argparse.Namespace) -> dict:
-    return {} if args.refine is None else {"eval": {"refine": args.refine}}
+    override = {} if args.refine is None else {"refine": args.refine}
+    if args.point_draws is not None:
+        override["point_draws"] = args.point_draws
+    return {"eval": override} if override else {}
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -76,7 +82,8 @@ def _register(args: argparse.Namespace) -> None:
     prior = {} if args.prior_yaw_deg is None else {"prior_yaw_deg": args.prior_yaw_deg}
     print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights,
                          extrinsic=args.extrinsic, protocol_seed=args.protocol_seed, refine=args.refine,
-                         traffic=args.traffic, prior=args.prior, cloud_axes=args.cloud_axes, **prior))
+                         traffic=args.traffic, prior=args.prior, cloud_axes=args.cloud_axes,
+                         point_draws=args.point_draws, **prior))
     if args.out:
         names = REGISTER_FILES + (REGISTER_PROTOCOL_FILES if args.protocol_seed is not None else ())
         print(f"wrote {', '.join(names)} in {args.out}")

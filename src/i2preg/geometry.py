@@ -125,6 +125,35 @@ def rotation_angle(R: Array) -> Array:
     return np.arccos(np.clip((trace - 1) / 2, -1.0, 1.0))
 
 
+def consensus_pose(poses: torch.Tensor, valid: torch.Tensor | None = None, max_distance: float = 1.0,
+                   max_angle_deg: float = 5.0) -> torch.Tensor:
+    """One pose from several estimates of it: poses (B, D, 4, 4) cloud -> camera, D estimates of each of B poses
+    -> (B, 4, 4). valid: (B, D) bool, the estimates to use (None: all). The estimate with the most others in
+    agreement (camera centres within ``max_distance`` m, rotations within ``max_angle_deg``; ties to the one
+    nearest the rest) and those in agreement with it are averaged: their camera centres by the mean, their
+    rotations by the chordal mean (the rotation nearest their sum). Estimates that disagree (a yaw flip among
+    them) are left out rather than averaged in. A pose without a valid estimate is its first estimate."""
+    T = poses.double()
+    valid = torch.ones(T.shape[:2], dtype=torch.bool, device=T.device) if valid is None else valid
+    R, t = T[..., :3, :3], T[..., :3, 3]
+    centre = -(R.transpose(-1, -2) @ t.unsqueeze(-1)).squeeze(-1)  # (B, D, 3) cloud frame
+    distance = torch.cdist(centre, centre)  # (B, D, D)
+    trace = torch.einsum("bkij,blij->bkl", R, R)  # trace of R_k^T R_l
+    angle = torch.rad2deg(torch.arccos(torch.clamp((trace - 1) / 2, -1.0, 1.0)))
+    agree = (distance <= max_distance) & (angle <= max_angle_deg) & valid.unsqueeze(1) & valid.unsqueeze(2)
+    spread = (distance * agree).sum(-1)
+    best = torch.argmax(agree.sum(-1) - spread / (1 + spread.sum(-1, keepdim=True)), dim=-1)
+    weight = agree[torch.arange(len(T)), best].double()  # (B, D), the best estimate's own row included
+    weight[~valid.any(1), 0] = 1.0
+    mean_centre = (weight.unsqueeze(-1) * centre).sum(1) / weight.sum(1, keepdim=True)
+    U, _, Vh = torch.linalg.svd((weight[..., None, None] * R).sum(1))
+    sign = torch.ones_like(mean_centre)
+    sign[:, 2] = torch.sign(torch.linalg.det(U @ Vh))
+    mean_rotation = U @ (sign.unsqueeze(-1) * Vh)
+    out = make_transform(mean_rotation, -(mean_rotation @ mean_centre.unsqueeze(-1)).squeeze(-1))
+    return out.to(poses.dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # The benchmark perturbation
 # ---------------------------------------------------------------------------------------------

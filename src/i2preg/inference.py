@@ -9,6 +9,10 @@ search's refinement of it (``model.fine``, beyond the paper; weights trained wit
 baseline has one: PnP-RANSAC on its mutual nearest-neighbour matches (``baselines.matching.estimate_poses``).
 With ``eval.refine: edges`` the pose of any solver, and the baseline's, is then refined by edge alignment on the
 batch's dense clouds (``refine.refine_poses``, beyond the paper).
+
+Point draws (``eval.point_draws``, beyond the paper): the network sees a sample of ``data.num_points`` of a cloud's
+voxel-kept points, and its poses move with the sample. With D draws, each pair is run with D samples of its
+points (one image encoding for all) and each pose is the consensus of the D (``geometry.consensus_pose``).
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from .assembly import full_config
 from .baselines.matching import MatchingNet, estimate_poses
 from .baselines.pnp import pnp_poses
 from .config import deep_update, load_config
-from .data.collate import Collate
+from .data.collate import Collate, first_draws
 from .data.pairs import build_dataset
 from .errors import InputError, require_folder
-from .geometry import project_points, transform_points
+from .geometry import consensus_pose, project_points, transform_points
 from .refine import refine_poses
 
 SOLVERS = ("prm", "pnp", "frustum", "fine")
@@ -39,6 +43,13 @@ SOLVERS = ("prm", "pnp", "frustum", "fine")
 
 REFINEMENTS = ("none", "edges")
 """``eval.refine``: what follows the solver, for every method (module docstring)."""
+
+
+def checked_draws(point_draws: Any) -> int:
+    """``eval.point_draws`` as an int, checked."""
+    if isinstance(point_draws, bool) or not isinstance(point_draws, int) or point_draws < 1:
+        raise InputError(f"eval.point_draws must be a whole number of at least 1, not {point_draws!r}")
+    return point_draws
 
 
 def checked_refinement(refine: str) -> str:
@@ -95,6 +106,7 @@ def evaluation_config(
         raise InputError(f"the model settings come from the weights; overrides may change only {allowed}")
     cfg = deep_update(cfg, overrides or {})
     checked_refinement(cfg["eval"]["refine"])
+    checked_draws(cfg["eval"]["point_draws"])
     data, input_size = cfg["data"], trained["data"]
     if list(data["crop"]) != list(input_size["crop"]) or int(data["num_points"]) != int(input_size["num_points"]):
         raise InputError(
@@ -149,7 +161,7 @@ def pair_loader(cfg: dict, split: str, data_root: str | os.PathLike | None, limi
         require_folder(data_root)
     if batch_size < 1 or (limit is not None and limit < 1):
         raise InputError(f"need batch_size >= 1 and limit >= 1, got {batch_size} and {limit}")
-    dataset = build_dataset(cfg, split, data_root)
+    dataset = build_dataset(cfg, split, data_root, checked_draws(cfg["eval"]["point_draws"]))
     pairs = Subset(dataset, range(min(len(dataset), limit or len(dataset))))
     workers = int(cfg["train"]["num_workers"])
     if device.type != "cuda":
@@ -158,10 +170,35 @@ def pair_loader(cfg: dict, split: str, data_root: str | os.PathLike | None, limi
                       num_workers=workers)
 
 
+POSE_OUTPUTS = ("frustum_pose", "fine_pose", "prior_pose", "pose")
+"""The network's outputs that are poses: with point draws, each the consensus of its draws."""
+
+
+def merge_draws(pose: torch.Tensor, solved: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Poses (P x D, 4, 4) of P pairs' D point draws (consecutive rows) and whether each was solved (P x D,) ->
+    each pair's consensus of its solved draws (P, 4, 4) and whether any was solved (P,)."""
+    pairs = len(pose) // draws
+    solved = solved.view(pairs, draws)
+    return consensus_pose(pose.view(pairs, draws, 4, 4), solved).to(pose), solved.any(1)
+
+
+def merged_outputs(out: Any, draws: int, rows: int) -> Any:
+    """The network's outputs on P pairs' D point draws (rows = P x D) -> one row a pair: the poses
+    (``POSE_OUTPUTS``) the consensus of the draws, every other output with a row a sample the first draw's, and
+    the outputs without (the token centres) as they are."""
+    if isinstance(out, dict):
+        return {key: merge_draws(value, torch.ones(rows, dtype=torch.bool), draws)[0]
+                if key in POSE_OUTPUTS else merged_outputs(value, draws, rows) for key, value in out.items()}
+    if isinstance(out, list):
+        return [merged_outputs(value, draws, rows) for value in out]
+    return out[::draws] if isinstance(out, torch.Tensor) and out.dim() and len(out) == rows else out
+
+
 def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """After the network: the final poses (B, 4, 4) cloud -> camera and whether each solve succeeded (B,) bool.
     solver: one of ``SOLVERS`` for ICL (module docstring); the matching baseline always solves PnP on its matches.
-    eval_cfg: the ``eval`` section (its ``pnp``, ``refine`` and ``edges``, and ``matching`` for the baseline)."""
+    eval_cfg: the ``eval`` section (its ``pnp``, ``refine`` and ``edges``, and ``matching`` for the baseline). A
+    batch of point draws (``batch["draws"]``) gives one pose a pair, the consensus of its draws', refined after."""
     refine = checked_refinement(eval_cfg.get("refine", "none"))
     if isinstance(model, MatchingNet):
         pose, solved = estimate_poses(out, batch["K"], eval_cfg)[:2]
@@ -174,6 +211,9 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict)
             raise InputError("solver fine needs weights trained with the fine search (model.fine.num_points > 0)")
         pose = out[{"frustum": "frustum_pose", "fine": "fine_pose", "prm": "pose"}[solver]]
         solved = torch.ones(len(pose), dtype=torch.bool)
+    if batch.get("draws", 1) > 1:
+        pose, solved = merge_draws(pose, solved, batch["draws"])
+        batch = first_draws(batch)
     if refine == "edges":
         if "dense_points" not in batch:
             raise InputError("eval.refine: edges needs the pairs' dense clouds (data.dense_points > 0)")
@@ -183,9 +223,11 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict)
 
 @dataclass
 class Inference:
-    """One batch through a network and a solver. out: the network's outputs; pose (B, 4, 4) the final poses,
+    """One batch through a network and a solver. out: the network's outputs (with point draws, a row a pair:
+    ``merged_outputs``); pose (B, 4, 4) the final poses,
     cloud -> camera; solved (B,) bool: the solve succeeded (a failed PnP gives the identity); confidence (B,)
-    ``reprojection_confidence`` of ``pose`` (None for the matching baseline, which has no keypoint pairs);
+    ``reprojection_confidence`` of ``pose`` (with point draws, its mean over the draws' keypoint pairs; None for the
+    matching baseline, which has no keypoint pairs);
     network_seconds, solver_seconds: wall time of the forward pass and of the solve (CUDA synchronised)."""
 
     out: dict[str, torch.Tensor]
@@ -212,14 +254,18 @@ def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | N
     out = model(batch)
     forwarded = timestamp(device)
     pose, solved = solve(model, out, batch, solver, eval_cfg or {})
-    solved_at = timestamp(device)
+    draws = batch.get("draws", 1)
     confidence = None
-    if "kp_2d" in out:  # in the network's dtype
+    if "kp_2d" in out:  # in the network's dtype; with point draws the mean over the draws' keypoint pairs
         dtype = out["kp_3d"].dtype
         # coarse to fine: the global stage's 2D keypoints, found over the whole image; a frustum-centred window
         # starts at the frustum pose's projection, so its keypoints agree with that pose by construction
         kp_2d = out["coarse_stages"][0]["kp_2d"] if out.get("coarse_stages") else out["kp_2d"]
-        confidence = reprojection_confidence(kp_2d, out["kp_3d"], pose.to(dtype), batch["K"].to(dtype))
+        confidence = reprojection_confidence(kp_2d, out["kp_3d"], pose.to(dtype).repeat_interleave(draws, dim=0),
+                                             batch["K"].to(dtype)).view(-1, draws).mean(1)
+    if draws > 1:
+        out = merged_outputs(out, draws, len(batch["image"]))
+    solved_at = timestamp(device)
     return Inference(out, pose, solved, confidence, forwarded - start, solved_at - forwarded)
 
 
@@ -240,5 +286,7 @@ def run(model: nn.Module, loader: DataLoader, device: torch.device, solver: str 
                 with torch.random.fork_rng(devices=[device], device_type=device.type):
                     infer(model, batch, solver, eval_cfg)
                 cv2.setRNGSeed(0)
-            yield batch, infer(model, batch, solver, eval_cfg)
+            result = infer(model, batch, solver, eval_cfg)
+            batch = first_draws(batch)
+            yield batch, result
             bar.update(len(batch["meta"]))

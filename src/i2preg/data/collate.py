@@ -5,6 +5,8 @@ Every tensor is batch-major with a fixed size per level, L = len(model.point_enc
   ``resampled`` (B,) bool, ``meta``: list of B dicts; ``dense_points``: list of B tensors (D_b, 3), cloud frame,
   when every sample has them (evaluation pairs, for ``refine``); ``yaw_prior`` (B, 2), a yaw and its tolerance
   (rad), when every sample has one (``api.Registrator``'s prior pose, for GPDM's pose search).
+- ``draws`` (int), when the items are lists of D samples of one pair each (``eval.point_draws``: the same image
+  with D draws of its point sample): the D samples of each pair are consecutive rows (B = pairs x D).
 - ``pyramid_xyz``: L tensors (B, M_l, 3), cloud frame. Level 0 is ``points`` (M_0 = N); level l >= 1 takes
   the centroids of a voxel grid of size ``voxel_size * 2**l`` over level l-1 and resamples them to exactly
   M_l = ``subsample_sizes[l-1]`` (evenly spaced in voxel order; repeated when there are fewer voxels).
@@ -83,7 +85,13 @@ class Collate:
         if len(self.subsample_sizes) != len(encoder["widths"]) - 1:
             raise ValueError("point_encoder.subsample_sizes needs one entry per level after the first")
 
-    def __call__(self, samples: list[dict]) -> dict:
+    def __call__(self, samples: list[dict] | list[list[dict]]) -> dict:
+        draws = None
+        if samples and isinstance(samples[0], list):
+            draws = len(samples[0])
+            if any(len(draw) != draws for draw in samples):
+                raise ValueError("every pair of a batch needs the same number of point draws")
+            samples = [sample for draw in samples for sample in draw]
         batch = {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in ("image", "K", "points", "intensity", "T_gt")}
         batch["resampled"] = torch.tensor([bool(s["resampled"]) for s in samples])
         batch["meta"] = [s["meta"] for s in samples]
@@ -101,4 +109,21 @@ class Collate:
             ]
         for key in ("pyramid_neighbors", "pyramid_pools", "pyramid_upsamples"):
             batch[key] = [index.long() for index in batch[key]]
+        if draws is not None:
+            batch["draws"] = draws
         return batch
+
+
+def first_draws(batch: dict) -> dict:
+    """A batch of point draws (``batch["draws"]``: D consecutive rows a pair) -> the batch of each pair's first
+    draw, without ``draws``; any other batch as it is."""
+    draws = batch.get("draws", 1)
+    if draws == 1:
+        return batch
+    first = {}
+    for key, value in batch.items():
+        if key.startswith("pyramid_"):  # one tensor a level
+            first[key] = [level[::draws] for level in value]
+        elif key != "draws":  # a tensor, or a list with one entry a row (meta, dense_points)
+            first[key] = value[::draws]
+    return first

@@ -68,6 +68,8 @@ class Pair:
     source_index: (N,) index of each point in the input cloud. crop_offset: (dx, dy) in resized pixels.
     dense_points: (D, 3) up to ``data.dense_points`` of the voxel-kept points (cloud frame), drawn without
     repetition, for the edge refinement (``refine``); None in training or with ``dense_points: 0``.
+    more_draws: further draws of the point sample from the same voxel-kept points, each (points (N, 3), intensity
+    (N,), resampled), for ``eval.point_draws`` (``inference``); empty by default.
     """
 
     image: np.ndarray
@@ -79,6 +81,7 @@ class Pair:
     source_index: np.ndarray
     crop_offset: tuple[int, int]
     dense_points: np.ndarray | None = None
+    more_draws: tuple[tuple[np.ndarray, np.ndarray, bool], ...] = ()
 
     def to_sample(self, meta: dict) -> dict[str, Any]:
         """The shared sample dict: image (3, h, w) in [0, 1], K, points, intensity, T_gt, resampled, meta, and
@@ -95,6 +98,15 @@ class Pair:
         if self.dense_points is not None:
             sample["dense_points"] = torch.from_numpy(self.dense_points).float()
         return sample
+
+    def to_samples(self, meta: dict) -> list[dict[str, Any]]:
+        """One sample (``to_sample``) for each draw of the points, the first the pair's own; they share the image."""
+        first = self.to_sample(meta)
+        samples = [first]
+        for points, intensity, resampled in self.more_draws:
+            samples.append({**first, "points": torch.from_numpy(points).float(),
+                            "intensity": torch.from_numpy(intensity).float(), "resampled": resampled})
+        return samples
 
 
 def pair_config(cfg: dict | None = None) -> dict[str, Any]:
@@ -140,6 +152,8 @@ def build_pair(
     rng: np.random.Generator,
     train: bool = False,
     perturbation: np.ndarray | None = None,
+    more_draws: int = 0,
+    draw_rng: np.random.Generator | None = None,
 ) -> Pair:
     """Turn one frame into a benchmark pair.
 
@@ -147,7 +161,8 @@ def build_pair(
     K: (3, 3) and T_cam_velo: (4, 4) sensor -> camera frame, as in ``kitti.CameraCalibration``.
     cfg: ``data`` section values over ``PAIR_DEFAULTS`` (None: the defaults). rng: draws the point
     sample, and in training the crop and the voxel representatives. perturbation: (4, 4) P applied to
-    camera-frame points; drawn from ``rng`` when None.
+    camera-frame points; drawn from ``rng`` when None. more_draws: how many more point samples to draw from the
+    same voxel-kept points, by ``draw_rng`` (``Pair.more_draws``).
     """
     cfg = {**PAIR_DEFAULTS, **(cfg or {})}
     if len(points) == 0:
@@ -165,6 +180,12 @@ def build_pair(
     dense = None
     if not train and cfg["dense_points"] > 0:  # drawn last: the pair's other draws stay as they were
         dense = transform_points(perturbation, points_cam[kept[distinct_indices(len(kept), cfg["dense_points"], rng)]])
+    draws = []
+    for _ in range(more_draws):
+        pick, draw_resampled = sample_indices(len(kept), cfg["num_points"], draw_rng)
+        index = kept[pick]
+        draws.append((transform_points(perturbation, points_cam[index]), intensity[index].astype(np.float64),
+                      draw_resampled))
     return Pair(
         image=image,
         K=K_crop,
@@ -175,14 +196,16 @@ def build_pair(
         source_index=source_index,
         crop_offset=crop_offset,
         dense_points=dense,
+        more_draws=tuple(draws),
     )
 
 
-def pair_generators(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent (points, perturbation) generators of test pair ``index``: the perturbation depends on
-    (seed, index) only, not on the cloud size or ``num_points``."""
-    points_seq, pose_seq = np.random.SeedSequence([seed, index]).spawn(2)
-    return np.random.default_rng(points_seq), np.random.default_rng(pose_seq)
+def pair_generators(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+    """Independent (points, perturbation, further point draws) generators of test pair ``index``: the perturbation
+    depends on (seed, index) only, not on the cloud size or ``num_points``, and the pair's own draws do not
+    depend on how many more are drawn."""
+    points_seq, pose_seq, draws_seq = np.random.SeedSequence([seed, index]).spawn(3)
+    return np.random.default_rng(points_seq), np.random.default_rng(pose_seq), np.random.default_rng(draws_seq)
 
 
 class KittiPairs(torch.utils.data.Dataset):
@@ -195,14 +218,20 @@ class KittiPairs(torch.utils.data.Dataset):
     workers differ and ``torch.manual_seed`` reproduces a run), or an ``(epoch, index)`` tuple, drawn
     from (seed, epoch, index) alone, which makes a resumed run exactly repeat an uninterrupted one.
     With ``photometric.enabled``, training images also go through ``augment.photometric_augment``, drawn
-    from the same seed (and ``PHOTOMETRIC_STREAM``).
+    from the same seed (and ``PHOTOMETRIC_STREAM``). point_draws: evaluation pairs only; above 1, an item is a
+    list of that many samples of the pair, the first its own, the others the same pair with other draws of its
+    point sample (seeded by (seed, index) too), for ``eval.point_draws``.
     """
 
-    def __init__(self, frames: KittiOdometry | KittiObject, cfg: dict[str, Any], train: bool = False):
+    def __init__(self, frames: KittiOdometry | KittiObject, cfg: dict[str, Any], train: bool = False,
+                 point_draws: int = 1):
+        if point_draws < 1 or (train and point_draws != 1):
+            raise InputError(f"point_draws must be 1 in training and at least 1 otherwise, got {point_draws}")
         self.frames = frames
         self.cfg = copy.deepcopy({**PAIR_DEFAULTS, **cfg})
         self.cameras = list(self.cfg["cameras"])
         self.train = train
+        self.point_draws = int(point_draws)
 
     def __len__(self) -> int:
         return len(self.frames) * len(self.cameras)
@@ -217,16 +246,18 @@ class KittiPairs(torch.utils.data.Dataset):
         camera = self.cameras[camera_index]
         calibration = self.frames.calibration(frame_index)[camera]
         scan = self.frames.points(frame_index)
+        draw_rng = None
         if self.train:
             seed = int(torch.randint(2**62, ())) if epoch is None else (self.cfg["seed"], epoch, index)
             rng = np.random.default_rng(seed)
             perturbation = None
         else:
-            rng, pose_rng = pair_generators(self.cfg["seed"], index)
+            rng, pose_rng, draw_rng = pair_generators(self.cfg["seed"], index)
             perturbation = sample_perturbation(pose_rng, self.cfg["amplitudes"])
         pair = build_pair(
             self.frames.image(frame_index, camera), scan[:, :3], scan[:, 3],
             calibration.K, calibration.T_cam_velo, self.cfg, rng, self.train, perturbation,
+            self.point_draws - 1, draw_rng,
         )
         if self.train and self.cfg["photometric"]["enabled"]:
             photometric_rng = np.random.default_rng([*np.ravel(seed), PHOTOMETRIC_STREAM])
@@ -234,15 +265,16 @@ class KittiPairs(torch.utils.data.Dataset):
         sequence, frame = self.frames.frames[frame_index]
         return pair, {"sequence": sequence, "frame": frame, "camera": camera, "index": index}
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | list[dict[str, Any]]:
         pair, meta = self.pair(key)
-        return pair.to_sample(meta)
+        return pair.to_samples(meta) if self.point_draws > 1 else pair.to_sample(meta)
 
 
-def build_dataset(cfg: dict | None, split: str, root: str | os.PathLike | None = None) -> KittiPairs:
+def build_dataset(cfg: dict | None, split: str, root: str | os.PathLike | None = None,
+                  point_draws: int = 1) -> KittiPairs:
     """The ``split`` ("train", "val" or "test") pairs of the KITTI-layout data under ``root`` (default:
     the config's ``{split}_root``, else ``root``); cfg is a full config whose ``data`` section overrides
-    ``PAIR_DEFAULTS``. The object layout has no split: all its frames."""
+    ``PAIR_DEFAULTS``. The object layout has no split: all its frames. point_draws: as ``KittiPairs``."""
     if split not in ("train", "val", "test"):
         raise InputError(f"split must be 'train', 'val' or 'test', not {split!r}")
     data_cfg = pair_config(cfg)
@@ -255,4 +287,4 @@ def build_dataset(cfg: dict | None, split: str, root: str | os.PathLike | None =
         frames = KittiObject(root, data_cfg["cameras"])
     else:
         raise InputError(f"data.layout must be 'odometry' or 'object', not {data_cfg['layout']!r}")
-    return KittiPairs(frames, data_cfg, train=split == "train")
+    return KittiPairs(frames, data_cfg, train=split == "train", point_draws=point_draws)

@@ -22,6 +22,13 @@ from .point_encoder import KPConvEncoder
 from .prm import PRM
 
 
+def repeat_draws(features: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Features (P, ...) of each of a batch's P images -> (P x D, ...), one row for each of its D point draws
+    (``batch["draws"]``, ``data.collate``; D = 1 without it)."""
+    draws = batch.get("draws", 1)
+    return features if draws == 1 else features.repeat_interleave(draws, dim=0)
+
+
 class ICL(nn.Module):
     default_conf = {
         "dof": 3,  # 3: yaw + planar translation (the benchmark protocol); 6: general pose
@@ -144,7 +151,7 @@ class ICL(nn.Module):
         """
         out, (image_features, coarse_feats, skips) = self._encode_and_detect(batch)
         image_size = tuple(batch["image"].shape[-2:])
-        token_map = self.image_decoder(image_features)
+        token_map = repeat_draws(self.image_decoder(image_features), batch)
         if self.fine is not None:
             fine_xyz, fine_feats = self.point_encoder.fine_features(batch, self.conf["fine"]["level"], coarse_feats, skips)
             out.update(self.fine(token_map, fine_feats, fine_xyz, out["frustum_centre"], out["frustum_rotation"],
@@ -175,10 +182,10 @@ class ICL(nn.Module):
         image = batch["image"]
         if image.shape[-1] % 8 or image.shape[-2] % 8:
             raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
-        image_features = self.image_encoder(image)
+        image_features = self.image_encoder(image[:: batch.get("draws", 1)])  # each image once
         coarse_xyz, coarse_feats, skips = self.point_encoder(batch, levels=True)
-        out = self.gpdm(image_features[-1], coarse_feats, coarse_xyz, batch["K"], tuple(image.shape[-2:]),
-                        batch.get("yaw_prior"))
+        out = self.gpdm(repeat_draws(image_features[-1], batch), coarse_feats, coarse_xyz, batch["K"],
+                        tuple(image.shape[-2:]), batch.get("yaw_prior"))
         out["coarse_xyz"] = coarse_xyz
         return out, (image_features, coarse_feats, skips)
 
