@@ -13,8 +13,8 @@ import torch
 from i2preg.assembly import full_config
 from i2preg.baselines.pnp import pnp_poses
 from i2preg.config import load_config
-from i2preg.errors import InputError
 from i2preg.data.collate import Collate, first_draws
+from i2preg.errors import InputError
 from i2preg.geometry import consensus_pose, make_transform, project_points, transform_points
 from i2preg.inference import evaluation_config, infer, pair_loader, reprojection_confidence, with_sequences
 from i2preg.model import ICL
