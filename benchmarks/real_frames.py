@@ -19,7 +19,8 @@ or compass would give it: the true pose turned about the camera's y axis by a ya
 Prints ONE Markdown table: a row per frame and rows over all KITTI pairs, the nuScenes pairs and all pairs,
 with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, the
 median confidence (``RegistrationResult.confidence``) of the registered and of the failed pairs, and how each pair
-failed (``failure_kind``); writes each pair's errors, failure kind and confidence to ``out/pairs.csv``. ``--pose
+failed (``failure_kind``); writes each pair's errors, failure kind, confidence and how many point draws agree with
+its pose to ``out/pairs.csv``. ``--pose
 frustum`` scores GPDM's frustum pose instead of the final one (for stage-1 weights, whose ICLM and PRM are untrained). The bundled model is trained on synthetic data only, so these
 numbers measure the gap from synthetic to real; the frames are for measurement, never for training or tuning.
 """
@@ -151,7 +152,8 @@ def main() -> None:
                 "yaw": yaw_error_deg(pose, T_gt),
                 "kind": failure_kind(pose, T_gt),
                 "frustum_ok": bool(frustum["rte"][0] < ACC_RTE_M and frustum["rre"][0] < ACC_RRE_DEG),
-                "confidence": result.confidence, "seconds": time.perf_counter() - start})
+                "confidence": result.confidence, "draws_agreeing": result.info["draws_agreeing"],
+                "seconds": time.perf_counter() - start})
 
     header = ("| frame | image | points | in view (GT) | pairs | Acc | median RTE (m) | median RRE (deg)"
               " | median abs yaw error (deg) | frustum pose passes | median confidence (registered / failed) | "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -91,7 +92,8 @@ def check_result(result, num_points: int, num_queries: int = 8) -> None:
     assert result.keypoints_2d.shape == (num_queries, 2) and result.keypoints_3d.shape == (num_queries, 3)
     assert result.overlap_mask.shape == (num_points,) and result.overlap_mask.dtype == bool
     assert isinstance(result.confidence, float) and 0 <= result.confidence <= 1
-    assert set(result.info) == {"resampled", "scale", "crop_offset", "K_model", "seconds"}
+    assert set(result.info) == {"resampled", "scale", "crop_offset", "K_model", "seconds", "point_draws",
+                                "draws_agreeing"}
 
 
 def test_register_types_shapes_and_determinism(reg, frame):
@@ -385,6 +387,12 @@ def test_point_draws_run_the_network_on_several_samples_of_the_cloud(reg, frame,
     assert torch.equal(batch["points"][3], batch["points"][0])
     assert len(result) == 2 and result[0].keypoints_2d.shape == (8, 2)
     np.testing.assert_allclose(result[0].pose, frame["T"], atol=1e-6)
+    assert result[0].info["point_draws"] == 3 and result[0].info["draws_agreeing"] == 3
+    assert "point draws: 3 of 3 agree with the pose" in str(result[0])
+    split = dataclasses.replace(result[0], info={**result[0].info, "point_draws": 5, "draws_agreeing": 3})
+    assert "3 of 5 agree with the pose (more than one disagrees: the pose is likely wrong)" in str(split)
+    assert "disagrees" not in str(result[0]) and "point draws" not in str(reg.register(frame["image"], frame["points"],
+                                                                                        frame["K"]))
     with pytest.raises(InputError, match="eval.point_draws must be a whole number of at least 1"):
         Registrator(reg.model, reg.config, point_draws=0)
 

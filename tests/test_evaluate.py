@@ -26,7 +26,7 @@ ON_SEQUENCE_00 = {"data": {"test_sequences": ["00"]}}
 OFFSETS = ["centre_dx", "centre_dy", "centre_dz", "yaw_offset"]
 COLUMNS = ["index", "sequence", "frame", "camera", "rte", "rre", "rre_geodesic", "success", *OFFSETS, "frustum_rte",
            "frustum_rre", "frustum_rre_geodesic", "frustum_success", *(f"frustum_{k}" for k in OFFSETS), "confidence",
-           "forward_ms"]
+           "draws_agreeing", "forward_ms"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def test_writes_every_promised_file(setup):
     assert [int(r["index"]) for r in rows] == [0, 1, 2]
     assert [(r["sequence"], r["frame"], r["camera"]) for r in rows] == [("00", "0", "2"), ("00", "0", "3"), ("00", "1", "2")]
     assert all(0 <= float(r["confidence"]) <= 1 and float(r["forward_ms"]) > 0 for r in rows)
+    assert all(r["draws_agreeing"] == "1" for r in rows)  # one draw
 
     summary = json.loads((out / "summary.json").read_text())
     for key in ("final", "frustum", "table", "thresholds", "confidence", "centre_offset_by_camera",

@@ -134,16 +134,19 @@ def test_consensus_pose_averages_the_agreeing_estimates_and_leaves_out_the_other
     agreeing = [(10.0, [1.0, 0, 2.0]), (12.0, [1.2, 0, 2.2]), (11.0, [1.1, 0, 1.9])]
     flipped, far = (190.0, [1.0, 0, 2.0]), (11.0, [4.0, 0, 2.0])  # a yaw flip; a centre 3 m off
     poses = torch.stack([_yaw_pose(*e) for e in (agreeing[0], flipped, agreeing[1], far, agreeing[2])])[None]
-    consensus = g.consensus_pose(poses)[0]
+    consensus, agreeing = g.consensus_pose(poses)
+    consensus = consensus[0]
+    assert agreeing.tolist() == [3]
     torch.testing.assert_close(consensus, _yaw_pose(11.0, [1.1, 0, 6.1 / 3]), atol=1e-9, rtol=0)
     R = consensus[:3, :3]
     torch.testing.assert_close(R @ R.T, torch.eye(3, dtype=R.dtype))
     assert torch.linalg.det(R) > 0 and consensus.dtype == poses.dtype
     # one estimate alone, or none agreeing: the first (every estimate agrees only with itself)
-    torch.testing.assert_close(g.consensus_pose(poses[:, :1])[0], poses[0, 0])
-    torch.testing.assert_close(g.consensus_pose(poses[:, [1, 3]])[0], poses[0, 1])
+    torch.testing.assert_close(g.consensus_pose(poses[:, :1])[0][0], poses[0, 0])
+    torch.testing.assert_close(g.consensus_pose(poses[:, [1, 3]])[0][0], poses[0, 1])
     # invalid estimates are left out, and a pose without any valid one is its first
     valid = torch.tensor([[False, True, False, False, False], [False] * 5])
-    both = g.consensus_pose(poses.expand(2, -1, -1, -1), valid)
+    both, agreeing = g.consensus_pose(poses.expand(2, -1, -1, -1), valid)
+    assert agreeing.tolist() == [1, 1]
     torch.testing.assert_close(both[0], poses[0, 1])
     torch.testing.assert_close(both[1], poses[0, 0])

@@ -32,6 +32,7 @@ def test_infer_solves_each_pose_and_scores_the_final_one():
     prm = infer(model, batch, "prm")
     torch.testing.assert_close(prm.pose, out["pose"])
     assert prm.solved.all() and prm.network_seconds > 0 and prm.solver_seconds >= 0
+    assert prm.draws_agreeing.tolist() == [1, 1]  # one draw
     torch.testing.assert_close(prm.confidence, reprojection_confidence(out["kp_2d"], out["kp_3d"], out["pose"], batch["K"]))
     torch.testing.assert_close(infer(model, batch, "frustum").pose, out["frustum_pose"])
     cv2.setRNGSeed(0)
@@ -140,9 +141,11 @@ def test_point_draws_run_each_image_once_and_give_the_consensus_of_their_poses()
         alone = [model(Collate(TINY_CONF)([d])) for pair in draws for d in pair]
     result = infer(model, batch, "prm")
     poses = torch.stack([a["pose"][0] for a in alone]).view(2, 3, 4, 4)
-    torch.testing.assert_close(result.pose, consensus_pose(poses), atol=1e-5, rtol=0)
+    consensus, agreeing = consensus_pose(poses)
+    torch.testing.assert_close(result.pose, consensus, atol=1e-5, rtol=0)
+    assert torch.equal(result.draws_agreeing, agreeing)
     torch.testing.assert_close(result.out["frustum_pose"],
-                               consensus_pose(torch.stack([a["frustum_pose"][0] for a in alone]).view(2, 3, 4, 4)),
+                               consensus_pose(torch.stack([a["frustum_pose"][0] for a in alone]).view(2, 3, 4, 4))[0],
                                atol=1e-5, rtol=0)
     for key in ("kp_2d", "kp_3d", "mask"):
         torch.testing.assert_close(result.out[key], torch.cat([alone[0][key], alone[3][key]]), atol=1e-4, rtol=0)

@@ -112,7 +112,8 @@ class RegistrationResult:
     info: ``resampled`` (fewer points than the model takes after voxelising: some were repeated),
         ``scale`` (image resize factor), ``crop_offset`` (dx, dy) in resized pixels, ``K_model`` (3, 3)
         intrinsics of the network input, ``seconds`` (wall time of the call; the whole batch for
-        ``register_batch``).
+        ``register_batch``), ``point_draws`` and ``draws_agreeing`` (how many of the draws of the point sample agree
+        with ``pose``: ``Registrator(point_draws=...)``).
     """
 
     pose: np.ndarray
@@ -128,6 +129,11 @@ class RegistrationResult:
         text = f"pose (camera from points):\n{rows}\nconfidence: {self.confidence:.3f}"
         if self.confidence < LOW_CONFIDENCE:
             text += f" (below {LOW_CONFIDENCE}: the pose is likely wrong)"
+        draws, agreeing = self.info.get("point_draws", 1), self.info.get("draws_agreeing", 1)
+        if draws > 1:
+            text += f"\npoint draws: {agreeing} of {draws} agree with the pose"
+            if agreeing < draws - 1:
+                text += " (more than one disagrees: the pose is likely wrong)"
         if "protocol" in self.info:
             p = self.info["protocol"]
             text += (f"\nprotocol check (seed {p['seed']}): RTE {p['rte']:.3f} m, RRE {p['rre']:.2f} deg"
@@ -364,7 +370,7 @@ class Registrator:
                           self.device)
         result = infer(self.network, batch, eval_cfg=self.eval_config)
         out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
-        out.update(pose=result.pose, confidence=result.confidence)
+        out.update(pose=result.pose, confidence=result.confidence, draws_agreeing=result.draws_agreeing)
         out = {k: v.double().cpu().numpy() for k, v in out.items()}
         seconds = time.perf_counter() - start
         return [self._result(p, {k: v[b] for k, v in out.items()}, seconds) for b, p in enumerate(prepared)]
@@ -456,7 +462,8 @@ class Registrator:
             keypoints_3d=keypoints_3d,
             overlap_mask=self._overlap_mask(p, out["frustum_pose"]),
             confidence=float(out["confidence"]),
-            info={"resampled": bool(p.samples[0]["resampled"]), "scale": p.scale, "crop_offset": p.crop_offset,
+            info={"resampled": bool(p.samples[0]["resampled"]), "point_draws": len(p.samples),
+                  "draws_agreeing": int(out["draws_agreeing"]), "scale": p.scale, "crop_offset": p.crop_offset,
                   "K_model": p.K_model, "seconds": seconds},
         )
 

@@ -73,11 +73,11 @@ def evaluated_poses(model: torch.nn.Module) -> tuple[tuple[str, str, str], ...]:
 
 
 def csv_columns(poses: tuple[tuple[str, str, str], ...]) -> list[str]:
-    """pairs.csv's columns: the pair, each pose's errors, success, centre and yaw offsets, the confidence, the
-    time."""
+    """pairs.csv's columns: the pair, each pose's errors, success, centre and yaw offsets, the confidence, how many
+    point draws agree with the final pose (``eval.point_draws``; 1 without draws), the time."""
     return ["index", "sequence", "frame", "camera",
             *(prefix + k for _, prefix, _ in poses for k in (*ERROR_KEYS, "success", *OFFSET_KEYS, YAW_KEY)),
-            "confidence", "forward_ms"]
+            "confidence", "draws_agreeing", "forward_ms"]
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -135,6 +135,7 @@ def predict(
                 **{k: meta[k] for k in ("index", "sequence", "frame", "camera")},
                 **{k: v[b].item() for k, v in per_pose.items()},
                 "confidence": confidence[b].item(),
+                "draws_agreeing": result.draws_agreeing[b].item(),
                 "forward_ms": 1000 * result.network_seconds / len(batch["meta"]),
             })
             if meta["index"] in keep:

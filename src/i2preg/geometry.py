@@ -126,9 +126,9 @@ def rotation_angle(R: Array) -> Array:
 
 
 def consensus_pose(poses: torch.Tensor, valid: torch.Tensor | None = None, max_distance: float = 1.0,
-                   max_angle_deg: float = 5.0) -> torch.Tensor:
+                   max_angle_deg: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One pose from several estimates of it: poses (B, D, 4, 4) cloud -> camera, D estimates of each of B poses
-    -> (B, 4, 4). valid: (B, D) bool, the estimates to use (None: all). The estimate with the most others in
+    -> the poses (B, 4, 4) and how many estimates each averages (B,) int64. valid: (B, D) bool, the estimates to use (None: all). The estimate with the most others in
     agreement (camera centres within ``max_distance`` m, rotations within ``max_angle_deg``; ties to the one
     nearest the rest) and those in agreement with it are averaged: their camera centres by the mean, their
     rotations by the chordal mean (the rotation nearest their sum). Estimates that disagree (a yaw flip among
@@ -151,7 +151,7 @@ def consensus_pose(poses: torch.Tensor, valid: torch.Tensor | None = None, max_d
     sign[:, 2] = torch.sign(torch.linalg.det(U @ Vh))
     mean_rotation = U @ (sign.unsqueeze(-1) * Vh)
     out = make_transform(mean_rotation, -(mean_rotation @ mean_centre.unsqueeze(-1)).squeeze(-1))
-    return out.to(poses.dtype)
+    return out.to(poses.dtype), weight.sum(1).long()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,12 +174,15 @@ POSE_OUTPUTS = ("frustum_pose", "fine_pose", "prior_pose", "pose")
 """The network's outputs that are poses: with point draws, each the consensus of its draws."""
 
 
-def merge_draws(pose: torch.Tensor, solved: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_draws(pose: torch.Tensor, solved: torch.Tensor, draws: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Poses (P x D, 4, 4) of P pairs' D point draws (consecutive rows) and whether each was solved (P x D,) ->
-    each pair's consensus of its solved draws (P, 4, 4) and whether any was solved (P,)."""
+    each pair's consensus of its solved draws (P, 4, 4), whether any was solved (P,) and how many draws agree
+    with the consensus (P,) int64 (``geometry.consensus_pose``)."""
     pairs = len(pose) // draws
     solved = solved.view(pairs, draws)
-    return consensus_pose(pose.view(pairs, draws, 4, 4), solved).to(pose), solved.any(1)
+    merged, agreeing = consensus_pose(pose.view(pairs, draws, 4, 4), solved)
+    return merged.to(pose), solved.any(1), agreeing
 
 
 def merged_outputs(out: Any, draws: int, rows: int) -> Any:
@@ -194,8 +197,10 @@ def merged_outputs(out: Any, draws: int, rows: int) -> Any:
     return out[::draws] if isinstance(out, torch.Tensor) and out.dim() and len(out) == rows else out
 
 
-def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """After the network: the final poses (B, 4, 4) cloud -> camera and whether each solve succeeded (B,) bool.
+def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """After the network: the final poses (B, 4, 4) cloud -> camera, whether each solve succeeded (B,) bool and
+    how many of the pair's point draws agree with its pose (B,) int64 (``merge_draws``; 1 without draws).
     solver: one of ``SOLVERS`` for ICL (module docstring); the matching baseline always solves PnP on its matches.
     eval_cfg: the ``eval`` section (its ``pnp``, ``refine`` and ``edges``, and ``matching`` for the baseline). A
     batch of point draws (``batch["draws"]``) gives one pose a pair, the consensus of its draws', refined after."""
@@ -211,29 +216,32 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict)
             raise InputError("solver fine needs weights trained with the fine search (model.fine.num_points > 0)")
         pose = out[{"frustum": "frustum_pose", "fine": "fine_pose", "prm": "pose"}[solver]]
         solved = torch.ones(len(pose), dtype=torch.bool)
+    agreeing = torch.ones(len(pose), dtype=torch.long)
     if batch.get("draws", 1) > 1:
-        pose, solved = merge_draws(pose, solved, batch["draws"])
+        pose, solved, agreeing = merge_draws(pose, solved, batch["draws"])
         batch = first_draws(batch)
     if refine == "edges":
         if "dense_points" not in batch:
             raise InputError("eval.refine: edges needs the pairs' dense clouds (data.dense_points > 0)")
         pose = refine_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("edges")).to(pose)
-    return pose, solved
+    return pose, solved, agreeing
 
 
 @dataclass
 class Inference:
     """One batch through a network and a solver. out: the network's outputs (with point draws, a row a pair:
-    ``merged_outputs``); pose (B, 4, 4) the final poses,
-    cloud -> camera; solved (B,) bool: the solve succeeded (a failed PnP gives the identity); confidence (B,)
-    ``reprojection_confidence`` of ``pose`` (with point draws, its mean over the draws' keypoint pairs; None for the
-    matching baseline, which has no keypoint pairs);
-    network_seconds, solver_seconds: wall time of the forward pass and of the solve (CUDA synchronised)."""
+    ``merged_outputs``); pose (B, 4, 4) the final poses, cloud -> camera; solved (B,) bool: the solve succeeded (a
+    failed PnP gives the identity); confidence (B,) ``reprojection_confidence`` of ``pose`` (with point draws, its
+    mean over the draws' keypoint pairs; None for the matching baseline, which has no keypoint pairs);
+    draws_agreeing (B,) int64: how many of the pair's point draws agree with its pose (``eval.point_draws``; 1
+    without draws); network_seconds, solver_seconds: wall time of the forward pass and of the solve (CUDA
+    synchronised)."""
 
     out: dict[str, torch.Tensor]
     pose: torch.Tensor
     solved: torch.Tensor
     confidence: torch.Tensor | None
+    draws_agreeing: torch.Tensor
     network_seconds: float
     solver_seconds: float
 
@@ -253,7 +261,7 @@ def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | N
     start = timestamp(device)
     out = model(batch)
     forwarded = timestamp(device)
-    pose, solved = solve(model, out, batch, solver, eval_cfg or {})
+    pose, solved, draws_agreeing = solve(model, out, batch, solver, eval_cfg or {})
     draws = batch.get("draws", 1)
     confidence = None
     if "kp_2d" in out:  # in the network's dtype; with point draws the mean over the draws' keypoint pairs
@@ -266,7 +274,7 @@ def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | N
     if draws > 1:
         out = merged_outputs(out, draws, len(batch["image"]))
     solved_at = timestamp(device)
-    return Inference(out, pose, solved, confidence, forwarded - start, solved_at - forwarded)
+    return Inference(out, pose, solved, confidence, draws_agreeing, forwarded - start, solved_at - forwarded)
 
 
 def run(model: nn.Module, loader: DataLoader, device: torch.device, solver: str = "prm", eval_cfg: dict | None = None,
