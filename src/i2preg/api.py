@@ -108,7 +108,8 @@ class RegistrationResult:
         image when projected with ``frustum_pose`` and the caller's K (GPDM's geometric mask); False for
         the points left out for NaN or inf.
     confidence: in [0, 1], how well the correspondences agree with ``pose``
-        (``inference.reprojection_confidence``, on the network input's pixels).
+        (``inference.reprojection_confidence``, on the network input's pixels; with point draws, the mean over
+        the draws' correspondences).
     info: ``resampled`` (fewer points than the model takes after voxelising: some were repeated),
         ``scale`` (image resize factor), ``crop_offset`` (dx, dy) in resized pixels, ``K_model`` (3, 3)
         intrinsics of the network input, ``seconds`` (wall time of the call; the whole batch for
