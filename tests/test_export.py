@@ -95,6 +95,10 @@ def test_onnx_backend_equals_torch_on_a_tiny_model(tiny):
     assert_same_results([reference.register(*p) for p in pairs], [exported.register(*p) for p in pairs])
     batch = reference.register_batch(*zip(*pairs[1:]))
     assert_same_results(batch, exported.register_batch(*zip(*pairs[1:])))  # a batch of 2, same graph
+    draws = [Registrator.from_pretrained(weights, backend=backend, point_draws=3) for backend in ("torch", onnx_file)]
+    results = [reg.register_batch(*zip(*pairs[1:])) for reg in draws]  # 2 pairs x 3 draws: a batch of 6
+    assert_same_results(*results)
+    assert [r.info["draws_agreeing"] for r in results[0]] == [r.info["draws_agreeing"] for r in results[1]]
     collated = example_batch(reference.model.conf, (64, 128), 1024, batch_size=2)
     with torch.no_grad():
         expected = reference.model(collated)["coarse_stages"][0]["kp_2d"]
