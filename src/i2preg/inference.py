@@ -48,7 +48,8 @@ REFINEMENTS = ("none", "edges")
 def checked_draws(point_draws: Any) -> int:
     """``eval.point_draws`` as an int, checked."""
     if isinstance(point_draws, bool) or not isinstance(point_draws, int) or point_draws < 1:
-        raise InputError(f"eval.point_draws must be a whole number of at least 1, not {point_draws!r}")
+        raise InputError(f"point draws (--point-draws, eval.point_draws) must be a whole number of at least 1, not"
+                         f" {point_draws!r}")
     return point_draws
 
 
