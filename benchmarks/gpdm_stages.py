@@ -49,7 +49,8 @@ def real_batches(registrator: Registrator, data: Path, seeds: int, first_seed: i
         samples = []
         for repeat in range(seeds):
             P = sample_perturbation(np.random.default_rng(first_seed + repeat * len(found) + index), amplitudes)
-            sample = registrator._prepare(image, transform_points(P @ calibration.T_cam_velo, points), K, intensity).sample
+            cloud = transform_points(P @ calibration.T_cam_velo, points)
+            sample = registrator._prepare(image, cloud, K, intensity).samples[0]
             sample["T_gt"] = torch.from_numpy(invert_transform(P)).float()
             samples.append(sample)
         yield ("KITTI" if frame["name"].startswith("kitti") else "nuScenes"), registrator.collate(samples)

@@ -205,5 +205,5 @@ def test_eval_point_draws_flag_runs_the_draws_and_rejects_fewer_than_one(synthet
     assert main(["eval", *common, "--point-draws", "0", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "point draws (--point-draws, eval.point_draws) must be a whole number of at least 1, not 0" in err
+    assert "point_draws (eval.point_draws) must be a whole number of at least 1, not 0" in err
     assert not (tmp_path / "bad").exists()

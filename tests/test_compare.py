@@ -50,6 +50,7 @@ def test_one_row_per_method_on_the_same_pairs(setup):
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == CSV_COLUMNS
     assert [r["method"] for r in rows] == ["icl", "icl+pnp", "icl-cls", "icl-2x4", "gpdm", "matching"]
+    assert {r["point_draws"] for r in rows} == {"1"}
     assert [(r["solver"], r["mask"]) for r in rows] == [
         ("prm", "geometric"), ("pnp", "geometric"), ("prm", "classifier"), ("prm", "geometric"), ("frustum", "geometric"),
         ("pnp", "")]

@@ -16,7 +16,14 @@ from i2preg.config import load_config
 from i2preg.data.collate import Collate, first_draws
 from i2preg.errors import InputError
 from i2preg.geometry import consensus_pose, make_transform, project_points, transform_points
-from i2preg.inference import evaluation_config, infer, pair_loader, reprojection_confidence, with_sequences
+from i2preg.inference import (
+    checked_draws,
+    evaluation_config,
+    infer,
+    pair_loader,
+    reprojection_confidence,
+    with_sequences,
+)
 from i2preg.model import ICL
 from test_model import TINY_CONF, synthetic_batch, synthetic_sample
 
@@ -153,3 +160,10 @@ def test_point_draws_run_each_image_once_and_give_the_consensus_of_their_poses()
                               for i, a in enumerate(alone)])  # each draw's pairs under its pair's consensus pose
     torch.testing.assert_close(result.confidence, confidence.view(2, 3).mean(1), atol=1e-5, rtol=0)
     assert len(first_draws(batch)["meta"]) == 2 and first_draws(batch)["pyramid_xyz"][1].shape[0] == 2
+
+
+def test_point_draws_count_is_a_whole_number_of_at_least_one():
+    assert checked_draws(3) == 3 and checked_draws(np.int64(5)) == 5
+    for bad in (0, -1, 2.5, "3", True, None):
+        with pytest.raises(InputError, match=r"point_draws \(eval.point_draws\) must be a whole number of at least 1"):
+            checked_draws(bad)

@@ -101,7 +101,8 @@ class RegistrationResult:
     """The registration of one image to one cloud; float64 NumPy arrays.
 
     pose: (4, 4) cloud frame -> camera frame of the ORIGINAL image (project with the caller's K).
-    frustum_pose: (4, 4) GPDM's coarse pose, same frames.
+    frustum_pose: (4, 4) GPDM's coarse pose, same frames. With point draws both poses are the consensus of the
+        draws', and the keypoints and the overlap mask the first draw's.
     keypoints_2d: (Nq, 2) the implicit correspondences' pixels, ORIGINAL image pixels (u, v).
     keypoints_3d: (Nq, 3) their 3D partners, cloud frame.
     overlap_mask: (N,) bool over the input points: in front of the camera and inside the original
@@ -134,7 +135,7 @@ class RegistrationResult:
         if draws > 1:
             text += f"\npoint draws: {agreeing} of {draws} agree with the pose"
             if agreeing < draws - 1:
-                text += " (more than one disagrees: the pose is likely wrong)"
+                text += " (more than one disagrees: the pose may be wrong)"
         if "protocol" in self.info:
             p = self.info["protocol"]
             text += (f"\nprotocol check (seed {p['seed']}): RTE {p['rte']:.3f} m, RRE {p['rre']:.2f} deg"
@@ -284,8 +285,9 @@ class Registrator:
     y and z point (``cloud_axes_rotation``; "flu" for a LiDAR's frame with z up): the cloud is turned into the
     camera-like axes a 3-DoF model expects before registration, and the results come back in the cloud's frame.
     point_draws: run the network on that many draws of the cloud's point sample and take the consensus of their
-    poses (``inference``, beyond the paper: more accurate, that many times the points' work); None: the config's
-    ``eval.point_draws``.
+    poses (``inference``, beyond the paper: more accurate on scenes like the training world's, less so on the real
+    frames, BENCHMARKS.md; a batch of that many rows an input, the image encoded once with the PyTorch backend); None:
+    the config's ``eval.point_draws``.
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",

@@ -47,7 +47,8 @@ def _add_refine_argument(p: argparse.ArgumentParser) -> None:
                         " (default: the weights' eval.refine)")
     p.add_argument("--point-draws", dest="point_draws", type=int, metavar="D",
                    help="run the network on D draws of the cloud's point sample and take the consensus of their"
-                        " poses: more accurate, D times the points' work (default: the weights' eval.point_draws, 1)")
+                        " poses: more accurate on scenes like the synthetic world's (not on the real frames), D times"
+                        " the points' work and memory (default: the weights' eval.point_draws, 1)")
 
 
 def _eval(args: argparse.Namespace) -> None:

@@ -58,7 +58,7 @@ OPTIONS_HELP = ", ".join(f"{key}={'|'.join(values)}" for key, values in OPTIONS.
 DEFAULT_METHODS = (f"icl={DEFAULT_MODEL}", f"matching={MATCHING_MODEL}")
 """The methods compared when none are named: the bundled ICL model and the bundled matching baseline."""
 
-CSV_COLUMNS = ["method", "weights", "solver", "mask", "refine", "pairs", "rte_mean", "rte_std",
+CSV_COLUMNS = ["method", "weights", "solver", "mask", "refine", "point_draws", "pairs", "rte_mean", "rte_std",
                "rte_median", "rre_mean", "rre_std", "rre_median", "rre_geodesic_mean", "rre_geodesic_median", "acc",
                "failures", "network_ms", "solver_ms", "peak_mib", "device", "batch_size"]
 
@@ -186,7 +186,7 @@ def run_method(spec: MethodSpec, cfg: dict, loader: Callable[[dict], DataLoader]
     stats = summarize(registration_errors(np.concatenate(poses), np.concatenate(truths)), **cfg["eval"]["thresholds"])
     return {
         "method": spec.name, "weights": str(spec.weights), "solver": spec.solver, "mask": spec.mask,
-        "refine": spec.refine,
+        "refine": spec.refine, "point_draws": cfg["eval"]["point_draws"],
         **{key: stats[key] for key in CSV_COLUMNS if key in stats},
         "failures": int((~np.concatenate(successes)).sum()),
         "network_ms": 1000 * network_s / pairs, "solver_ms": 1000 * solver_s / pairs,
@@ -213,6 +213,8 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
 NOTES = """\
 {pairs} pairs of {source}, the same for every method (seeded per pair); device {device}, batch size {batch_size}.
 Acc: RTE < {rte_thresh} m and RRE < {rre_thresh} deg. Means, standard deviations and medians over ALL pairs.
+Point draws: {point_draws} a pair (above 1, each pose the consensus of every method's network on that many draws of
+the cloud's point sample, the first draw's pose where no two agree).
 
 {table}
 
@@ -233,6 +235,7 @@ def comparison_markdown(table: str, source: str, pairs: int, device: torch.devic
     pnp = eval_cfg["pnp"]
     notes = NOTES.format(
         pairs=pairs, source=source, device=device, batch_size=batch_size, table=table, **eval_cfg["thresholds"],
+        point_draws=eval_cfg["point_draws"],
         **pnp, input_px=pnp["reprojection_error"] / pnp["scale"], memory=MEMORY[device.type],
     )
     return f"# Comparison on one test set\n\n{notes}\n{PUBLISHED_KITTI}"

@@ -132,9 +132,10 @@ def consensus_pose(poses: torch.Tensor, valid: torch.Tensor | None = None, max_d
     agreement (camera centres within ``max_distance`` m, rotations within ``max_angle_deg``; ties to the one
     nearest the rest) and those in agreement with it are averaged: their camera centres by the mean, their
     rotations by the chordal mean (the rotation nearest their sum). Estimates that disagree (a yaw flip among
-    them) are left out rather than averaged in. A pose without a valid estimate is its first estimate."""
+    them) are left out rather than averaged in; where no two agree, the pose is the first estimate, and so is a pose
+    without a valid estimate."""
     T = poses.double()
-    valid = torch.ones(T.shape[:2], dtype=torch.bool, device=T.device) if valid is None else valid
+    valid = torch.ones(T.shape[:2], dtype=torch.bool, device=T.device) if valid is None else valid.to(T.device)
     R, t = T[..., :3, :3], T[..., :3, 3]
     centre = -(R.transpose(-1, -2) @ t.unsqueeze(-1)).squeeze(-1)  # (B, D, 3) cloud frame
     distance = torch.cdist(centre, centre)  # (B, D, D)
@@ -143,7 +144,7 @@ def consensus_pose(poses: torch.Tensor, valid: torch.Tensor | None = None, max_d
     agree = (distance <= max_distance) & (angle <= max_angle_deg) & valid.unsqueeze(1) & valid.unsqueeze(2)
     spread = (distance * agree).sum(-1)
     best = torch.argmax(agree.sum(-1) - spread / (1 + spread.sum(-1, keepdim=True)), dim=-1)
-    weight = agree[torch.arange(len(T)), best].double()  # (B, D), the best estimate's own row included
+    weight = agree[torch.arange(len(T), device=T.device), best].double()  # (B, D), the best estimate's own row included
     weight[~valid.any(1), 0] = 1.0
     mean_centre = (weight.unsqueeze(-1) * centre).sum(1) / weight.sum(1, keepdim=True)
     U, _, Vh = torch.linalg.svd((weight[..., None, None] * R).sum(1))

@@ -17,6 +17,7 @@ points (one image encoding for all) and each pose is the consensus of the D (``g
 
 from __future__ import annotations
 
+import operator
 import os
 import time
 from dataclasses import dataclass
@@ -46,11 +47,14 @@ REFINEMENTS = ("none", "edges")
 
 
 def checked_draws(point_draws: Any) -> int:
-    """``eval.point_draws`` as an int, checked."""
-    if isinstance(point_draws, bool) or not isinstance(point_draws, int) or point_draws < 1:
-        raise InputError(f"point draws (--point-draws, eval.point_draws) must be a whole number of at least 1, not"
-                         f" {point_draws!r}")
-    return point_draws
+    """``eval.point_draws`` (an int, NumPy's included) as an int, checked."""
+    try:
+        count = operator.index(point_draws)
+    except TypeError:
+        count = 0
+    if isinstance(point_draws, bool) or count < 1:
+        raise InputError(f"point_draws (eval.point_draws) must be a whole number of at least 1, not {point_draws!r}")
+    return count
 
 
 def checked_refinement(refine: str) -> str:
@@ -189,10 +193,11 @@ def merge_draws(pose: torch.Tensor, solved: torch.Tensor, draws: int
 def merged_outputs(out: Any, draws: int, rows: int) -> Any:
     """The network's outputs on P pairs' D point draws (rows = P x D) -> one row a pair: the poses
     (``POSE_OUTPUTS``) the consensus of the draws, every other output with a row a sample the first draw's, and
-    the outputs without (the token centres) as they are."""
+    the outputs without (the token centres of a whole map, (T, 2) ``*_uv``) as they are."""
     if isinstance(out, dict):
-        return {key: merge_draws(value, torch.ones(rows, dtype=torch.bool), draws)[0]
-                if key in POSE_OUTPUTS else merged_outputs(value, draws, rows) for key, value in out.items()}
+        return {key: merge_draws(value, torch.ones(rows, dtype=torch.bool, device=value.device), draws)[0]
+                if key in POSE_OUTPUTS else value if key.endswith("_uv") and value.dim() == 2
+                else merged_outputs(value, draws, rows) for key, value in out.items()}
     if isinstance(out, list):
         return [merged_outputs(value, draws, rows) for value in out]
     return out[::draws] if isinstance(out, torch.Tensor) and out.dim() and len(out) == rows else out
@@ -216,8 +221,8 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
         if solver == "fine" and "fine_pose" not in out:
             raise InputError("solver fine needs weights trained with the fine search (model.fine.num_points > 0)")
         pose = out[{"frustum": "frustum_pose", "fine": "fine_pose", "prm": "pose"}[solver]]
-        solved = torch.ones(len(pose), dtype=torch.bool)
-    agreeing = torch.ones(len(pose), dtype=torch.long)
+        solved = torch.ones(len(pose), dtype=torch.bool, device=pose.device)
+    agreeing = torch.ones(len(pose), dtype=torch.long, device=pose.device)
     if batch.get("draws", 1) > 1:
         pose, solved, agreeing = merge_draws(pose, solved, batch["draws"])
         batch = first_draws(batch)
@@ -263,6 +268,7 @@ def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | N
     out = model(batch)
     forwarded = timestamp(device)
     pose, solved, draws_agreeing = solve(model, out, batch, solver, eval_cfg or {})
+    solved_at = timestamp(device)
     draws = batch.get("draws", 1)
     confidence = None
     if "kp_2d" in out:  # in the network's dtype; with point draws the mean over the draws' keypoint pairs
@@ -274,7 +280,6 @@ def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | N
                                              batch["K"].to(dtype)).view(-1, draws).mean(1)
     if draws > 1:
         out = merged_outputs(out, draws, len(batch["image"]))
-    solved_at = timestamp(device)
     return Inference(out, pose, solved, confidence, draws_agreeing, forwarded - start, solved_at - forwarded)
 
 
