@@ -128,12 +128,12 @@ def rotation_angle(R: Array) -> Array:
 def consensus_pose(poses: torch.Tensor, valid: torch.Tensor | None = None, max_distance: float = 1.0,
                    max_angle_deg: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One pose from several estimates of it: poses (B, D, 4, 4) cloud -> camera, D estimates of each of B poses
-    -> the poses (B, 4, 4) and how many estimates each averages (B,) int64. valid: (B, D) bool, the estimates to use (None: all). The estimate with the most others in
-    agreement (camera centres within ``max_distance`` m, rotations within ``max_angle_deg``; ties to the one
-    nearest the rest) and those in agreement with it are averaged: their camera centres by the mean, their
-    rotations by the chordal mean (the rotation nearest their sum). Estimates that disagree (a yaw flip among
-    them) are left out rather than averaged in; where no two agree, the pose is the first estimate, and so is a pose
-    without a valid estimate."""
+    -> the poses (B, 4, 4) and how many estimates each averages (B,) int64. valid: (B, D) bool, the estimates to
+    use (None: all). The estimate with the most others in agreement (camera centres within ``max_distance`` m,
+    rotations within ``max_angle_deg``; ties to the one nearest the rest) and those in agreement with it are
+    averaged: their camera centres by the mean, their rotations by the chordal mean (the rotation nearest their
+    sum). Estimates that disagree (a yaw flip among them) are left out rather than averaged in; where no two agree,
+    the pose is the first estimate, and so is a pose without a valid estimate."""
     T = poses.double()
     valid = torch.ones(T.shape[:2], dtype=torch.bool, device=T.device) if valid is None else valid.to(T.device)
     R, t = T[..., :3, :3], T[..., :3, 3]
@@ -144,7 +144,8 @@ def consensus_pose(poses: torch.Tensor, valid: torch.Tensor | None = None, max_d
     agree = (distance <= max_distance) & (angle <= max_angle_deg) & valid.unsqueeze(1) & valid.unsqueeze(2)
     spread = (distance * agree).sum(-1)
     best = torch.argmax(agree.sum(-1) - spread / (1 + spread.sum(-1, keepdim=True)), dim=-1)
-    weight = agree[torch.arange(len(T), device=T.device), best].double()  # (B, D), the best estimate's own row included
+    # (B, D): the best estimate's row of agreement, itself included
+    weight = agree[torch.arange(len(T), device=T.device), best].double()
     weight[~valid.any(1), 0] = 1.0
     mean_centre = (weight.unsqueeze(-1) * centre).sum(1) / weight.sum(1, keepdim=True)
     U, _, Vh = torch.linalg.svd((weight[..., None, None] * R).sum(1))
