@@ -31,7 +31,7 @@ import torch
 from .assembly import full_config, load_model
 from .data.collate import Collate
 from .data.ops import distinct_indices, sample_indices, voxel_downsample
-from .data.pairs import pair_config, resize_and_crop
+from .data.pairs import pair_config, redrawn, resize_and_crop
 from .data.readers import (
     MAX_COORDINATE_M,
     is_rotation,
@@ -438,8 +438,7 @@ class Registrator:
         samples = [sample]
         for _ in range(self.point_draws - 1):
             pick, resampled = sample_indices(len(kept), self.num_points, draw_rng)
-            samples.append({**sample, "points": torch.from_numpy(xyz[kept[pick]]).float(),
-                            "intensity": torch.from_numpy(intensity[kept[pick]]).float(), "resampled": resampled})
+            samples.append(redrawn(sample, xyz[kept[pick]], intensity[kept[pick]], resampled))
         return _Prepared(samples, xyz, finite, K, K_model, (H, W), scale, offset)
 
     @staticmethod

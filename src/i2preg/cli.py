@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"final weights: {train(cfg, run_dir, resume=args.resume, overrides=overrides)}")
 
 
-def _add_refine_argument(p: argparse.ArgumentParser) -> None:
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", metavar="none|edges",
                    help="after the solver: edges (edge alignment on the dense cloud, beyond the paper) or none"
                         " (default: the weights' eval.refine)")
@@ -56,12 +56,12 @@ def _eval(args: argparse.Namespace) -> None:
 
     evaluate(args.weights, args.data, args.out, config=args.config, split=args.split, limit=args.limit,
              batch_size=args.batch_size, device=args.device, figure_pairs=args.figure_pairs,
-             overrides=deep_update(parse_overrides(args.set), _refine_override(args)), solver=args.solver,
+             overrides=deep_update(parse_overrides(args.set), _eval_overrides(args)), solver=args.solver,
              sequences=args.sequences)
     print(f"wrote pairs.csv, summary.json and the figures in {args.out}")
 
 
-def _refine_override(args: argparse.Namespace) -> dict:
+def _eval_overrides(args: argparse.Namespace) -> dict:
     override = {} if args.refine is None else {"refine": args.refine}
     if args.point_draws is not None:
         override["point_draws"] = args.point_draws
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", default="prm",
                    help="final pose: prm (PRM's), pnp (PnP-RANSAC on ICL's keypoint pairs), frustum (GPDM's) or fine"
                         " (the fine search's, weights trained with it)")
-    _add_refine_argument(p)
+    _add_eval_arguments(p)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=_eval)
 
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                         " the yaw search keeps within --prior-yaw-deg of its yaw")
     p.add_argument("--prior-yaw-deg", dest="prior_yaw_deg", type=float, metavar="DEG",
                    help="how far the yaw may lie from the prior's (default 30)")
-    _add_refine_argument(p)
+    _add_eval_arguments(p)
     p.set_defaults(func=_register)
 
     p = sub.add_parser("export", help="export trained weights' network to ONNX, for ONNX Runtime (Registrator backend)")

@@ -102,11 +102,13 @@ class Pair:
     def to_samples(self, meta: dict) -> list[dict[str, Any]]:
         """One sample (``to_sample``) for each draw of the points, the first the pair's own; they share the image."""
         first = self.to_sample(meta)
-        samples = [first]
-        for points, intensity, resampled in self.more_draws:
-            samples.append({**first, "points": torch.from_numpy(points).float(),
-                            "intensity": torch.from_numpy(intensity).float(), "resampled": resampled})
-        return samples
+        return [first, *(redrawn(first, *draw) for draw in self.more_draws)]
+
+
+def redrawn(sample: dict[str, Any], points: np.ndarray, intensity: np.ndarray, resampled: bool) -> dict[str, Any]:
+    """``sample`` with another draw of its points: points (N, 3) and intensity (N,); the rest shared."""
+    return {**sample, "points": torch.from_numpy(points).float(), "intensity": torch.from_numpy(intensity).float(),
+            "resampled": resampled}
 
 
 def pair_config(cfg: dict | None = None) -> dict[str, Any]:
