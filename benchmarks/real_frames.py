@@ -1,7 +1,7 @@
 """The model on real sensor frames: the six KITTI frames and the nuScenes frame of ``../shared/data``.
 
     python benchmarks/real_frames.py [--weights W] [--data ../shared/data] [--seeds 5] [--seed 7351]
-                                     [--out outputs/real] [--pose final|frustum] [--refine none|edges]
+                                     [--out outputs/real] [--pose final|frustum] [--refine none|edges|lines]
                                      [--traffic recorded|right|left] [--prior-yaw-deg DEG] [--point-draws D]
 
 Each frame goes through ``i2preg register --protocol-seed`` (``api.register_files``) once per protocol seed:
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/real")
     parser.add_argument("--pose", choices=("final", "frustum"), default="final",
                         help="the pose scored: the model's final one, or GPDM's frustum pose")
-    parser.add_argument("--refine", help="none or edges: the final pose's refinement (default: the weights' own)")
+    parser.add_argument("--refine", help="none, edges or lines: the final pose's refinement (default: the weights' own)")
     parser.add_argument("--point-draws", dest="point_draws", type=int,
                         help="draws of the point sample whose poses' consensus is the pose (default: the weights' own)")
     parser.add_argument("--traffic", choices=("recorded", *TRAFFIC_SIDES), default="recorded",

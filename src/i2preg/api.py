@@ -277,8 +277,9 @@ class Registrator:
     scale, the voxel size and the network input: ``crop`` and ``num_points``). backend: what runs the network:
     "torch" (the model itself), "onnx" (the model exported now, in memory, and run by ONNX Runtime on CPU; the
     export takes minutes) or the path of an .onnx file ``i2preg export`` wrote from the same weights. refine:
-    "edges" refines each pose by edge alignment on the input cloud (``refine.py``, beyond the paper), "none" does
-    not; None: the config's ``eval.refine``. traffic: the side of the street the scenes' traffic keeps to
+    "edges" refines each pose by edge alignment on the input cloud (``refine.py``), "lines" sets its yaw by the
+    directions of the cloud's walls and the image's horizontal lines (``lines.py``), both beyond the paper; "none"
+    does neither; None: the config's ``eval.refine``. traffic: the side of the street the scenes' traffic keeps to
     (``TRAFFIC_SIDES``); the model learned a right-hand world and its yaw search reads the street's asymmetry, so
     "left" registers the mirror images of the inputs (image flipped left to right, the cloud's x negated) and
     mirrors the results back: the same pose, keypoints and mask frames as "right". cloud_axes: where the cloud's x,
@@ -432,7 +433,7 @@ class Registrator:
         }
         if yaw_prior is not None:
             sample["yaw_prior"] = yaw_prior
-        if self.eval_config["refine"] == "edges" and self.dense_points > 0:  # its cloud, as evaluation pairs draw it
+        if self.eval_config["refine"] != "none" and self.dense_points > 0:  # its cloud, as evaluation pairs draw it
             dense = kept[distinct_indices(len(kept), self.dense_points, np.random.default_rng(SAMPLE_SEED))]
             sample["dense_points"] = torch.from_numpy(xyz[dense]).float()
         samples = [sample]

@@ -19,6 +19,7 @@ from .baselines.pnp import PNP_DEFAULTS
 from .config import deep_update
 from .data.pairs import PAIR_DEFAULTS
 from .errors import InputError
+from .lines import LINE_DEFAULTS
 from .losses import DEFAULT_WEIGHTS
 from .metrics import ACC_RRE_DEG, ACC_RTE_M
 from .model.icl import ICL
@@ -64,8 +65,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 EVAL_DEFAULTS: dict[str, Any] = {
     "thresholds": {"rte_thresh": ACC_RTE_M, "rre_thresh": ACC_RRE_DEG},  # Acc: RTE and RRE below both
     "pnp": PNP_DEFAULTS,  # PnP-RANSAC of the pnp solver and of the matching baseline
-    "refine": "none",  # "edges": ICL's final pose refined by edge alignment on data.dense_points (refine.py)
+    "refine": "none",  # "edges" (refine.py) or "lines" (lines.py): the final pose refined on data.dense_points
     "edges": EDGE_DEFAULTS,
+    "lines": LINE_DEFAULTS,  # "lines": the yaw set by the image's and the cloud's horizontal lines (lines.py)
     "point_draws": 1,  # >1: each pose the consensus of the network run on that many draws of the point sample
 }
 """The ``eval`` section; the matching baseline adds ``matching`` (``baselines.matching.MATCH_DEFAULTS``)."""

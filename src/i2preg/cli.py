@@ -42,8 +42,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--refine", metavar="none|edges",
-                   help="after the solver: edges (edge alignment on the dense cloud, beyond the paper) or none"
+    p.add_argument("--refine", metavar="none|edges|lines",
+                   help="after the solver: edges (edge alignment on the dense cloud), lines (the yaw that lines the"
+                        " cloud's walls up with the image's horizontal lines), both beyond the paper, or none"
                         " (default: the weights' eval.refine)")
     p.add_argument("--point-draws", dest="point_draws", type=int, metavar="D",
                    help="run the network on D draws of the cloud's point sample and take the consensus of their"
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="ICL, its ablations and the matching baseline on one test set, one table")
     p.add_argument("--method", action="append",
-                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum|fine][:mask=geometric|classifier][:refine=none|edges]",
+                   metavar="NAME=WEIGHTS[:solver=prm|pnp|frustum|fine][:mask=geometric|classifier][:refine=none|edges|lines]",
                    help="a method to run (repeat); WEIGHTS: a file or a bundled model's name, whose header says which"
                         " model it is (default: icl=synthetic-small and matching=matching-small, the bundled ones)")
     _add_test_set_arguments(p, config_help="YAML file or bundled name whose data and eval sections all methods use")

@@ -10,7 +10,7 @@ says which model to build)::
     matching=matching-small                           the explicit-matching baseline (method: matching), bundled
 
 Options (ICL only): ``solver`` = prm | pnp | frustum | fine, ``mask`` = geometric | classifier (default: the weights' own);
-for every method ``refine`` = none | edges (default: the shared ``eval.refine``; ``refine.py``).
+for every method ``refine`` = none | edges | lines (default: the shared ``eval.refine``; ``refine.py``, ``lines.py``).
 Without methods, ``DEFAULT_METHODS``: the two bundled models. The forward pass and the solvers are ``inference``'s.
 Every method reads the same pairs (the data is seeded per pair) with the same ``data`` and ``eval`` settings:
 those of ``config`` when given, else of the first method's weights.
@@ -93,7 +93,7 @@ class MethodSpec:
 
 
 def parse_method(text: str) -> MethodSpec:
-    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum|fine][:mask=geometric|classifier][:refine=none|edges]"`` -> MethodSpec
+    """``"NAME=WEIGHTS[:solver=prm|pnp|frustum|fine][:mask=geometric|classifier][:refine=none|edges|lines]"`` -> MethodSpec
     (module docstring)."""
     name, _, rest = text.partition("=")
     weights, *options = rest.split(":")

@@ -8,7 +8,8 @@ keypoint pairs kp_2d <-> kp_3d (settings ``eval.pnp``); ``frustum``, GPDM's frus
 search's refinement of it (``model.fine``, beyond the paper; weights trained with it). The matching
 baseline has one: PnP-RANSAC on its mutual nearest-neighbour matches (``baselines.matching.estimate_poses``).
 With ``eval.refine: edges`` the pose of any solver, and the baseline's, is then refined by edge alignment on the
-batch's dense clouds (``refine.refine_poses``, beyond the paper).
+batch's dense clouds (``refine.refine_poses``), with ``lines`` turned to the yaw that lines the clouds' walls up
+with the images' horizontal lines (``lines.align_poses``); both beyond the paper.
 
 Point draws (``eval.point_draws``, beyond the paper): the network sees a sample of ``data.num_points`` of a cloud's
 voxel-kept points, and its poses move with the sample. With D draws, each pair is run with D samples of its
@@ -37,12 +38,13 @@ from .data.collate import Collate, first_draws
 from .data.pairs import build_dataset
 from .errors import InputError, require_folder
 from .geometry import consensus_pose, project_points, transform_points
+from .lines import align_poses
 from .refine import refine_poses
 
 SOLVERS = ("prm", "pnp", "frustum", "fine")
 """Where ICL's final pose comes from (module docstring)."""
 
-REFINEMENTS = ("none", "edges")
+REFINEMENTS = ("none", "edges", "lines")
 """``eval.refine``: what follows the solver, for every method (module docstring)."""
 
 
@@ -226,10 +228,12 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
     if batch.get("draws", 1) > 1:
         pose, solved, agreeing = merge_draws(pose, solved, batch["draws"])
         batch = first_draws(batch)
+    if refine != "none" and "dense_points" not in batch:
+        raise InputError(f"eval.refine: {refine} needs the pairs' dense clouds (data.dense_points > 0)")
     if refine == "edges":
-        if "dense_points" not in batch:
-            raise InputError("eval.refine: edges needs the pairs' dense clouds (data.dense_points > 0)")
         pose = refine_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("edges")).to(pose)
+    elif refine == "lines":
+        pose = align_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("lines")).to(pose)
     return pose, solved, agreeing
 
 

@@ -1,0 +1,104 @@
+"""``lines``: the line alignment turns a pose to the yaw at which a street's walls point where the image's horizontal
+lines do, keeps the start when the evidence is missing or lies beyond its window, and runs as ``eval.refine``."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from i2preg.assembly import full_config
+from i2preg.errors import InputError
+from i2preg.geometry import invert_transform, make_transform, rot_y
+from i2preg.inference import infer
+from i2preg.lines import LINE_DEFAULTS, align_yaw, direction_grid, wall_directions, yaw_scores
+from i2preg.metrics import registration_errors
+from i2preg.model import ICL
+from test_model import TINY_CONF, synthetic_batch
+
+H, W = 160, 512
+K = np.array([[300.0, 0.0, 255.5], [0.0, 300.0, 79.5], [0.0, 0.0, 1.0]])
+WALLS_X = (-5.0, 6.0)  # the street's two walls run along z at these x (camera frame = cloud frame, y down)
+
+
+def street_scene() -> tuple[torch.Tensor, torch.Tensor]:
+    """A camera at the origin looking down a street: two walls along z (x = WALLS_X, 3 to 80 m ahead, from the
+    ground 1.65 m below the camera to 6 m above it) with horizontal courses of brighter bricks and vertical window
+    edges, seen in the image (3, H, W) as lines; the cloud (N, 3) samples the walls and the ground."""
+    image = np.full((H, W), 0.15, dtype=np.float32)
+    for x in WALLS_X:
+        for y in (-5.0, -3.5, -2.0, -0.5, 1.0):  # courses along the wall, pointing at the vanishing point
+            a, b = np.array([x, y, 3.0]), np.array([x, y, 80.0])
+            (u0, v0), (u1, v1) = (K @ a)[:2] / a[2], (K @ b)[:2] / b[2]
+            cv2.line(image, (round(u0), round(v0)), (round(u1), round(v1)), 0.9, 2)
+        for z in (6.0, 9.0, 14.0, 22.0):  # window edges: vertical lines, which the alignment leaves out
+            top, bottom = K @ np.array([x, -5.0, z]), K @ np.array([x, 1.65, z])
+            cv2.line(image, (round(top[0] / z), round(top[1] / z)), (round(bottom[0] / z), round(bottom[1] / z)), 0.6, 2)
+    rng = np.random.default_rng(0)
+    walls = [np.stack([np.full(8000, x) + rng.normal(0, 0.01, 8000), rng.uniform(-6, 1.65, 8000),
+                       rng.uniform(3, 80, 8000)], -1) for x in WALLS_X]
+    ground = np.stack([rng.uniform(-5, 6, 8000), np.full(8000, 1.65), rng.uniform(1, 80, 8000)], -1)
+    cloud = np.concatenate(walls + [ground])
+    return torch.from_numpy(np.repeat(image[None], 3, 0)), torch.from_numpy(cloud).float()
+
+
+def turned(yaw_deg: float) -> torch.Tensor:
+    """(4, 4) float32: the true pose (the identity) turned by yaw_deg about the camera's y axis."""
+    return torch.from_numpy(make_transform(rot_y(math.radians(yaw_deg)), np.zeros(3))).float()
+
+
+def test_wall_directions_are_the_walls_not_the_ground():
+    _, cloud = street_scene()
+    directions = wall_directions(cloud.double().numpy(), LINE_DEFAULTS)
+    assert len(directions) > 0.8 * 16000 / LINE_DEFAULTS["normal_stride"]  # the walls' points, not the ground's
+    along = np.degrees((directions + math.pi / 2) % math.pi - math.pi / 2)  # modulo 180 deg
+    assert np.median(np.abs(along)) < 1.0  # along z
+
+
+def test_yaw_scores_peak_where_the_turn_carries_the_wall_direction_onto_the_evidence():
+    phis = direction_grid(0.5)
+    evidence = np.exp(-0.5 * ((np.degrees(phis) - 12.0) / 1.0) ** 2)  # the image's lines point 12 deg right
+    yaws = np.radians(np.arange(-30, 30.01, 0.25))
+    scores = yaw_scores(evidence, phis, np.zeros(50), yaws)  # walls along the start camera's z axis
+    assert abs(np.degrees(yaws[scores.argmax()]) - 12.0) < 0.3  # rot_y(12 deg) turns z 12 deg to the right
+
+
+@pytest.mark.parametrize("yaw_deg", [-25.0, -6.0, 3.0, 30.0])
+def test_alignment_recovers_the_true_yaw(yaw_deg):
+    """From a start turned by yaw_deg the yaw comes back to the truth within 0.3 deg; the centre moves sideways by
+    at most max_shift_m and not at all without a pivot."""
+    image, cloud = street_scene()
+    start = turned(yaw_deg)
+    aligned = align_yaw(image, torch.from_numpy(K), cloud, start)
+    assert aligned.dtype == torch.float32
+    assert registration_errors(aligned[None].double().numpy(), np.eye(4)[None])["rre"][0] < 0.3
+    centre = invert_transform(aligned.double().numpy())[:3, 3]
+    assert np.linalg.norm(centre) <= LINE_DEFAULTS["max_shift_m"] + 1e-6
+    unpivoted = align_yaw(image, torch.from_numpy(K), cloud, start, {"pivot_m": 0.0})
+    assert np.allclose(invert_transform(unpivoted.double().numpy())[:3, 3], 0.0, atol=1e-5)
+
+
+def test_no_walls_or_a_best_yaw_at_the_window_edge_keep_the_start():
+    image, cloud = street_scene()
+    ground = cloud[cloud[:, 1] > 1.6]
+    start = turned(10.0)
+    assert torch.equal(align_yaw(image, torch.from_numpy(K), ground, start), start)
+    beyond = turned(LINE_DEFAULTS["window_deg"] + 4.0)  # the truth outside the window: its flank peaks at the edge
+    assert torch.equal(align_yaw(image, torch.from_numpy(K), cloud, beyond), beyond)
+
+
+def test_eval_refine_lines_runs_after_the_solver_and_needs_dense_clouds():
+    torch.manual_seed(0)
+    model, batch = ICL(TINY_CONF).eval(), synthetic_batch()
+    eval_cfg = {**full_config({})["eval"], "refine": "lines"}
+    with pytest.raises(InputError, match="eval.refine: lines needs the pairs' dense clouds"):
+        infer(model, batch, "frustum", eval_cfg)
+    batch["dense_points"] = list(batch["points"])
+    aligned = infer(model, batch, "frustum", eval_cfg)
+    plain = infer(model, batch, "frustum")
+    assert aligned.pose.shape == plain.pose.shape and aligned.solved.all()
+    rotation = aligned.pose[:, :3, :3] @ plain.pose[:, :3, :3].transpose(1, 2)  # only turned about the y axis
+    assert torch.allclose(rotation[:, 1], torch.tensor([0.0, 1.0, 0.0]).expand(len(rotation), 3), atol=1e-5)
