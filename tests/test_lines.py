@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from i2preg import inference
 from i2preg.assembly import full_config
 from i2preg.errors import InputError
 from i2preg.geometry import invert_transform, make_transform, rot_y
@@ -53,7 +54,8 @@ def turned(yaw_deg: float) -> torch.Tensor:
 def test_wall_directions_are_the_walls_not_the_ground():
     _, cloud = street_scene()
     directions = wall_directions(cloud.double().numpy(), LINE_DEFAULTS)
-    assert len(directions) > 0.8 * 16000 / LINE_DEFAULTS["normal_stride"]  # the walls' points, not the ground's
+    walls = 16000 / LINE_DEFAULTS["normal_stride"]  # the walls' points; the ground's 8,000 are no wall
+    assert 0.8 * walls < len(directions) < 1.02 * walls
     along = np.degrees((directions + math.pi / 2) % math.pi - math.pi / 2)  # modulo 180 deg
     assert np.median(np.abs(along)) < 1.0  # along z
 
@@ -66,17 +68,21 @@ def test_yaw_scores_peak_where_the_turn_carries_the_wall_direction_onto_the_evid
     assert abs(np.degrees(yaws[scores.argmax()]) - 12.0) < 0.3  # rot_y(12 deg) turns z 12 deg to the right
 
 
-@pytest.mark.parametrize("yaw_deg", [-25.0, -6.0, 3.0, 30.0])
+@pytest.mark.parametrize("yaw_deg", [-25.0, -6.0, -1.0, 1.0, 3.0, 30.0])
 def test_alignment_recovers_the_true_yaw(yaw_deg):
-    """From a start turned by yaw_deg the yaw comes back to the truth within 0.3 deg; the centre moves sideways by
-    at most max_shift_m and not at all without a pivot."""
+    """From a start turned by yaw_deg the yaw comes back to the truth within 0.3 deg (a turn of about -yaw_deg), and
+    the camera is shifted along its x axis as if turned about a point pivot_m ahead (-pivot_m times the sine of the
+    turn), by at most max_shift_m; not at all without a pivot."""
     image, cloud = street_scene()
     start = turned(yaw_deg)
     aligned = align_yaw(image, torch.from_numpy(K), cloud, start)
     assert aligned.dtype == torch.float32
     assert registration_errors(aligned[None].double().numpy(), np.eye(4)[None])["rre"][0] < 0.3
-    centre = invert_transform(aligned.double().numpy())[:3, 3]
-    assert np.linalg.norm(centre) <= LINE_DEFAULTS["max_shift_m"] + 1e-6
+    turn = (aligned[:3, :3] @ start[:3, :3].T).double()  # rot_y(turn)
+    shift = np.clip(-LINE_DEFAULTS["pivot_m"] * float(turn[0, 2]), -LINE_DEFAULTS["max_shift_m"],
+                    LINE_DEFAULTS["max_shift_m"])
+    assert abs(float(aligned[0, 3]) - shift) < 1e-4 and abs(float(aligned[2, 3])) < 1e-6
+    assert np.sign(float(aligned[0, 3])) == np.sign(yaw_deg)  # turned back the other way: shifted the start's way
     unpivoted = align_yaw(image, torch.from_numpy(K), cloud, start, {"pivot_m": 0.0})
     assert np.allclose(invert_transform(unpivoted.double().numpy())[:3, 3], 0.0, atol=1e-5)
 
@@ -90,15 +96,25 @@ def test_no_walls_or_a_best_yaw_at_the_window_edge_keep_the_start():
     assert torch.equal(align_yaw(image, torch.from_numpy(K), cloud, beyond), beyond)
 
 
-def test_eval_refine_lines_runs_after_the_solver_and_needs_dense_clouds():
+def test_eval_refine_lines_runs_after_the_solver_and_needs_dense_clouds(monkeypatch):
+    """The solver's poses go to the alignment with the batch's images, intrinsics, dense clouds and eval.lines, and
+    its poses are the result."""
     torch.manual_seed(0)
     model, batch = ICL(TINY_CONF).eval(), synthetic_batch()
     eval_cfg = {**full_config({})["eval"], "refine": "lines"}
     with pytest.raises(InputError, match="eval.refine: lines needs the pairs' dense clouds"):
         infer(model, batch, "frustum", eval_cfg)
     batch["dense_points"] = list(batch["points"])
+    calls = []
+
+    def turn_all(images, Ks, clouds, poses, conf):
+        calls.append((images, Ks, clouds, poses.clone(), conf))
+        return turned(7.0) @ poses
+
+    monkeypatch.setattr(inference, "align_poses", turn_all)
     aligned = infer(model, batch, "frustum", eval_cfg)
     plain = infer(model, batch, "frustum")
-    assert aligned.pose.shape == plain.pose.shape and aligned.solved.all()
-    rotation = aligned.pose[:, :3, :3] @ plain.pose[:, :3, :3].transpose(1, 2)  # only turned about the y axis
-    assert torch.allclose(rotation[:, 1], torch.tensor([0.0, 1.0, 0.0]).expand(len(rotation), 3), atol=1e-5)
+    (images, Ks, clouds, poses, conf), = calls
+    assert images is batch["image"] and Ks is batch["K"] and clouds is batch["dense_points"]
+    assert conf == LINE_DEFAULTS and torch.equal(poses, plain.pose)
+    assert torch.allclose(aligned.pose, turned(7.0) @ plain.pose) and aligned.solved.all()

@@ -310,7 +310,7 @@ class Registrator:
         self.image_size = tuple(data["crop"])  # (h, w)
         self.num_points = int(data["num_points"])
         self.dense_points = int(data["dense_points"])
-        self.eval_config = full_config(config or {})["eval"]  # its refine and edges: ``inference.solve``
+        self.eval_config = full_config(config or {})["eval"]  # its refine, edges and lines: ``inference.solve``
         if refine is not None:
             self.eval_config["refine"] = checked_refinement(refine)
         if point_draws is not None:

@@ -67,7 +67,7 @@ class Pair:
     T_gt: (4, 4) maps ``points`` into the camera frame. resampled: points were repeated to reach N.
     source_index: (N,) index of each point in the input cloud. crop_offset: (dx, dy) in resized pixels.
     dense_points: (D, 3) up to ``data.dense_points`` of the voxel-kept points (cloud frame), drawn without
-    repetition, for the edge refinement (``refine``); None in training or with ``dense_points: 0``.
+    repetition, for ``eval.refine`` (``refine``, ``lines``); None in training or with ``dense_points: 0``.
     more_draws: further draws of the point sample from the same voxel-kept points, each (points (N, 3), intensity
     (N,), resampled), for ``eval.point_draws`` (``inference``); empty by default.
     """
