@@ -37,7 +37,8 @@ def street_scene() -> tuple[torch.Tensor, torch.Tensor]:
             cv2.line(image, (round(u0), round(v0)), (round(u1), round(v1)), 0.9, 2)
         for z in (6.0, 9.0, 14.0, 22.0):  # window edges: vertical lines, which the alignment leaves out
             top, bottom = K @ np.array([x, -5.0, z]), K @ np.array([x, 1.65, z])
-            cv2.line(image, (round(top[0] / z), round(top[1] / z)), (round(bottom[0] / z), round(bottom[1] / z)), 0.6, 2)
+            ends = [(round(point[0] / z), round(point[1] / z)) for point in (top, bottom)]
+            cv2.line(image, *ends, 0.6, 2)
     rng = np.random.default_rng(0)
     walls = [np.stack([np.full(8000, x) + rng.normal(0, 0.01, 8000), rng.uniform(-6, 1.65, 8000),
                        rng.uniform(3, 80, 8000)], -1) for x in WALLS_X]

@@ -10,7 +10,8 @@ says which model to build)::
     matching=matching-small                           the explicit-matching baseline (method: matching), bundled
 
 Options (ICL only): ``solver`` = prm | pnp | frustum | fine, ``mask`` = geometric | classifier (default: the weights' own);
-for every method ``refine`` = none | edges | lines (default: the shared ``eval.refine``; ``refine.py``, ``lines.py``).
+for every method ``refine`` = none | edges | lines (default: the shared ``eval.refine``; ``refine.py``,
+``lines.py``).
 Without methods, ``DEFAULT_METHODS``: the two bundled models. The forward pass and the solvers are ``inference``'s.
 Every method reads the same pairs (the data is seeded per pair) with the same ``data`` and ``eval`` settings:
 those of ``config`` when given, else of the first method's weights.

@@ -210,8 +210,9 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
     """After the network: the final poses (B, 4, 4) cloud -> camera, whether each solve succeeded (B,) bool and
     how many of the pair's point draws agree with its pose (B,) int64 (``merge_draws``; 1 without draws).
     solver: one of ``SOLVERS`` for ICL (module docstring); the matching baseline always solves PnP on its matches.
-    eval_cfg: the ``eval`` section (its ``pnp``, ``refine``, ``edges`` and ``lines``, and ``matching`` for the baseline). A
-    batch of point draws (``batch["draws"]``) gives one pose a pair, the consensus of its draws', refined after."""
+    eval_cfg: the ``eval`` section (its ``pnp``, ``refine``, ``edges`` and ``lines``, and ``matching`` for the
+    baseline). A batch of point draws (``batch["draws"]``) gives one pose a pair, the consensus of its draws',
+    refined after."""
     refine = checked_refinement(eval_cfg.get("refine", "none"))
     if isinstance(model, MatchingNet):
         pose, solved = estimate_poses(out, batch["K"], eval_cfg)[:2]

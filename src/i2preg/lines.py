@@ -1,4 +1,6 @@
-"""Line alignment: a pose's yaw set by the directions of the scene's horizontal lines (beyond the paper; ``eval.refine``).
+"""Line alignment: a pose's yaw set by the directions of the scene's horizontal lines (beyond the paper).
+
+``eval.refine: lines``.
 
 Streets are built of walls, and a wall's horizontal lines (eaves, window rows, kerbs, fences) run along it. In the
 image such a line points at its vanishing point on the horizon; in the cloud the wall's direction is its
@@ -84,8 +86,9 @@ def image_line_evidence(image: torch.Tensor, K: np.ndarray, phis: np.ndarray, co
 
 def wall_directions(points: np.ndarray, conf: dict) -> np.ndarray:
     """(M,) radians: the horizontal tangent direction, in the x-z plane from the z axis towards x, at each wall
-    point of a cloud (N, 3) whose y axis is vertical (a level camera's frame): points whose ``neighbours`` nearest points spread flat
-    (``planarity``) about a normal with |y| < ``wall_normal_y``, at every ``normal_stride``-th point."""
+    point of a cloud (N, 3) whose y axis is vertical (a level camera's frame): points whose ``neighbours`` nearest
+    points spread flat (``planarity``) about a normal with |y| < ``wall_normal_y``, at every ``normal_stride``-th
+    point."""
     k = min(conf["neighbours"], len(points))
     if k < 3:
         return np.zeros(0)
