@@ -15,7 +15,7 @@ from i2preg.assembly import full_config
 from i2preg.errors import InputError
 from i2preg.geometry import invert_transform, make_transform, rot_y
 from i2preg.inference import infer
-from i2preg.lines import LINE_DEFAULTS, align_yaw, direction_grid, wall_directions, yaw_scores
+from i2preg.lines import LINE_DEFAULTS, align_yaw, checked_steps, direction_grid, wall_directions, yaw_scores
 from i2preg.metrics import registration_errors
 from i2preg.model import ICL
 from test_model import TINY_CONF, synthetic_batch
@@ -62,11 +62,26 @@ def test_wall_directions_are_the_walls_not_the_ground():
 
 
 def test_yaw_scores_peak_where_the_turn_carries_the_wall_direction_onto_the_evidence():
-    phis = direction_grid(0.5)
+    conf = {**LINE_DEFAULTS, "window_deg": 30.0}
+    phis = direction_grid(conf["direction_step_deg"])
     evidence = np.exp(-0.5 * ((np.degrees(phis) - 12.0) / 1.0) ** 2)  # the image's lines point 12 deg right
-    yaws = np.radians(np.arange(-30, 30.01, 0.25))
-    scores = yaw_scores(evidence, phis, np.zeros(50), yaws)  # walls along the start camera's z axis
-    assert abs(np.degrees(yaws[scores.argmax()]) - 12.0) < 0.3  # rot_y(12 deg) turns z 12 deg to the right
+    yaws = np.arange(-30, 30.01, 0.25)
+    scores = yaw_scores(evidence, np.zeros(50), conf)  # walls along the start camera's z axis
+    assert abs(yaws[scores.argmax()] - 12.0) < 0.3  # rot_y(12 deg) turns z 12 deg to the right
+
+
+def test_yaw_scores_equal_the_evidence_read_at_each_turned_wall():
+    """The binned sum is the evidence read linearly (modulo 180 deg) at every wall direction plus every yaw."""
+    rng = np.random.default_rng(1)
+    phis, walls = direction_grid(LINE_DEFAULTS["direction_step_deg"]), rng.uniform(-4, 4, 300)
+    evidence = rng.random(len(phis))
+    scores = yaw_scores(evidence, walls, LINE_DEFAULTS)
+    yaws = np.arange(-LINE_DEFAULTS["window_deg"], LINE_DEFAULTS["window_deg"] + 1e-9, LINE_DEFAULTS["step_deg"])
+    angles = np.degrees(walls)[None] + yaws[:, None]
+    direct = np.interp(angles, np.degrees(phis), evidence, period=180).sum(1)
+    assert len(scores) == len(yaws) and np.allclose(scores, direct, rtol=1e-10)
+    with pytest.raises(InputError, match="eval.lines.window_deg .* must be a whole number of step_deg"):
+        yaw_scores(evidence, walls, checked_steps({**LINE_DEFAULTS, "window_deg": 40.1}))
 
 
 @pytest.mark.parametrize("yaw_deg", [-25.0, -6.0, -1.0, 1.0, 3.0, 30.0])

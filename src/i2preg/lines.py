@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from .errors import InputError
 from .refine import yaw_shift
 
 LINE_DEFAULTS: dict[str, Any] = {
     "window_deg": 40.0,  # yaws searched: the start's +- this (under 45: one family of a street grid's walls)
     "step_deg": 0.25,  # the search's step; the peak is then placed between steps by a parabola
     "guard_deg": 3.0,  # local maxima within this of the best belong to its peak
-    "direction_step_deg": 0.5,  # the image evidence's directions, read between them linearly (a divisor of 180)
+    "direction_step_deg": 0.5,  # the image evidence's directions, read between them linearly (step_deg divides it)
     "blur_px": 1.0,  # Gaussian sigma before the Sobel gradient
     "edge_share": 0.15,  # the image's pixels of the largest gradient magnitude taken as edges
     "vertical_deg": 15.0,  # edges within this of vertical are left out (vertical lines have no horizon point)
@@ -74,12 +75,13 @@ def image_line_evidence(image: torch.Tensor, K: np.ndarray, phis: np.ndarray, co
     v, u = np.nonzero(magnitude > threshold)
     edge_u, edge_v = -gv[v, u] / magnitude[v, u], gu[v, u] / magnitude[v, u]  # along the edge
     slanted = np.abs(edge_u) > math.sin(math.radians(conf["vertical_deg"]))
-    u, v, edge_u, edge_v = u[slanted], v[slanted], edge_u[slanted], edge_v[slanted]
-    f, cx, cy = K[0, 0], K[0, 2], K[1, 2]
-    sin, cos = np.sin(phis)[:, None], np.cos(phis)[:, None]
+    u, v = u[slanted].astype(np.float32), v[slanted].astype(np.float32)
+    edge_u, edge_v = edge_u[slanted], edge_v[slanted]
+    f, cx, cy = float(K[0, 0]), float(K[0, 2]), float(K[1, 2])
+    sin, cos = np.sin(phis).astype(np.float32)[:, None], np.cos(phis).astype(np.float32)[:, None]
     # towards the vanishing point K (sin, 0, cos) from pixel (u, v), homogeneous: finite also for cos = 0
-    to_u = (f * sin + (cx - u)[None] * cos).astype(np.float32)  # (P, E)
-    to_v = ((cy - v)[None] * cos).astype(np.float32)
+    to_u = f * sin + (cx - u)[None] * cos  # (P, E) float32
+    to_v = (cy - v)[None] * cos
     sine = (edge_u[None] * to_v - edge_v[None] * to_u) / (np.hypot(to_u, to_v) + 1e-9)  # of the angle between
     return np.exp(-0.5 * (sine / math.sin(math.radians(conf["sigma_deg"]))) ** 2).sum(1)
 
@@ -100,16 +102,36 @@ def wall_directions(points: np.ndarray, conf: dict) -> np.ndarray:
     return np.arctan2(normal[wall, 0], normal[wall, 2]) + math.pi / 2
 
 
-def yaw_scores(evidence: np.ndarray, phis: np.ndarray, walls: np.ndarray, yaws: np.ndarray) -> np.ndarray:
-    """(Y,) the image evidence (P,) over directions ``phis`` summed at the wall directions (M,) of the start
-    camera's frame once the camera is turned by each yaw (Y,) (``yaw_shift``: a turn by yaw carries a direction at
-    angle a in the x-z plane to a + yaw)."""
-    angles = (walls[None] + yaws[:, None] + math.pi / 2) % math.pi - math.pi / 2  # (Y, M), modulo 180 deg
-    position = (angles - phis[0]) / (phis[1] - phis[0])  # in the directions' steps, read linearly, modulo 180 deg
+def yaw_scores(evidence: np.ndarray, walls: np.ndarray, conf: dict) -> np.ndarray:
+    """(Y,) for the yaws -window_deg..window_deg in step_deg steps: the image evidence (P,) over
+    ``direction_grid(direction_step_deg)``, read linearly between its directions (modulo 180 deg), summed at the
+    wall directions (M,) of the start camera's frame once the camera is turned by the yaw (``yaw_shift``: a turn by
+    yaw carries a direction at angle a in the x-z plane to a + yaw). Computed on bins of step_deg: each wall split
+    linearly between its two bins, the evidence read at the bins, one gather a yaw; exact (up to rounding) where
+    step_deg divides direction_step_deg, window_deg and 180 (``checked_steps``)."""
+    step = conf["step_deg"]
+    bins, half = round(180 / step), round(conf["window_deg"] / step)
+    at_bins = np.interp(np.arange(bins) * step, np.arange(len(evidence)) * conf["direction_step_deg"], evidence,
+                        period=180)  # bin b is direction -90 + b * step deg, as direction_grid's
+    position = (np.degrees(walls) + 90) / step % bins
     below = np.floor(position).astype(np.int64)
     weight = position - below
-    below %= len(phis)
-    return (evidence[below] * (1 - weight) + evidence[(below + 1) % len(phis)] * weight).sum(1)
+    walls_at_bins = np.bincount(below % bins, 1 - weight, bins) + np.bincount((below + 1) % bins, weight, bins)
+    return at_bins[(np.arange(bins)[None] + np.arange(-half, half + 1)[:, None]) % bins] @ walls_at_bins
+
+
+def checked_steps(conf: dict) -> dict:
+    """``conf`` (the ``eval.lines`` settings) if step_deg divides direction_step_deg, window_deg and 180, else an
+    InputError."""
+    step = conf["step_deg"]
+    for name in ("direction_step_deg", "window_deg"):
+        if not step > 0 or abs(conf[name] / step - round(conf[name] / step)) > 1e-9:
+            raise InputError(f"eval.lines.{name} ({conf[name]}) must be a whole number of step_deg ({step})")
+    if abs(180 / step - round(180 / step)) > 1e-9 or abs(180 / conf["direction_step_deg"]
+                                                         - round(180 / conf["direction_step_deg"])) > 1e-9:
+        raise InputError(f"eval.lines.step_deg ({step}) and direction_step_deg ({conf['direction_step_deg']}) must"
+                         " divide 180")
+    return conf
 
 
 def peak(scores: np.ndarray, guard_steps: int) -> tuple[int, float, float]:
@@ -141,7 +163,7 @@ def align_yaw(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose: 
     sine (at most ``max_shift_m`` either way: the camera turned about a point ``pivot_m`` ahead); the start itself
     when fewer than ``min_wall_points`` wall normals lie in the window's view, the best yaw lies at the window's
     edge, or it is not ``min_peak_ratio`` times clearer than the next."""
-    conf = {**LINE_DEFAULTS, **(conf or {})}
+    conf = checked_steps({**LINE_DEFAULTS, **(conf or {})})
     start = pose.detach().double().cpu().numpy()
     camera = points.detach().double().cpu().numpy() @ start[:3, :3].T + start[:3, 3]  # the start camera's frame
     bearing = np.degrees(np.arctan2(camera[:, 0], camera[:, 2]))
@@ -150,11 +172,11 @@ def align_yaw(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose: 
         return pose
     phis = direction_grid(conf["direction_step_deg"])
     evidence = image_line_evidence(image, K.detach().double().cpu().numpy(), phis, conf)
-    yaws = np.radians(np.arange(-conf["window_deg"], conf["window_deg"] + 1e-9, conf["step_deg"]))
-    best, offset, ratio = peak(yaw_scores(evidence, phis, walls, yaws), round(conf["guard_deg"] / conf["step_deg"]))
-    if best in (0, len(yaws) - 1) or ratio < conf["min_peak_ratio"]:
+    scores = yaw_scores(evidence, walls, conf)
+    best, offset, ratio = peak(scores, round(conf["guard_deg"] / conf["step_deg"]))
+    if best in (0, len(scores) - 1) or ratio < conf["min_peak_ratio"]:
         return pose
-    yaw = float(yaws[best]) + offset * math.radians(conf["step_deg"])
+    yaw = math.radians(-conf["window_deg"] + (best + offset) * conf["step_deg"])
     shift = float(np.clip(-conf["pivot_m"] * math.sin(yaw), -conf["max_shift_m"], conf["max_shift_m"]))
     return (yaw_shift(yaw, shift) @ torch.from_numpy(start)).to(pose)
 
