@@ -530,3 +530,7 @@ def test_line_alignment_turns_a_pose_back_to_the_true_yaw_on_the_input_cloud(reg
     assert len(batches[0]["dense_points"][0]) > 10 * lines.num_points
     assert registration_errors(turned[None], frame["T"][None])["rre"][0] > 7.9
     assert registration_errors(result.pose[None], frame["T"][None])["rre"][0] < 1.0
+    assert 7.0 < result.info["refined_turn_deg"] < 9.0  # the confidence then judges keypoints read about the start
+    assert f"refinement turned it by {result.info['refined_turn_deg']:.1f} deg" in str(result)
+    plain = reg.register(frame["image"], frame["points"], frame["K"])
+    assert "likely wrong" not in str(result) and "refined_turn_deg" not in plain.info

@@ -44,7 +44,7 @@ from .data.readers import (
 from .errors import InputError, require_output_folder
 from .export import OnnxNetwork, export_onnx
 from .files import write_text
-from .geometry import invert_transform, project_pose, sample_perturbation, transform_points
+from .geometry import invert_transform, project_pose, rotation_angle, sample_perturbation, transform_points
 from .inference import checked_draws, checked_refinement, infer, to_device
 from .metrics import registration_errors, success
 from .model.icl import ICL
@@ -66,6 +66,11 @@ LOW_CONFIDENCE = 0.4
 """A ``RegistrationResult.confidence`` below this says the pose is likely wrong: 90 % of the bundled model's registered
 validation pairs score 0.45 or more, and 28 of its 31 failed registrations of the real sample frames score less
 (BENCHMARKS.md, "Real frames"). A confidence above it is no guarantee."""
+
+REFINED_TURN_DEG = 5.0
+"""A refinement (``Registrator(refine=...)``) that turns the network's pose by more than this (the Acc threshold of
+RRE) leaves the confidence, which judges the network's keypoints against the final pose, without a say: ICLM read
+them about the pose before the turn."""
 
 MIRROR = np.diag([-1.0, 1.0, 1.0, 1.0])
 """x -> -x: the reflection of a camera frame, and of a 3-DoF cloud frame (y down), that mirrors a scene."""
@@ -115,7 +120,8 @@ class RegistrationResult:
         ``scale`` (image resize factor), ``crop_offset`` (dx, dy) in resized pixels, ``K_model`` (3, 3)
         intrinsics of the network input, ``seconds`` (wall time of the call; the whole batch for
         ``register_batch``), ``point_draws`` and ``draws_agreeing`` (how many of the draws of the point sample agree
-        with ``pose``: ``Registrator(point_draws=...)``).
+        with ``pose``: ``Registrator(point_draws=...)``), ``refined_turn_deg`` (with ``Registrator(refine=...)``: the
+        rotation angle between the solver's pose and ``pose``).
     """
 
     pose: np.ndarray
@@ -129,7 +135,11 @@ class RegistrationResult:
     def __str__(self) -> str:
         rows = "\n".join(" ".join(f"{x: .6f}" for x in row) for row in self.pose)
         text = f"pose (camera from points):\n{rows}\nconfidence: {self.confidence:.3f}"
-        if self.confidence < LOW_CONFIDENCE:
+        turn = self.info.get("refined_turn_deg", 0.0)
+        if turn > REFINED_TURN_DEG:
+            text += (f" (of the network's keypoints, read about its pose before the refinement turned it by"
+                     f" {turn:.1f} deg: it does not judge this pose)")
+        elif self.confidence < LOW_CONFIDENCE:
             text += f" (below {LOW_CONFIDENCE}: the pose is likely wrong)"
         draws, agreeing = self.info.get("point_draws", 1), self.info.get("draws_agreeing", 1)
         if draws > 1:
@@ -374,7 +384,8 @@ class Registrator:
                           self.device)
         result = infer(self.network, batch, eval_cfg=self.eval_config)
         out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
-        out.update(pose=result.pose, confidence=result.confidence, draws_agreeing=result.draws_agreeing)
+        out.update(pose=result.pose, confidence=result.confidence, draws_agreeing=result.draws_agreeing,
+                   unrefined_pose=result.unrefined_pose)
         out = {k: v.double().cpu().numpy() for k, v in out.items()}
         seconds = time.perf_counter() - start
         return [self._result(p, {k: v[b] for k, v in out.items()}, seconds) for b, p in enumerate(prepared)]
@@ -458,6 +469,12 @@ class Registrator:
         # back into the caller's frames (``__init__``): T = camera_to_network^-1 T' cloud_to_network, likewise x
         pose, frustum_pose = (self.camera_to_network.T @ T @ self.cloud_to_network for T in (pose, frustum_pose))
         keypoints_3d = keypoints_3d @ self.cloud_to_network[:3, :3]
+        info = {"resampled": bool(p.samples[0]["resampled"]), "point_draws": len(p.samples),
+                "draws_agreeing": int(out["draws_agreeing"]), "scale": p.scale, "crop_offset": p.crop_offset,
+                "K_model": p.K_model, "seconds": seconds}
+        if self.eval_config["refine"] != "none":  # a turn is the same in the network's frames and the caller's
+            info["refined_turn_deg"] = float(np.degrees(rotation_angle(out["pose"][:3, :3]
+                                                                       @ out["unrefined_pose"][:3, :3].T)))
         return RegistrationResult(
             pose=pose,
             frustum_pose=frustum_pose,
@@ -465,9 +482,7 @@ class Registrator:
             keypoints_3d=keypoints_3d,
             overlap_mask=self._overlap_mask(p, out["frustum_pose"]),
             confidence=float(out["confidence"]),
-            info={"resampled": bool(p.samples[0]["resampled"]), "point_draws": len(p.samples),
-                  "draws_agreeing": int(out["draws_agreeing"]), "scale": p.scale, "crop_offset": p.crop_offset,
-                  "K_model": p.K_model, "seconds": seconds},
+            info=info,
         )
 
 

@@ -206,9 +206,10 @@ def merged_outputs(out: Any, draws: int, rows: int) -> Any:
 
 
 def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """After the network: the final poses (B, 4, 4) cloud -> camera, whether each solve succeeded (B,) bool and
-    how many of the pair's point draws agree with its pose (B,) int64 (``merge_draws``; 1 without draws).
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """After the network: the final poses (B, 4, 4) cloud -> camera, whether each solve succeeded (B,) bool, how
+    many of the pair's point draws agree with its pose (B,) int64 (``merge_draws``; 1 without draws) and the poses
+    (B, 4, 4) before ``eval.refine`` (the final poses themselves without it).
     solver: one of ``SOLVERS`` for ICL (module docstring); the matching baseline always solves PnP on its matches.
     eval_cfg: the ``eval`` section (its ``pnp``, ``refine``, ``edges`` and ``lines``, and ``matching`` for the
     baseline). A batch of point draws (``batch["draws"]``) gives one pose a pair, the consensus of its draws',
@@ -231,11 +232,12 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
         batch = first_draws(batch)
     if refine != "none" and "dense_points" not in batch:
         raise InputError(f"eval.refine: {refine} needs the pairs' dense clouds (data.dense_points > 0)")
+    unrefined = pose
     if refine == "edges":
         pose = refine_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("edges")).to(pose)
     elif refine == "lines":
         pose = align_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("lines")).to(pose)
-    return pose, solved, agreeing
+    return pose, solved, agreeing, unrefined
 
 
 @dataclass
@@ -245,14 +247,15 @@ class Inference:
     failed PnP gives the identity); confidence (B,) ``reprojection_confidence`` of ``pose`` (with point draws, its
     mean over the draws' keypoint pairs; None for the matching baseline, which has no keypoint pairs);
     draws_agreeing (B,) int64: how many of the pair's point draws agree with its pose (``eval.point_draws``; 1
-    without draws); network_seconds, solver_seconds: wall time of the forward pass and of the solve (CUDA
-    synchronised)."""
+    without draws); unrefined_pose (B, 4, 4): the solver's poses before ``eval.refine`` (``pose`` without it);
+    network_seconds, solver_seconds: wall time of the forward pass and of the solve (CUDA synchronised)."""
 
     out: dict[str, torch.Tensor]
     pose: torch.Tensor
     solved: torch.Tensor
     confidence: torch.Tensor | None
     draws_agreeing: torch.Tensor
+    unrefined_pose: torch.Tensor
     network_seconds: float
     solver_seconds: float
 
@@ -272,7 +275,7 @@ def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | N
     start = timestamp(device)
     out = model(batch)
     forwarded = timestamp(device)
-    pose, solved, draws_agreeing = solve(model, out, batch, solver, eval_cfg or {})
+    pose, solved, draws_agreeing, unrefined_pose = solve(model, out, batch, solver, eval_cfg or {})
     solved_at = timestamp(device)
     draws = batch.get("draws", 1)
     confidence = None
@@ -285,7 +288,8 @@ def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | N
                                              batch["K"].to(dtype)).view(-1, draws).mean(1)
     if draws > 1:
         out = merged_outputs(out, draws, len(batch["image"]))
-    return Inference(out, pose, solved, confidence, draws_agreeing, forwarded - start, solved_at - forwarded)
+    return Inference(out, pose, solved, confidence, draws_agreeing, unrefined_pose, forwarded - start,
+                     solved_at - forwarded)
 
 
 def run(model: nn.Module, loader: DataLoader, device: torch.device, solver: str = "prm", eval_cfg: dict | None = None,
