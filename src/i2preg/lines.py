@@ -1,8 +1,6 @@
 """Line alignment: a pose's yaw set by the directions of the scene's horizontal lines (beyond the paper).
 
-``eval.refine: lines``.
-
-Streets are built of walls, and a wall's horizontal lines (eaves, window rows, kerbs, fences) run along it. In the
+Run after the solver with ``eval.refine: lines``. Streets are built of walls, and a wall's horizontal lines (eaves, window rows, kerbs, fences) run along it. In the
 image such a line points at its vanishing point on the horizon; in the cloud the wall's direction is its
 horizontal tangent. The camera's yaw turns the cloud's wall directions into the image's line directions, so one
 yaw lines them up: this searches the yaws within ``window_deg`` of the start's for the one whose wall directions'
