@@ -2,7 +2,7 @@
 come back?
 
     python benchmarks/line_alignment.py --data datasets/varied-dev4 --sequences 00,01 [--config synthetic-small]
-                                        [--camera 2] [--max-yaw-deg 30] [--seed 0] [--set lines.KEY=VALUE ...]
+                                        [--camera 2] [--max-yaw-deg 30] [--seed 0] [--set eval.lines.KEY=VALUE ...]
 
 Each pair of the test split (one camera) starts from its ground-truth pose turned about the camera's y axis by a yaw
 drawn uniformly within +-``--max-yaw-deg`` (NumPy generator ``--seed``, one draw a pair in order), and
@@ -21,9 +21,10 @@ import math
 import numpy as np
 import torch
 
-from i2preg.config import load_config
+from i2preg.assembly import full_config
+from i2preg.config import load_config, parse_overrides
 from i2preg.data.pairs import build_dataset
-from i2preg.lines import LINE_DEFAULTS, align_yaw
+from i2preg.lines import align_yaw
 from i2preg.metrics import yaw_offsets
 from i2preg.refine import yaw_shift
 
@@ -36,14 +37,11 @@ def main() -> None:
     parser.add_argument("--camera", type=int, default=2)
     parser.add_argument("--max-yaw-deg", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="lines.KEY=VALUE",
-                        help="a line alignment setting (LINE_DEFAULTS) for this run")
+    parser.add_argument("--set", action="append", default=[], metavar="eval.lines.KEY=VALUE",
+                        help="override a config value, e.g. a line alignment setting (lines.LINE_DEFAULTS)")
     args = parser.parse_args()
-    conf = dict(LINE_DEFAULTS)
-    for item in args.set:
-        key, value = item.removeprefix("lines.").split("=", 1)
-        conf[key] = type(LINE_DEFAULTS[key])(value)
-    cfg = load_config(args.config)
+    cfg = full_config(load_config(args.config, parse_overrides(args.set)))
+    conf = cfg["eval"]["lines"]
     cfg["data"].update({"test_sequences": args.sequences.split(","), "cameras": [args.camera]})
     pairs = build_dataset(cfg, "test", args.data)
     rng = np.random.default_rng(args.seed)

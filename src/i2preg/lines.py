@@ -1,8 +1,8 @@
 """Line alignment: a pose's yaw set by the directions of the scene's horizontal lines (beyond the paper).
 
-Run after the solver with ``eval.refine: lines``. Streets are built of walls, and a wall's horizontal lines (eaves, window rows, kerbs, fences) run along it. In the
-image such a line points at its vanishing point on the horizon; in the cloud the wall's direction is its
-horizontal tangent. The camera's yaw turns the cloud's wall directions into the image's line directions, so one
+Run after the solver with ``eval.refine: lines``. Streets are built of walls, and a wall's horizontal lines (eaves,
+window rows, kerbs, fences) run along it. In the image such a line points at its vanishing point on the horizon; in
+the cloud the wall's direction is its horizontal tangent. The camera's yaw turns the cloud's wall directions into the image's line directions, so one
 yaw lines them up: this searches the yaws within ``window_deg`` of the start's for the one whose wall directions'
 vanishing points the most image edges point at. It uses no learning and no colour, only straight edges and flat
 walls, which look the same in the synthetic world and in real streets. Within the window a street grid's two
@@ -121,12 +121,14 @@ def yaw_scores(evidence: np.ndarray, walls: np.ndarray, conf: dict) -> np.ndarra
 def checked_steps(conf: dict) -> dict:
     """``conf`` (the ``eval.lines`` settings) if step_deg divides direction_step_deg, window_deg and 180, else an
     InputError."""
+    def whole(span: float, step: float) -> bool:
+        return step > 0 and abs(span / step - round(span / step)) <= 1e-9
+
     step = conf["step_deg"]
     for name in ("direction_step_deg", "window_deg"):
-        if not step > 0 or abs(conf[name] / step - round(conf[name] / step)) > 1e-9:
+        if not whole(conf[name], step):
             raise InputError(f"eval.lines.{name} ({conf[name]}) must be a whole number of step_deg ({step})")
-    if abs(180 / step - round(180 / step)) > 1e-9 or abs(180 / conf["direction_step_deg"]
-                                                         - round(180 / conf["direction_step_deg"])) > 1e-9:
+    if not (whole(180, step) and whole(180, conf["direction_step_deg"])):
         raise InputError(f"eval.lines.step_deg ({step}) and direction_step_deg ({conf['direction_step_deg']}) must"
                          " divide 180")
     return conf
@@ -149,7 +151,6 @@ def peak(scores: np.ndarray, guard_steps: int) -> tuple[int, float, float]:
     second = float(scores[local].max()) if local.any() else median
     ratio = (scores[best] - median) / (second - median) if second > median else math.inf
     return best, offset, ratio
-
 
 
 def align_yaw(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose: torch.Tensor,
