@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from i2preg.api import LOW_CONFIDENCE, RegistrationResult, Registrator, cloud_axes_rotation, register_files
+from i2preg import api
+from i2preg.api import (
+    LOW_CONFIDENCE,
+    PRIOR_YAW_DEG,
+    RegistrationResult,
+    Registrator,
+    cloud_axes_rotation,
+    register_files,
+)
 from i2preg.assembly import full_config
 from i2preg.config import load_config
 from i2preg.data.kitti import KittiOdometry
@@ -32,6 +40,7 @@ from i2preg.geometry import (
     sample_perturbation,
     transform_points,
 )
+from i2preg.inference import infer, search_scores
 from i2preg.metrics import registration_errors, success
 from i2preg.model.icl import ICL
 from i2preg.weights import bundled_weights, save_weights
@@ -94,7 +103,7 @@ def check_result(result, num_points: int, num_queries: int = 8) -> None:
     assert result.overlap_mask.shape == (num_points,) and result.overlap_mask.dtype == bool
     assert isinstance(result.confidence, float) and 0 <= result.confidence <= 1
     assert set(result.info) == {"resampled", "scale", "crop_offset", "K_model", "seconds", "point_draws",
-                                "draws_agreeing"}
+                                "draws_agreeing", "traffic"}
 
 
 def test_register_types_shapes_and_determinism(reg, frame):
@@ -126,6 +135,65 @@ def test_left_hand_traffic_registers_the_mirror_images(weights, reg, frame):
     assert not np.allclose(left.pose, reg.register(image, points, K).pose, atol=1e-3)  # not the unmirrored call
     with pytest.raises(InputError, match="traffic must be one of right, left"):
         Registrator.from_pretrained(weights, traffic="centre")
+
+
+@pytest.fixture(scope="module")
+def fine_weights(tmp_path_factory) -> Path:
+    """Tiny weights with the fine search, whose scores traffic="auto" and the flip check compare."""
+    cfg = full_config(load_config("tiny", {"model": {"fine": {"num_points": 64}}}))
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "fine.safetensors"
+    save_weights(ICL(cfg["model"]), path, cfg)
+    return path
+
+
+def test_auto_traffic_keeps_the_run_its_fine_search_scores_higher(fine_weights, weights, frame, monkeypatch):
+    """traffic="auto" registers the input as it is and as its mirror images and returns the "right" Registrator's
+    result or the "left" one's, that of the run whose fine search scored its best hypothesis higher
+    (``inference.search_scores``), as info["traffic"] says; a model without the fine search is refused."""
+    path = fine_weights
+    args = frame["image"], frame["points"], frame["K"]
+    sides = {side: Registrator.from_pretrained(path, traffic=side).register(*args) for side in ("right", "left")}
+    auto = Registrator.from_pretrained(path, traffic="auto")
+    scores = []
+    monkeypatch.setattr(api, "search_scores", lambda out: scores.append(search_scores(out)) or scores[-1])
+    free = auto.register(*args)
+    assert len(scores) == 2  # a tie keeps the input as given
+    assert free.info["traffic"] == ("left" if scores[1] > scores[0] else "right")
+    for winner in ("right", "left"):  # the run of the as-given input comes first
+        order = iter([torch.ones(1), torch.zeros(1)] if winner == "right" else [torch.zeros(1), torch.ones(1)])
+        monkeypatch.setattr(api, "search_scores", lambda out: next(order))
+        result = auto.register(*args)
+        assert result.info["traffic"] == winner
+        for key in ("pose", "frustum_pose", "keypoints_2d", "keypoints_3d", "overlap_mask"):
+            np.testing.assert_array_equal(getattr(result, key), getattr(sides[winner], key))
+    assert not np.allclose(sides["right"].pose, sides["left"].pose, atol=1e-3)  # the two runs differ
+    for options in ({"traffic": "auto"}, {"flip_check": True}):
+        with pytest.raises(InputError, match="need the PyTorch backend and a model with the fine search"):
+            Registrator.from_pretrained(weights, **options)
+
+
+def test_the_flip_check_keeps_the_half_its_fine_search_scores_higher(fine_weights, frame, monkeypatch):
+    """flip_check=True runs the network once more with its yaw search held within PRIOR_YAW_DEG of the opposite of
+    the first pose's yaw (a prior pose turned by 180 deg gives the same run) and keeps the run whose fine search
+    scored higher; with a prior pose, which has chosen the half, it runs once."""
+    args = frame["image"], frame["points"], frame["K"]
+    plain = Registrator.from_pretrained(fine_weights)
+    first = plain.register(*args)
+    other = plain.register(*args, prior_pose=turned(first.pose, 180.0), prior_yaw_deg=PRIOR_YAW_DEG)
+    assert yaw_between(first.pose, other.pose) > 90
+    checked = Registrator.from_pretrained(fine_weights, flip_check=True)
+    for scores, expected in (([1.0, 0.0], first), ([0.0, 1.0], other)):
+        order = iter(torch.tensor([score]) for score in scores)
+        monkeypatch.setattr(api, "search_scores", lambda out: next(order))
+        result = checked.register(*args)
+        np.testing.assert_allclose(result.pose, expected.pose, atol=1e-5)
+        np.testing.assert_allclose(result.keypoints_2d, expected.keypoints_2d, atol=1e-3)
+    runs = []
+    monkeypatch.setattr(api, "search_scores", search_scores)
+    monkeypatch.setattr(api, "infer", lambda *a, **k: runs.append(1) or infer(*a, **k))
+    checked.register(*args, prior_pose=first.pose)
+    assert len(runs) == 1
 
 
 @pytest.mark.parametrize("size", [(1241, 376), (800, 300), (1600, 900), (200, 100), (300, 90), (128, 64)])

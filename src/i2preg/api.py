@@ -45,7 +45,7 @@ from .errors import InputError, require_output_folder
 from .export import OnnxNetwork, export_onnx
 from .files import write_text
 from .geometry import invert_transform, project_pose, rotation_angle, sample_perturbation, transform_points
-from .inference import checked_draws, checked_refinement, infer, to_device
+from .inference import checked_draws, checked_refinement, infer, search_scores, to_device
 from .metrics import registration_errors, success
 from .model.icl import ICL
 from .weights import resolve_weights
@@ -53,9 +53,10 @@ from .weights import resolve_weights
 SAMPLE_SEED = 0
 """Seed of the fixed-size point sample: the same call always sees the same points."""
 
-TRAFFIC_SIDES = ("right", "left")
-"""The side of the street a scene's traffic keeps to (``Registrator``'s ``traffic``). i2preg's synthetic world, and
-so every model trained on it, keeps to the right, as KITTI's Germany and nuScenes' Boston do."""
+TRAFFIC_SIDES = ("right", "left", "auto")
+"""The side of the street a scene's traffic keeps to (``Registrator``'s ``traffic``), or "auto" where it is not known.
+i2preg's synthetic world, and so every model trained on it, keeps to the right, as KITTI's Germany and nuScenes'
+Boston do."""
 
 PRIOR_YAW_DEG = 30.0
 """How far (degrees) the yaw search may look from a prior pose's yaw, by default (``Registrator.register``'s
@@ -121,7 +122,8 @@ class RegistrationResult:
         intrinsics of the network input, ``seconds`` (wall time of the call; the whole batch for
         ``register_batch``), ``point_draws`` and ``draws_agreeing`` (how many of the draws of the point sample agree
         with ``pose``: ``Registrator(point_draws=...)``), ``refined_turn_deg`` (with ``Registrator(refine=...)``: the
-        rotation angle between the solver's pose and ``pose``).
+        rotation angle between the solver's pose and ``pose``), ``traffic`` (the side of the street the network
+        was shown, "left" for the mirror images: ``Registrator(traffic=...)``).
     """
 
     pose: np.ndarray
@@ -159,9 +161,10 @@ class _Prepared:
     and what is needed to map results back."""
 
     samples: list[dict[str, Any]]
-    points: np.ndarray  # (N, 3) input points in the network's cloud frame (``Registrator.cloud_to_network``)
+    mirrored: bool  # the network sees the mirror images of the inputs (``Registrator.to_network``)
+    points: np.ndarray  # (N, 3) input points in the network's cloud frame
     finite: np.ndarray  # (N,) bool: the points without NaN or inf, those used
-    K: np.ndarray  # (3, 3) caller's intrinsics (of the mirror image when the Registrator mirrors)
+    K: np.ndarray  # (3, 3) caller's intrinsics (of the mirror image when mirrored)
     K_model: np.ndarray  # (3, 3) intrinsics of the network input
     size: tuple[int, int]  # (H, W) of the caller's image
     scale: float
@@ -292,26 +295,28 @@ class Registrator:
     does neither; None: the config's ``eval.refine``. traffic: the side of the street the scenes' traffic keeps to
     (``TRAFFIC_SIDES``); the model learned a right-hand world and its yaw search reads the street's asymmetry, so
     "left" registers the mirror images of the inputs (image flipped left to right, the cloud's x negated) and
-    mirrors the results back: the same pose, keypoints and mask frames as "right". cloud_axes: where the cloud's x,
+    mirrors the results back: the same pose, keypoints and mask frames as "right". "auto" registers each input
+    both ways and keeps the result whose fine search scored its best hypothesis higher (``search_scores``; twice
+    the network's time; needs the PyTorch backend and a model with the fine search). cloud_axes: where the cloud's x,
     y and z point (``cloud_axes_rotation``; "flu" for a LiDAR's frame with z up): the cloud is turned into the
     camera-like axes a 3-DoF model expects before registration, and the results come back in the cloud's frame.
     point_draws: run the network on that many draws of the cloud's point sample and take the consensus of their
     poses (``inference``, beyond the paper: more accurate on scenes like the training world's, less so on the real
     frames, BENCHMARKS.md; a batch of that many rows an input, the image encoded once with the PyTorch backend); None:
-    the config's ``eval.point_draws``.
+    the config's ``eval.point_draws``. flip_check: after each run, run the network again with GPDM's yaw search held
+    within ``PRIOR_YAW_DEG`` of the opposite of its pose's yaw, and keep the run whose fine search scored higher
+    (``search_scores``; beyond the paper, docs/METHOD.md): it turns yaw flips round on scenes unlike the training
+    world and loses some of its own, BENCHMARKS.md; twice the network's time; not for an input with a prior pose;
+    needs the PyTorch backend and a model with the fine search.
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
                  backend: str | os.PathLike = "torch", refine: str | None = None, traffic: str = "right",
-                 cloud_axes: str = "rdf", point_draws: int | None = None):
+                 cloud_axes: str = "rdf", point_draws: int | None = None, flip_check: bool = False):
         if traffic not in TRAFFIC_SIDES:
             raise InputError(f"traffic must be one of {', '.join(TRAFFIC_SIDES)}, not {traffic!r}")
-        self.mirrored = traffic == "left"
-        # the frames the network sees: camera' = camera_to_network camera, cloud' = cloud_to_network cloud, so that the
-        # pose T (cloud -> camera) is camera_to_network^-1 T' cloud_to_network (both matrices their own inverse's
-        # transpose: signs and a permutation)
-        self.camera_to_network = MIRROR if self.mirrored else np.eye(4)
-        self.cloud_to_network = self.camera_to_network @ cloud_axes_rotation(cloud_axes)
+        self.mirror_runs = {"right": (False,), "left": (True,), "auto": (False, True)}[traffic]
+        self.cloud_axes = cloud_axes_rotation(cloud_axes)
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.config = config
@@ -333,20 +338,32 @@ class Registrator:
                 raise InputError(f"the ONNX backend runs on the CPU, not on {self.device}")
             source = export_onnx(self.model, None, self.image_size, self.num_points) if backend == "onnx" else backend
             self.network = OnnxNetwork(source, self.model)
+        self.flip_check = flip_check
+        if (traffic == "auto" or flip_check) and (self.network is not self.model or self.model.fine is None):
+            raise InputError("traffic auto and the flip check compare the fine search's scores: they need the PyTorch"
+                             " backend and a model with the fine search (model.fine.num_points > 0)")
+
+    def to_network(self, mirrored: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The frames the network sees, (4, 4) each: camera' = camera_to_network camera, cloud' = cloud_to_network
+        cloud, so that a pose T (cloud -> camera) is camera_to_network^-1 T' cloud_to_network (both matrices their own
+        inverse's transpose: signs and a permutation); mirrored: of the mirror images."""
+        camera_to_network = MIRROR if mirrored else np.eye(4)
+        return camera_to_network, camera_to_network @ self.cloud_axes
 
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                         backend: str | os.PathLike = "torch", refine: str | None = None,
-                        traffic: str = "right", cloud_axes: str = "rdf", point_draws: int | None = None) -> Registrator:
+                        traffic: str = "right", cloud_axes: str = "rdf", point_draws: int | None = None,
+                        flip_check: bool = False) -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
-        of a bundled model (None: ``synthetic-small``); backend, refine, traffic, cloud_axes and point_draws: as for
-        the constructor."""
+        of a bundled model (None: ``synthetic-small``); backend, refine, traffic, cloud_axes, point_draws and
+        flip_check: as for the constructor."""
         path = resolve_weights(path_or_name)
         model, config = load_model(path)
         if not isinstance(model, ICL):
             raise InputError(f"{config['method']} weights: the Registrator runs ICL; compare them with i2preg compare",
                              path)
-        return cls(model, config, device, backend, refine, traffic, cloud_axes, point_draws)
+        return cls(model, config, device, backend, refine, traffic, cloud_axes, point_draws, flip_check)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None = None,
                  prior_pose: Tensorish | None = None, prior_yaw_deg: float = PRIOR_YAW_DEG) -> RegistrationResult:
@@ -378,21 +395,44 @@ class Registrator:
         if not len(images):
             return []
         intensities = intensities if intensities is not None else [None] * len(images)
-        yaw_priors = [None] * len(images) if prior_poses is None else self._yaw_priors(prior_poses, prior_yaw_deg)
-        prepared = [self._prepare(*args) for args in zip(images, clouds, Ks, intensities, yaw_priors)]
+        chosen: list[tuple[_Prepared, dict]] = []  # each input's of its runs' (``_run``) the one scored highest
+        for mirrored in self.mirror_runs:
+            yaw_priors = ([None] * len(images) if prior_poses is None
+                          else self._yaw_priors(prior_poses, prior_yaw_deg, mirrored))
+            prepared = [self._prepare(*args, mirrored) for args in zip(images, clouds, Ks, intensities, yaw_priors)]
+            runs = [self._run(prepared)]
+            if self.flip_check and prior_poses is None:  # again, the yaw search held about the opposite yaw
+                for p, out in zip(prepared, runs[0]):
+                    T = out["unrefined_pose"]
+                    opposite = torch.tensor([np.arctan2(-T[2, 0], T[0, 0]) + np.pi, np.radians(PRIOR_YAW_DEG)])
+                    for sample in p.samples:
+                        sample["yaw_prior"] = opposite.float()
+                runs.append(self._run(prepared))
+            for outs in runs:
+                chosen = [new if not chosen or new[1]["search_score"] > old[1]["search_score"] else old
+                          for old, new in zip(chosen or [None] * len(prepared), zip(prepared, outs))]
+        seconds = time.perf_counter() - start
+        return [self._result(p, out, seconds) for p, out in chosen]
+
+    def _run(self, prepared: list[_Prepared]) -> list[dict[str, np.ndarray]]:
+        """The network and the solver on prepared inputs -> each input's outputs, float64: frustum_pose, kp_2d, kp_3d,
+        pose, confidence, draws_agreeing, unrefined_pose, and search_score (``inference.search_scores``) when the
+        Registrator compares runs."""
         batch = to_device(self.collate([p.samples if len(p.samples) > 1 else p.samples[0] for p in prepared]),
                           self.device)
         result = infer(self.network, batch, eval_cfg=self.eval_config)
         out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
         out.update(pose=result.pose, confidence=result.confidence, draws_agreeing=result.draws_agreeing,
                    unrefined_pose=result.unrefined_pose)
+        if len(self.mirror_runs) > 1 or self.flip_check:
+            out["search_score"] = search_scores(result.out)
         out = {k: v.double().cpu().numpy() for k, v in out.items()}
-        seconds = time.perf_counter() - start
-        return [self._result(p, {k: v[b] for k, v in out.items()}, seconds) for b, p in enumerate(prepared)]
+        return [{k: v[b] for k, v in out.items()} for b in range(len(prepared))]
 
-    def _yaw_priors(self, prior_poses: Sequence[Tensorish], prior_yaw_deg: float) -> list[torch.Tensor]:
+    def _yaw_priors(self, prior_poses: Sequence[Tensorish], prior_yaw_deg: float, mirrored: bool
+                    ) -> list[torch.Tensor]:
         """Each prior pose's (yaw, tolerance) in radians, in the frame the network sees (mirrored with the
-        inputs when the Registrator mirrors), checked."""
+        inputs when ``mirrored``), checked."""
         if self.network is not self.model:
             raise InputError("a prior pose needs the PyTorch backend (the exported graph has no input for it)")
         if self.model.gpdm.search is None:
@@ -406,23 +446,25 @@ class Registrator:
                 raise InputError(f"prior_pose must be a finite (4, 4) pose, got shape {T.shape}")
             if not is_rotation(T[:3, :3]):
                 raise InputError("prior_pose's 3x3 part is not a rotation")
-            T = self.camera_to_network @ T @ self.cloud_to_network.T
+            camera_to_network, cloud_to_network = self.to_network(mirrored)
+            T = camera_to_network @ T @ cloud_to_network.T
             yaw = np.arctan2(-T[2, 0], T[0, 0])  # ``pose_search.vector_yaws`` of d = (R[2, 0], R[0, 0])
             priors.append(torch.tensor([yaw, np.radians(prior_yaw_deg)], dtype=torch.float32))
         return priors
 
     def _prepare(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None,
-                 yaw_prior: torch.Tensor | None = None) -> _Prepared:
+                 yaw_prior: torch.Tensor | None = None, mirrored: bool = False) -> _Prepared:
         """Resize by max(config scale, the least that covers the input), centre-crop, voxelise, sample; yaw_prior:
-        (2,) for the pose search (``_yaw_priors``), or None."""
+        (2,) for the pose search (``_yaw_priors``), or None; mirrored: the mirror images (``to_network``)."""
         image, K = _check_image(image), _check_K(K)
         xyz, intensity, finite = _check_points(points, intensity)
-        if not np.array_equal(self.cloud_to_network, np.eye(4)):  # signs and a permutation: exact
-            xyz = xyz @ self.cloud_to_network[:3, :3].T
+        cloud_to_network = self.to_network(mirrored)[1]
+        if not np.array_equal(cloud_to_network, np.eye(4)):  # signs and a permutation: exact
+            xyz = xyz @ cloud_to_network[:3, :3].T
         if self.model.conf["dof"] == 3:
             _check_level_frame(xyz[finite])
         (h, w), (H, W) = self.image_size, image.shape[:2]
-        if self.mirrored:  # u -> W - 1 - u (pixel centres at integers), x -> -x (in cloud_to_network)
+        if mirrored:  # u -> W - 1 - u (pixel centres at integers), x -> -x (in cloud_to_network)
             image, K = np.ascontiguousarray(image[:, ::-1]), _mirrored_K(K, W)
         if H < h or W < w:
             raise InputError(f"image of {W}x{H} px is smaller than the model input of {w}x{h} px")
@@ -451,7 +493,7 @@ class Registrator:
         for _ in range(self.point_draws - 1):
             pick, resampled = sample_indices(len(kept), self.num_points, draw_rng)
             samples.append(redrawn(sample, xyz[kept[pick]], intensity[kept[pick]], resampled))
-        return _Prepared(samples, xyz, finite, K, K_model, (H, W), scale, offset)
+        return _Prepared(samples, mirrored, xyz, finite, K, K_model, (H, W), scale, offset)
 
     @staticmethod
     def _overlap_mask(p: _Prepared, frustum_pose: np.ndarray) -> np.ndarray:
@@ -464,14 +506,15 @@ class Registrator:
         # Network pixels -> resized pixels (+ crop offset) -> original pixels (inverse of u' = s (u + 0.5) - 0.5).
         keypoints_2d = (out["kp_2d"] + np.asarray(p.crop_offset) + 0.5) / p.scale - 0.5
         pose, frustum_pose, keypoints_3d = out["pose"], out["frustum_pose"], out["kp_3d"]
-        if self.mirrored:  # back from the mirror images: u = W - 1 - u'
+        if p.mirrored:  # back from the mirror images: u = W - 1 - u'
             keypoints_2d = keypoints_2d * [-1, 1] + [p.size[1] - 1, 0]
-        # back into the caller's frames (``__init__``): T = camera_to_network^-1 T' cloud_to_network, likewise x
-        pose, frustum_pose = (self.camera_to_network.T @ T @ self.cloud_to_network for T in (pose, frustum_pose))
-        keypoints_3d = keypoints_3d @ self.cloud_to_network[:3, :3]
+        # back into the caller's frames (``to_network``): T = camera_to_network^-1 T' cloud_to_network, likewise x
+        camera_to_network, cloud_to_network = self.to_network(p.mirrored)
+        pose, frustum_pose = (camera_to_network.T @ T @ cloud_to_network for T in (pose, frustum_pose))
+        keypoints_3d = keypoints_3d @ cloud_to_network[:3, :3]
         info = {"resampled": bool(p.samples[0]["resampled"]), "point_draws": len(p.samples),
                 "draws_agreeing": int(out["draws_agreeing"]), "scale": p.scale, "crop_offset": p.crop_offset,
-                "K_model": p.K_model, "seconds": seconds}
+                "K_model": p.K_model, "seconds": seconds, "traffic": "left" if p.mirrored else "right"}
         if self.eval_config["refine"] != "none":  # a turn is the same in the network's frames and the caller's
             info["refined_turn_deg"] = float(np.degrees(rotation_angle(out["pose"][:3, :3]
                                                                        @ out["unrefined_pose"][:3, :3].T)))
@@ -502,11 +545,11 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
                    protocol_seed: int | None = None, refine: str | None = None,
                    traffic: str = "right", prior: str | os.PathLike | np.ndarray | None = None,
                    prior_yaw_deg: float = PRIOR_YAW_DEG, cloud_axes: str = "rdf",
-                   point_draws: int | None = None) -> RegistrationResult:
+                   point_draws: int | None = None, flip_check: bool = False) -> RegistrationResult:
     """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one), and
-    ``refine``, ``traffic``, ``cloud_axes`` and ``point_draws`` as ``Registrator``'s; prior: a prior pose (4x4, cloud
-    -> camera) or a text file with one (as ``pose.txt``), whose yaw the search keeps within ``prior_yaw_deg``
-    (``Registrator.register``).
+    ``refine``, ``traffic``, ``cloud_axes``, ``point_draws`` and ``flip_check`` as ``Registrator``'s; prior: a prior
+    pose (4x4, cloud -> camera) or a text file with one (as ``pose.txt``), whose yaw the search keeps within
+    ``prior_yaw_deg`` (``Registrator.register``).
 
     Files are read by ``data.readers``: the cloud (KITTI .bin, nuScenes .pcd.bin, PCD, PLY, NPY, NPZ)
     with its intensity; K and the lens distortion from ``calib_path`` (KITTI calib.txt: camera
@@ -539,7 +582,7 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
         raise InputError("the protocol check moves the cloud into the camera's frame: leave the cloud axes at rdf, "
                          f"not {cloud_axes!r}")
     registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic, cloud_axes=cloud_axes,
-                                              point_draws=point_draws)
+                                              point_draws=point_draws, flip_check=flip_check)
     T_gt = None
     if protocol_seed is not None:
         if np.allclose(calibration.T_cam_velo, np.eye(4)):

@@ -181,6 +181,13 @@ POSE_OUTPUTS = ("frustum_pose", "fine_pose", "prior_pose", "pose")
 """The network's outputs that are poses: with point draws, each the consensus of its draws."""
 
 
+def search_scores(out: dict) -> torch.Tensor:
+    """(B,) the fine search's logit of its best hypothesis at any of its grids (``fine_logits``), a pair's: how
+    well the network's learned score rates its own final pose, comparable between runs of one model (``api``'s
+    ``traffic`` "auto" keeps the higher of an input's and its mirror images')."""
+    return out["fine_logits"].flatten(1).max(1).values
+
+
 def merge_draws(pose: torch.Tensor, solved: torch.Tensor, draws: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Poses (P x D, 4, 4) of P pairs' D point draws (consecutive rows) and whether each was solved (P x D,) ->
