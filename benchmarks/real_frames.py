@@ -2,7 +2,7 @@
 
     python benchmarks/real_frames.py [--weights W] [--data ../shared/data] [--seeds 5] [--seed 7351]
                                      [--out outputs/real] [--pose final|frustum] [--refine none|edges|lines]
-                                     [--traffic recorded|right|left|auto] [--flip-check] [--prior-yaw-deg DEG]
+                                     [--traffic recorded|right|left|auto] [--yaw-sectors S] [--prior-yaw-deg DEG]
                                      [--point-draws D]
 
 Each frame goes through ``i2preg register --protocol-seed`` (``api.register_files``) once per protocol seed:
@@ -15,8 +15,8 @@ nuScenes log whose name ends in ``+0800`` (Singapore's UTC offset; Boston's logs
 ``--prior-yaw-deg DEG`` registers with a prior pose (``Registrator.register``'s ``prior_pose``) as a robot's odometry
 or compass would give it: the true pose turned about the camera's y axis by a yaw drawn uniformly within +-DEG / 2
 (seeded by the pair's protocol seed), the yaw search kept within DEG of it. ``--point-draws D``: the
-``Registrator``'s (each pose the consensus of the network on D draws of the point sample); ``--flip-check`` too (the
-network run again in the other half of the yaw circle).
+``Registrator``'s (each pose the consensus of the network on D draws of the point sample); ``--yaw-sectors S`` too (the
+network run again held to each of S sectors of the yaw circle).
 
 Prints ONE Markdown table: a row per frame and rows over all KITTI pairs, the nuScenes pairs and all pairs,
 with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, the
@@ -121,8 +121,8 @@ def main() -> None:
                         help="draws of the point sample whose poses' consensus is the pose (default: the weights' own)")
     parser.add_argument("--traffic", choices=("recorded", *TRAFFIC_SIDES), default="recorded",
                         help="the Registrator's traffic side: each frame's own (recorded), or one for all")
-    parser.add_argument("--flip-check", dest="flip_check", action="store_true",
-                        help="the Registrator's flip check (the other half of the yaw circle searched as well)")
+    parser.add_argument("--yaw-sectors", dest="yaw_sectors", type=int, default=0,
+                        help="the Registrator's yaw sectors (the network run again held to each of S sectors)")
     parser.add_argument("--prior-yaw-deg", dest="prior_yaw_deg", type=float,
                         help="register with a prior pose whose yaw errs by up to half this, the search kept within it")
     args = parser.parse_args()
@@ -144,7 +144,7 @@ def main() -> None:
             result = register_files(frame["image"], frame["points"], frame["calib"],
                                     Path(args.out) / frame["name"].replace(" ", "_") / f"seed{seed}",
                                     weights=args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed,
-                                    refine=args.refine, point_draws=args.point_draws, flip_check=args.flip_check,
+                                    refine=args.refine, point_draws=args.point_draws, yaw_sectors=args.yaw_sectors,
                                     traffic=frame["traffic"] if args.traffic == "recorded" else args.traffic,
                                     **prior)
             T_gt = result.info["protocol"]["T_gt"]

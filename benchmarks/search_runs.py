@@ -1,18 +1,19 @@
-"""More runs of the network, chosen by its fine search's score: the Registrator's ``traffic="auto"`` (the input and its
-mirror images) and ``flip_check`` (the yaw search held to the other half of the circle as well), on a dataset's pairs.
+"""More runs of the network: the Registrator's ``traffic="auto"`` (the input and its mirror images) and ``yaw_sectors``
+(the yaw search held to each of S sectors of the circle as well), on a dataset's pairs.
 
-    python benchmarks/search_runs.py --data datasets/synthetic-test [--sequences 00,01] [--weights W] [--limit N]
+    python benchmarks/search_runs.py --data datasets/synthetic-test [--sequences 00,01] [--sectors 12] [--weights W]
+                                     [--refine none|edges|lines] [--limit N]
 
 Every pair of the test split (the protocol's crops and point samples, as ``i2preg eval`` draws them) is run as it is
 and as its mirror image (image flipped left to right with its principal point, the clouds' and the true pose's x
-negated: a street that keeps to the other side), each once freely and once with GPDM's yaw search held within
-``api.PRIOR_YAW_DEG`` of the opposite of the free run's yaw. The table gives the final pose's Acc, median RTE and RRE
-and yaw flips on the pairs as given for the Registrator's settings, each of which keeps, of its runs, the one whose
-fine search scored its best hypothesis higher (``inference.search_scores``): traffic "right" (the free run as
-given), "left" (the free run of the mirror image), "auto" (both), each with and without ``flip_check``. The pairs'
-mirror images, a world that keeps to the left, score the same with "left" and "right" swapped, and the same with
-"auto". No refinement, one point draw. A design check on synthetic pairs; ``benchmarks/real_frames.py --traffic auto
---flip-check`` measures the real frames.
+negated: a street that keeps to the other side), and as it is once more held to each of ``--sectors`` equal sectors
+of the yaw circle (the prior (2 pi k / S, pi / S), as the Registrator sets it). The table gives the final pose's Acc,
+median RTE and RRE and yaw flips on the pairs as given for the Registrator's settings, each of which keeps, of its
+runs, the one ``api.chosen_run`` picks (the yaw the most runs reach, then the fine search's score): traffic "right"
+(the free run as given), "left" (the free run of the mirror image), "auto" (both), and "right" with the yaw sectors.
+The pairs' mirror images, a world that keeps to the left, score the same with "left" and "right" swapped, and the
+same with "auto". One point draw; ``--refine`` refines every run's pose before the choice (the Registrator's order). A design check on synthetic pairs; ``benchmarks/real_frames.py
+--traffic auto --yaw-sectors 12`` measures the real frames.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from i2preg.api import PRIOR_YAW_DEG
+from i2preg.api import chosen_run
 from i2preg.assembly import full_config, load_model
 from i2preg.data.collate import Collate
 from i2preg.data.pairs import build_dataset
@@ -48,15 +49,13 @@ def mirrored(sample: dict) -> dict:
     return sample
 
 
-def free_and_other_half(model, collate: Collate, samples: list[dict], eval_cfg: dict
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The final poses (B, 4, 4) and search scores (B,) of a free run and of a run held to the other half of the yaw
-    circle (the prior at the free pose's yaw + 180 deg, ``api.PRIOR_YAW_DEG`` either side)."""
-    free = infer(model, collate(samples), eval_cfg=eval_cfg)
-    yaws = torch.atan2(-free.pose[:, 2, 0], free.pose[:, 0, 0]) + math.pi
-    held = [{**s, "yaw_prior": torch.tensor([float(y), math.radians(PRIOR_YAW_DEG)])} for s, y in zip(samples, yaws)]
-    other = infer(model, collate(held), eval_cfg=eval_cfg)
-    return free.pose.double(), search_scores(free.out).double(), other.pose.double(), search_scores(other.out).double()
+def run(model, collate: Collate, samples: list[dict], eval_cfg: dict, prior: torch.Tensor | None = None
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The final poses (B, 4, 4) and search scores (B,) of a run, its yaw search held to ``prior`` (2,) if given."""
+    if prior is not None:
+        samples = [{**sample, "yaw_prior": prior} for sample in samples]
+    result = infer(model, collate(samples), eval_cfg=eval_cfg)
+    return result.pose.double(), search_scores(result.out).double()
 
 
 def summary(name: str, pose: np.ndarray, truth: np.ndarray) -> str:
@@ -73,6 +72,8 @@ def main() -> None:
     parser.add_argument("--sequences", help="the test split's sequences (default: the weights' config's)")
     parser.add_argument("--weights", help="weights (default: the bundled model)")
     parser.add_argument("--limit", type=int, help="the first N pairs")
+    parser.add_argument("--sectors", type=int, default=12, help="the yaw sectors of the last setting")
+    parser.add_argument("--refine", default="none", help="every run's refinement (inference.REFINEMENTS)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     args = parser.parse_args()
     model, cfg = load_model(resolve_weights(args.weights))
@@ -80,28 +81,30 @@ def main() -> None:
     cfg = full_config(cfg)
     if args.sequences:
         cfg["data"]["test_sequences"] = args.sequences.split(",")
-    eval_cfg = {**cfg["eval"], "refine": "none", "point_draws": 1}
+    eval_cfg = {**cfg["eval"], "refine": args.refine, "point_draws": 1}
     pairs = build_dataset(cfg, "test", args.data)
     count = min(len(pairs), args.limit or len(pairs))
     collate = Collate(model.conf, knn_workers=-1)
     torch.manual_seed(0)
-    poses, scores, truth = [], [], []  # runs: as given free, other half; mirror images free, other half
+    sectors = [torch.tensor([2 * math.pi * k / args.sectors, math.pi / args.sectors + 1e-6]) for k in range(args.sectors)]
+    poses, scores, truth = [], [], []  # runs: as given, mirror image, as given held to each sector
     for start in range(0, count, args.batch_size):
         samples = [pairs[index] for index in range(start, min(start + args.batch_size, count))]
-        given, mirror = (free_and_other_half(model, collate, batch, eval_cfg)
-                         for batch in (samples, [mirrored(s) for s in samples]))
-        poses.append(torch.stack([*given[::2], *(MIRROR @ pose @ MIRROR for pose in mirror[::2])], 1))
-        scores.append(torch.stack([*given[1::2], *mirror[1::2]], 1))
+        given, mirror = run(model, collate, samples, eval_cfg), run(model, collate, [mirrored(s) for s in samples],
+                                                                     eval_cfg)
+        held = [run(model, collate, samples, eval_cfg, prior) for prior in sectors]
+        poses.append(torch.stack([given[0], MIRROR @ mirror[0] @ MIRROR, *(pose for pose, _ in held)], 1))
+        scores.append(torch.stack([given[1], mirror[1], *(score for _, score in held)], 1))
         truth.append(torch.stack([s["T_gt"].double() for s in samples]))
     poses, scores, truth = (torch.cat(part).numpy() for part in (poses, scores, truth))
+    yaws = np.degrees(np.arctan2(-poses[..., 2, 0], poses[..., 0, 0]))  # (P, runs), the pairs' frames as given
     print(f"{args.data}, the pairs as given:\n")
-    print("| traffic, flip check | pairs | Acc | median RTE (m) | median RRE (deg) | yaw flips |")
+    print("| traffic, yaw sectors | pairs | Acc | median RTE (m) | median RRE (deg) | yaw flips |")
     print("|---|---|---|---|---|---|")
-    for name, runs in (("right", [0]), ("left", [2]), ("auto", [0, 2]), ("right, flip check", [0, 1]),
-                       ("left, flip check", [2, 3]), ("auto, flip check", [0, 1, 2, 3])):
-        best = np.array(runs)[scores[:, runs].argmax(1)]
+    for name, runs in (("right", [0]), ("left", [1]), ("auto", [0, 1]),
+                       (f"right, {args.sectors} yaw sectors", [0, *range(2, 2 + args.sectors)])):
+        best = [runs[chosen_run(yaws[p, runs], scores[p, runs])] for p in range(len(poses))]
         print(summary(name, poses[np.arange(len(poses)), best], truth))
-
 
 if __name__ == "__main__":
     main()

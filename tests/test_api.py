@@ -17,14 +17,7 @@ import pytest
 import torch
 
 from i2preg import api
-from i2preg.api import (
-    LOW_CONFIDENCE,
-    PRIOR_YAW_DEG,
-    RegistrationResult,
-    Registrator,
-    cloud_axes_rotation,
-    register_files,
-)
+from i2preg.api import LOW_CONFIDENCE, RegistrationResult, Registrator, chosen_run, cloud_axes_rotation, register_files
 from i2preg.assembly import full_config
 from i2preg.config import load_config
 from i2preg.data.kitti import KittiOdometry
@@ -139,7 +132,7 @@ def test_left_hand_traffic_registers_the_mirror_images(weights, reg, frame):
 
 @pytest.fixture(scope="module")
 def fine_weights(tmp_path_factory) -> Path:
-    """Tiny weights with the fine search, whose scores traffic="auto" and the flip check compare."""
+    """Tiny weights with the fine search, whose scores traffic="auto" and yaw sectors compare."""
     cfg = full_config(load_config("tiny", {"model": {"fine": {"num_points": 64}}}))
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "fine.safetensors"
@@ -168,32 +161,48 @@ def test_auto_traffic_keeps_the_run_its_fine_search_scores_higher(fine_weights, 
         for key in ("pose", "frustum_pose", "keypoints_2d", "keypoints_3d", "overlap_mask"):
             np.testing.assert_array_equal(getattr(result, key), getattr(sides[winner], key))
     assert not np.allclose(sides["right"].pose, sides["left"].pose, atol=1e-3)  # the two runs differ
-    for options in ({"traffic": "auto"}, {"flip_check": True}):
+    for options in ({"traffic": "auto"}, {"yaw_sectors": 12}):
         with pytest.raises(InputError, match="need the PyTorch backend and a model with the fine search"):
             Registrator.from_pretrained(weights, **options)
 
 
-def test_the_flip_check_keeps_the_half_its_fine_search_scores_higher(fine_weights, frame, monkeypatch):
-    """flip_check=True runs the network once more with its yaw search held within PRIOR_YAW_DEG of the opposite of
-    the first pose's yaw (a prior pose turned by 180 deg gives the same run) and keeps the run whose fine search
-    scored higher; with a prior pose, which has chosen the half, it runs once."""
+def test_chosen_run_keeps_the_yaw_most_runs_reach_then_the_best_score():
+    # three runs agree across +-180 deg; of them the best scored, not the best scored of all
+    assert chosen_run(np.array([10.0, 178.0, -179.0, 12.0, 179.5, 90.0]), np.array([5.0, 1.0, 2.0, 9.0, 0.0, 99.0])) == 2
+    assert chosen_run(np.array([10.0, 40.0]), np.array([1.0, 3.0])) == 1  # two that disagree: the score decides
+    assert chosen_run(np.array([10.0, 12.0]), np.array([3.0, 3.0])) == 0  # a tie: the first
+    assert chosen_run(np.array([10.0]), np.array([0.0])) == 0
+
+
+def test_yaw_sectors_hold_the_yaw_search_to_each_sector_in_turn(fine_weights, frame, monkeypatch):
+    """yaw_sectors=S runs the network freely and then held to each of S equal sectors of the yaw circle (a prior
+    yaw 2 pi k / S with the tolerance pi / S), and returns the run ``chosen_run`` picks: the run held to a sector is
+    the run with a prior pose at the sector's middle yaw and tolerance; with a prior pose it runs once."""
     args = frame["image"], frame["points"], frame["K"]
-    plain = Registrator.from_pretrained(fine_weights)
-    first = plain.register(*args)
-    other = plain.register(*args, prior_pose=turned(first.pose, 180.0), prior_yaw_deg=PRIOR_YAW_DEG)
-    assert yaw_between(first.pose, other.pose) > 90
-    checked = Registrator.from_pretrained(fine_weights, flip_check=True)
-    for scores, expected in (([1.0, 0.0], first), ([0.0, 1.0], other)):
-        order = iter(torch.tensor([score]) for score in scores)
-        monkeypatch.setattr(api, "search_scores", lambda out: next(order))
-        result = checked.register(*args)
-        np.testing.assert_allclose(result.pose, expected.pose, atol=1e-5)
-        np.testing.assert_allclose(result.keypoints_2d, expected.keypoints_2d, atol=1e-3)
-    runs = []
-    monkeypatch.setattr(api, "search_scores", search_scores)
-    monkeypatch.setattr(api, "infer", lambda *a, **k: runs.append(1) or infer(*a, **k))
-    checked.register(*args, prior_pose=first.pose)
-    assert len(runs) == 1
+    sectors = 7  # sector edges between the yaw search's bins
+    priors, votes = [], []
+    monkeypatch.setattr(api, "infer", lambda model, batch, **kw: priors.append(batch.get("yaw_prior")) or infer(
+        model, batch, **kw))
+    monkeypatch.setattr(api, "chosen_run", lambda yaws, scores: votes.append((yaws, scores)) or 3)
+    result = Registrator.from_pretrained(fine_weights, yaw_sectors=sectors).register(*args)
+    assert priors[0] is None and len(priors) == sectors + 1
+    np.testing.assert_allclose([float(p[0, 0]) for p in priors[1:]], 2 * np.pi * np.arange(sectors) / sectors, atol=1e-6)
+    np.testing.assert_allclose([float(p[0, 1]) for p in priors[1:]], np.pi / sectors, atol=1e-5)
+    assert len(votes) == 1 and votes[0][0].shape == votes[0][1].shape == (sectors + 1,)
+    monkeypatch.setattr(api, "infer", infer)
+    monkeypatch.setattr(api, "chosen_run", chosen_run)
+    held = Registrator.from_pretrained(fine_weights).register(
+        *args, prior_pose=turned(np.eye(4), np.degrees(2 * np.pi * 2 / sectors)), prior_yaw_deg=180 / sectors)
+    np.testing.assert_allclose(result.pose, held.pose, atol=1e-5)  # run 3: the third sector's
+    np.testing.assert_allclose(votes[0][0][3], np.degrees(np.arctan2(-held.pose[2, 0], held.pose[0, 0])), atol=1e-3)
+    priors.clear()
+    monkeypatch.setattr(api, "infer", lambda model, batch, **kw: priors.append(batch.get("yaw_prior")) or infer(
+        model, batch, **kw))
+    Registrator.from_pretrained(fine_weights, yaw_sectors=sectors).register(*args, prior_pose=np.eye(4))
+    assert len(priors) == 1
+    for bad in (-1, 2.5, True):
+        with pytest.raises(InputError, match="yaw_sectors must be a whole number"):
+            Registrator.from_pretrained(fine_weights, yaw_sectors=bad)
 
 
 @pytest.mark.parametrize("size", [(1241, 376), (800, 300), (1600, 900), (200, 100), (300, 90), (128, 64)])

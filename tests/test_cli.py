@@ -109,11 +109,12 @@ def test_register_takes_a_lidar_frame_cloud_with_its_axes(synthetic_root, tmp_pa
     errors = registration_errors(np.loadtxt(tmp_path / "pose.txt")[None],
                                  read_calibration_file(sequence / "calib.txt", 2).T_cam_velo[None])
     assert errors["rte"][0] < 2 and errors["rre"][0] < 5
-    # the network's four runs (both sides of the street, both halves of the yaw circle): the same frame registers
-    assert main([*common, "--cloud-axes", "flu", "--traffic", "auto", "--flip-check", "--out", str(tmp_path)]) == 0
-    errors = registration_errors(np.loadtxt(tmp_path / "pose.txt")[None],
-                                 read_calibration_file(sequence / "calib.txt", 2).T_cam_velo[None])
-    assert errors["rte"][0] < 2 and errors["rre"][0] < 5
+    # both sides of the street; 12 yaw sectors, line-aligned: the same frame registers
+    for options in (["--traffic", "auto"], ["--yaw-sectors", "12", "--refine", "lines"]):
+        assert main([*common, "--cloud-axes", "flu", *options, "--out", str(tmp_path)]) == 0
+        errors = registration_errors(np.loadtxt(tmp_path / "pose.txt")[None],
+                                     read_calibration_file(sequence / "calib.txt", 2).T_cam_velo[None])
+        assert errors["rte"][0] < 2 and errors["rre"][0] < 5, options
 
 
 def test_a_warning_is_one_line_on_stderr(synthetic_root, tmp_path, capsys):

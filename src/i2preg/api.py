@@ -283,6 +283,30 @@ def _mirrored_K(K: np.ndarray, width: int) -> np.ndarray:
     return mirrored
 
 
+VOTE_YAW_DEG = 5.0
+"""Runs of the network whose final yaws lie within this of each other agree (``chosen_run``); the RRE threshold of
+Acc."""
+
+
+def run_yaw(prepared: _Prepared, pose: np.ndarray) -> float:
+    """The yaw (deg) of a run's final pose (4, 4) in the network's frame, as seen in the unmirrored one (a mirror
+    image's yaw negated): the yaw ``chosen_run`` compares between runs."""
+    yaw = float(np.degrees(np.arctan2(-pose[2, 0], pose[0, 0])))
+    return -yaw if prepared.mirrored else yaw
+
+
+def chosen_run(yaws_deg: np.ndarray, scores: np.ndarray) -> int:
+    """Of an input's R runs of the network (yaws (R,) deg, ``run_yaw``; scores (R,) ``inference.search_scores``), the
+    index of the one whose yaw the most runs reach within ``VOTE_YAW_DEG`` (itself included), of those the one scored
+    highest, and of those the first. Runs held to the wrong yaw sectors end scattered at their sectors' edges, while
+    those that can reach the pose the network finds best converge on it; with two runs that disagree, the score
+    decides."""
+    gap = np.abs((yaws_deg[:, None] - yaws_deg[None, :] + 180.0) % 360.0 - 180.0)
+    support = (gap < VOTE_YAW_DEG).sum(1)
+    best = np.flatnonzero(support == support.max())
+    return int(best[np.argmax(scores[best])])
+
+
 class Registrator:
     """A trained ICL model with the protocol's preprocessing: images of any size, clouds of any size.
 
@@ -303,16 +327,17 @@ class Registrator:
     point_draws: run the network on that many draws of the cloud's point sample and take the consensus of their
     poses (``inference``, beyond the paper: more accurate on scenes like the training world's, less so on the real
     frames, BENCHMARKS.md; a batch of that many rows an input, the image encoded once with the PyTorch backend); None:
-    the config's ``eval.point_draws``. flip_check: after each run, run the network again with GPDM's yaw search held
-    within ``PRIOR_YAW_DEG`` of the opposite of its pose's yaw, and keep the run whose fine search scored higher
-    (``search_scores``; beyond the paper, docs/METHOD.md): it turns yaw flips round on scenes unlike the training
-    world and loses some of its own, BENCHMARKS.md; twice the network's time; not for an input with a prior pose;
-    needs the PyTorch backend and a model with the fine search.
+    the config's ``eval.point_draws``. yaw_sectors: S > 0 runs the network S times more, with GPDM's yaw search held
+    to each of S equal sectors of the yaw circle in turn (within 180 / S deg of the sector's middle), and keeps the
+    run that the most runs agree with (``chosen_run``; beyond the paper, docs/METHOD.md): with ``refine="lines"``,
+    which brings the runs onto the same yaws, for scenes unlike the training world (it registers more real frames
+    and keeps nearly all of the training world's, BENCHMARKS.md); S + 1 times the network's time; not for an input
+    with a prior pose; needs the PyTorch backend and a model with the fine search.
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
                  backend: str | os.PathLike = "torch", refine: str | None = None, traffic: str = "right",
-                 cloud_axes: str = "rdf", point_draws: int | None = None, flip_check: bool = False):
+                 cloud_axes: str = "rdf", point_draws: int | None = None, yaw_sectors: int = 0):
         if traffic not in TRAFFIC_SIDES:
             raise InputError(f"traffic must be one of {', '.join(TRAFFIC_SIDES)}, not {traffic!r}")
         self.mirror_runs = {"right": (False,), "left": (True,), "auto": (False, True)}[traffic]
@@ -338,9 +363,11 @@ class Registrator:
                 raise InputError(f"the ONNX backend runs on the CPU, not on {self.device}")
             source = export_onnx(self.model, None, self.image_size, self.num_points) if backend == "onnx" else backend
             self.network = OnnxNetwork(source, self.model)
-        self.flip_check = flip_check
-        if (traffic == "auto" or flip_check) and (self.network is not self.model or self.model.fine is None):
-            raise InputError("traffic auto and the flip check compare the fine search's scores: they need the PyTorch"
+        if isinstance(yaw_sectors, bool) or not isinstance(yaw_sectors, int) or yaw_sectors < 0:
+            raise InputError(f"yaw_sectors must be a whole number of at least 0, not {yaw_sectors!r}")
+        self.yaw_sectors = yaw_sectors
+        if (traffic == "auto" or yaw_sectors) and (self.network is not self.model or self.model.fine is None):
+            raise InputError("traffic auto and yaw sectors compare the fine search's scores: they need the PyTorch"
                              " backend and a model with the fine search (model.fine.num_points > 0)")
 
     def to_network(self, mirrored: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -354,16 +381,16 @@ class Registrator:
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                         backend: str | os.PathLike = "torch", refine: str | None = None,
                         traffic: str = "right", cloud_axes: str = "rdf", point_draws: int | None = None,
-                        flip_check: bool = False) -> Registrator:
+                        yaw_sectors: int = 0) -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name
         of a bundled model (None: ``synthetic-small``); backend, refine, traffic, cloud_axes, point_draws and
-        flip_check: as for the constructor."""
+        yaw_sectors: as for the constructor."""
         path = resolve_weights(path_or_name)
         model, config = load_model(path)
         if not isinstance(model, ICL):
             raise InputError(f"{config['method']} weights: the Registrator runs ICL; compare them with i2preg compare",
                              path)
-        return cls(model, config, device, backend, refine, traffic, cloud_axes, point_draws, flip_check)
+        return cls(model, config, device, backend, refine, traffic, cloud_axes, point_draws, yaw_sectors)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None = None,
                  prior_pose: Tensorish | None = None, prior_yaw_deg: float = PRIOR_YAW_DEG) -> RegistrationResult:
@@ -395,23 +422,24 @@ class Registrator:
         if not len(images):
             return []
         intensities = intensities if intensities is not None else [None] * len(images)
-        chosen: list[tuple[_Prepared, dict]] = []  # each input's of its runs' (``_run``) the one scored highest
+        runs: list[list[tuple[_Prepared, dict]]] = [[] for _ in images]  # each input's runs (``_run``)
+        sectors = 0 if prior_poses is not None else self.yaw_sectors  # a prior pose has chosen the yaws already
         for mirrored in self.mirror_runs:
             yaw_priors = ([None] * len(images) if prior_poses is None
                           else self._yaw_priors(prior_poses, prior_yaw_deg, mirrored))
             prepared = [self._prepare(*args, mirrored) for args in zip(images, clouds, Ks, intensities, yaw_priors)]
-            runs = [self._run(prepared)]
-            if self.flip_check and prior_poses is None:  # again, the yaw search held about the opposite yaw
-                for p, out in zip(prepared, runs[0]):
-                    T = out["unrefined_pose"]
-                    opposite = torch.tensor([np.arctan2(-T[2, 0], T[0, 0]) + np.pi, np.radians(PRIOR_YAW_DEG)])
-                    for sample in p.samples:
-                        sample["yaw_prior"] = opposite.float()
-                runs.append(self._run(prepared))
-            for outs in runs:
-                chosen = [new if not chosen or new[1]["search_score"] > old[1]["search_score"] else old
-                          for old, new in zip(chosen or [None] * len(prepared), zip(prepared, outs))]
+            for sector in range(-1, sectors):  # -1: the free run
+                if sector >= 0:  # the yaw search held to the sector (in the network's frame: its own sectors)
+                    held = torch.tensor([2 * np.pi * sector / sectors, np.pi / sectors + 1e-6], dtype=torch.float32)
+                    for p in prepared:
+                        for sample in p.samples:
+                            sample["yaw_prior"] = held
+                for input_runs, p, out in zip(runs, prepared, self._run(prepared)):
+                    input_runs.append((p, out))
         seconds = time.perf_counter() - start
+        chosen = [input_runs[chosen_run(np.array([run_yaw(p, out["pose"]) for p, out in input_runs]),
+                                        np.array([out.get("search_score", 0.0) for _, out in input_runs]))]
+                  for input_runs in runs]
         return [self._result(p, out, seconds) for p, out in chosen]
 
     def _run(self, prepared: list[_Prepared]) -> list[dict[str, np.ndarray]]:
@@ -424,7 +452,7 @@ class Registrator:
         out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
         out.update(pose=result.pose, confidence=result.confidence, draws_agreeing=result.draws_agreeing,
                    unrefined_pose=result.unrefined_pose)
-        if len(self.mirror_runs) > 1 or self.flip_check:
+        if len(self.mirror_runs) > 1 or self.yaw_sectors:
             out["search_score"] = search_scores(result.out)
         out = {k: v.double().cpu().numpy() for k, v in out.items()}
         return [{k: v[b] for k, v in out.items()} for b in range(len(prepared))]
@@ -545,9 +573,9 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
                    protocol_seed: int | None = None, refine: str | None = None,
                    traffic: str = "right", prior: str | os.PathLike | np.ndarray | None = None,
                    prior_yaw_deg: float = PRIOR_YAW_DEG, cloud_axes: str = "rdf",
-                   point_draws: int | None = None, flip_check: bool = False) -> RegistrationResult:
+                   point_draws: int | None = None, yaw_sectors: int = 0) -> RegistrationResult:
     """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one), and
-    ``refine``, ``traffic``, ``cloud_axes``, ``point_draws`` and ``flip_check`` as ``Registrator``'s; prior: a prior
+    ``refine``, ``traffic``, ``cloud_axes``, ``point_draws`` and ``yaw_sectors`` as ``Registrator``'s; prior: a prior
     pose (4x4, cloud -> camera) or a text file with one (as ``pose.txt``), whose yaw the search keeps within
     ``prior_yaw_deg`` (``Registrator.register``).
 
@@ -582,7 +610,7 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
         raise InputError("the protocol check moves the cloud into the camera's frame: leave the cloud axes at rdf, "
                          f"not {cloud_axes!r}")
     registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic, cloud_axes=cloud_axes,
-                                              point_draws=point_draws, flip_check=flip_check)
+                                              point_draws=point_draws, yaw_sectors=yaw_sectors)
     T_gt = None
     if protocol_seed is not None:
         if np.allclose(calibration.T_cam_velo, np.eye(4)):

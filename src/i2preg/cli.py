@@ -85,7 +85,7 @@ def _register(args: argparse.Namespace) -> None:
     print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights,
                          extrinsic=args.extrinsic, protocol_seed=args.protocol_seed, refine=args.refine,
                          traffic=args.traffic, prior=args.prior, cloud_axes=args.cloud_axes,
-                         point_draws=args.point_draws, flip_check=args.flip_check, **prior))
+                         point_draws=args.point_draws, yaw_sectors=args.yaw_sectors, **prior))
     if args.out:
         names = REGISTER_FILES + (REGISTER_PROTOCOL_FILES if args.protocol_seed is not None else ())
         print(f"wrote {', '.join(names)} in {args.out}")
@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the side of the street the scene's traffic keeps to: the model learned a right-hand world;"
                         " left registers the mirror images of image and cloud and mirrors the pose back; auto"
                         " registers both ways and keeps the pose the network scores higher (twice the time)")
-    p.add_argument("--flip-check", dest="flip_check", action="store_true",
-                   help="run the network once more with its yaw search held to the other half of the circle and keep"
-                        " the pose the network scores higher (twice the time; without --prior)")
+    p.add_argument("--yaw-sectors", dest="yaw_sectors", type=int, default=0, metavar="S",
+                   help="run the network S times more, its yaw search held to each of S sectors of the circle, and"
+                        " keep the run the most runs agree with (with --refine lines, for scenes unlike the training"
+                        " world; without --prior)")
     p.add_argument("--cloud-axes", dest="cloud_axes", default="rdf", metavar="AXES",
                    help="where the cloud's x, y and z point, one letter each of r, l, d, u, f, b (right, left, down,"
                         " up, forward, back): rdf (default) is the camera's axes, which a 3-DoF model expects; flu a"
