@@ -183,8 +183,8 @@ POSE_OUTPUTS = ("frustum_pose", "fine_pose", "prior_pose", "pose")
 
 def search_scores(out: dict) -> torch.Tensor:
     """(B,) the fine search's logit of its best hypothesis at any of its grids (``fine_logits``), a pair's: how
-    well the network's learned score rates its own final pose, comparable between runs of one model (``api``'s
-    ``traffic`` "auto" keeps the higher of an input's and its mirror images')."""
+    well the network's learned score rates its own final pose, comparable between runs of one model (``api.chosen_run``
+    weighs an input's runs by it: its mirror images', its yaw sectors')."""
     return out["fine_logits"].flatten(1).max(1).values
 
 
