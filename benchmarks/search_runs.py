@@ -7,7 +7,7 @@
 Every pair of the test split (the protocol's crops and point samples, as ``i2preg eval`` draws them) is run as it is
 and as its mirror image (image flipped left to right with its principal point, the clouds' and the true pose's x
 negated: a street that keeps to the other side), and as it is once more held to each of ``--sectors`` equal sectors
-of the yaw circle (the prior (2 pi k / S, pi / S), as the Registrator sets it). The table gives the final pose's Acc,
+of the yaw circle (``api.sector_priors``, as the Registrator sets them). The table gives the final pose's Acc,
 median RTE and RRE and yaw flips on the pairs as given for the Registrator's settings, each of which keeps, of its
 runs, the one ``api.chosen_run`` picks (the yaw the most runs reach, then the fine search's score): traffic "right"
 (the free run as given), "left" (the free run of the mirror image), "auto" (both), and "right" with the yaw sectors.
@@ -19,12 +19,11 @@ same with "auto". One point draw; ``--refine`` refines every run's pose before t
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
 import torch
 
-from i2preg.api import chosen_run
+from i2preg.api import chosen_run, sector_priors
 from i2preg.assembly import full_config, load_model
 from i2preg.data.collate import Collate
 from i2preg.data.pairs import build_dataset
@@ -86,13 +85,12 @@ def main() -> None:
     count = min(len(pairs), args.limit or len(pairs))
     collate = Collate(model.conf, knn_workers=-1)
     torch.manual_seed(0)
-    sectors = [torch.tensor([2 * math.pi * k / args.sectors, math.pi / args.sectors + 1e-6]) for k in range(args.sectors)]
     poses, scores, truth = [], [], []  # runs: as given, mirror image, as given held to each sector
     for start in range(0, count, args.batch_size):
         samples = [pairs[index] for index in range(start, min(start + args.batch_size, count))]
         given, mirror = run(model, collate, samples, eval_cfg), run(model, collate, [mirrored(s) for s in samples],
                                                                      eval_cfg)
-        held = [run(model, collate, samples, eval_cfg, prior) for prior in sectors]
+        held = [run(model, collate, samples, eval_cfg, prior) for prior in sector_priors(args.sectors)]
         poses.append(torch.stack([given[0], MIRROR @ mirror[0] @ MIRROR, *(pose for pose, _ in held)], 1))
         scores.append(torch.stack([given[1], mirror[1], *(score for _, score in held)], 1))
         truth.append(torch.stack([s["T_gt"].double() for s in samples]))

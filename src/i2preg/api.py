@@ -295,6 +295,13 @@ def run_yaw(prepared: _Prepared, pose: np.ndarray) -> float:
     return -yaw if prepared.mirrored else yaw
 
 
+def sector_priors(sectors: int) -> list[torch.Tensor]:
+    """The pose search's priors (yaw, tolerance) in radians, (2,) float32 each, that hold it to each of ``sectors``
+    equal sectors of the yaw circle in turn (``Registrator``'s ``yaw_sectors``): the sector's middle yaw 2 pi k / S
+    and half its width, a hair more so that the sectors meet."""
+    return [torch.tensor([2 * np.pi * k / sectors, np.pi / sectors + 1e-6], dtype=torch.float32) for k in range(sectors)]
+
+
 def chosen_run(yaws_deg: np.ndarray, scores: np.ndarray) -> int:
     """Of an input's R runs of the network (yaws (R,) deg, ``run_yaw``; scores (R,) ``inference.search_scores``), the
     index of the one whose yaw the most runs reach within ``VOTE_YAW_DEG`` (itself included), of those the one scored
@@ -428,9 +435,8 @@ class Registrator:
             yaw_priors = ([None] * len(images) if prior_poses is None
                           else self._yaw_priors(prior_poses, prior_yaw_deg, mirrored))
             prepared = [self._prepare(*args, mirrored) for args in zip(images, clouds, Ks, intensities, yaw_priors)]
-            for sector in range(-1, sectors):  # -1: the free run
-                if sector >= 0:  # the yaw search held to the sector (in the network's frame: its own sectors)
-                    held = torch.tensor([2 * np.pi * sector / sectors, np.pi / sectors + 1e-6], dtype=torch.float32)
+            for held in [None, *sector_priors(sectors)]:  # None: the free run
+                if held is not None:  # the yaw search held to a sector (in the network's frame: its own sectors)
                     for p in prepared:
                         for sample in p.samples:
                             sample["yaw_prior"] = held
