@@ -48,12 +48,13 @@ def mirrored(sample: dict) -> dict:
     return sample
 
 
-def run(model, collate: Collate, samples: list[dict], eval_cfg: dict, prior: torch.Tensor | None = None
+def run(model, batch: dict, eval_cfg: dict, prior: torch.Tensor | None = None, encoded: tuple | None = None
         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The final poses (B, 4, 4) and search scores (B,) of a run, its yaw search held to ``prior`` (2,) if given."""
+    """The final poses (B, 4, 4) and search scores (B,) of a run on a collated batch, its yaw search held to
+    ``prior`` (2,) if given (``encoded``: ``ICL.encode(batch)``, shared by the runs, or None)."""
     if prior is not None:
-        samples = [{**sample, "yaw_prior": prior} for sample in samples]
-    result = infer(model, collate(samples), eval_cfg=eval_cfg)
+        batch = {**batch, "yaw_prior": prior.expand(len(batch["K"]), 2)}
+    result = infer(model, batch, eval_cfg=eval_cfg, encoded=encoded)
     return result.pose.double(), search_scores(result.out).double()
 
 
@@ -88,9 +89,12 @@ def main() -> None:
     poses, scores, truth = [], [], []  # runs: as given, mirror image, as given held to each sector
     for start in range(0, count, args.batch_size):
         samples = [pairs[index] for index in range(start, min(start + args.batch_size, count))]
-        given, mirror = run(model, collate, samples, eval_cfg), run(model, collate, [mirrored(s) for s in samples],
-                                                                     eval_cfg)
-        held = [run(model, collate, samples, eval_cfg, prior) for prior in sector_priors(args.sectors)]
+        batch = collate(samples)
+        with torch.inference_mode():
+            encoded = model.encode(batch)  # the runs as given share the encoders' work
+        given, mirror = run(model, batch, eval_cfg, encoded=encoded), run(model, collate([mirrored(s) for s in samples]),
+                                                                           eval_cfg)
+        held = [run(model, batch, eval_cfg, prior, encoded) for prior in sector_priors(args.sectors)]
         poses.append(torch.stack([given[0], MIRROR @ mirror[0] @ MIRROR, *(pose for pose, _ in held)], 1))
         scores.append(torch.stack([given[1], mirror[1], *(score for _, score in held)], 1))
         truth.append(torch.stack([s["T_gt"].double() for s in samples]))

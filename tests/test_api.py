@@ -184,8 +184,12 @@ def test_yaw_sectors_hold_the_yaw_search_to_each_sector_in_turn(fine_weights, fr
     monkeypatch.setattr(api, "infer", lambda model, batch, **kw: priors.append(batch.get("yaw_prior")) or infer(
         model, batch, **kw))
     monkeypatch.setattr(api, "chosen_run", lambda yaws, scores: votes.append((yaws, scores)) or 3)
-    result = Registrator.from_pretrained(fine_weights, yaw_sectors=sectors).register(*args)
-    assert priors[0] is None and len(priors) == sectors + 1
+    registrator = Registrator.from_pretrained(fine_weights, yaw_sectors=sectors)
+    encodings = []  # the runs share one pass of the encoders
+    monkeypatch.setattr(registrator.model, "encode", lambda batch: encodings.append(1) or ICL.encode(
+        registrator.model, batch))
+    result = registrator.register(*args)
+    assert priors[0] is None and len(priors) == sectors + 1 and len(encodings) == 1
     np.testing.assert_allclose([float(p[0, 0]) for p in priors[1:]], 2 * np.pi * np.arange(sectors) / sectors, atol=1e-6)
     np.testing.assert_allclose([float(p[0, 1]) for p in priors[1:]], np.pi / sectors, atol=1e-5)
     assert len(votes) == 1 and votes[0][0].shape == votes[0][1].shape == (sectors + 1,)

@@ -338,7 +338,8 @@ class Registrator:
     to each of S equal sectors of the yaw circle in turn (within 180 / S deg of the sector's middle), and keeps the
     run that the most runs agree with (``chosen_run``; beyond the paper, docs/METHOD.md): with ``refine="lines"``,
     which brings the runs onto the same yaws, for scenes unlike the training world (it registers more real frames
-    and keeps nearly all of the training world's, BENCHMARKS.md); S + 1 times the network's time; not for an input
+    and keeps nearly all of the training world's, BENCHMARKS.md); the runs share one pass of the encoders (``ICL.encode``),
+    the rest of the network and the refinement run S + 1 times; not for an input
     with a prior pose; needs the PyTorch backend and a model with the fine search.
     """
 
@@ -435,12 +436,14 @@ class Registrator:
             yaw_priors = ([None] * len(images) if prior_poses is None
                           else self._yaw_priors(prior_poses, prior_yaw_deg, mirrored))
             prepared = [self._prepare(*args, mirrored) for args in zip(images, clouds, Ks, intensities, yaw_priors)]
+            batch = to_device(self.collate([p.samples if len(p.samples) > 1 else p.samples[0] for p in prepared]),
+                              self.device)
+            with torch.inference_mode():  # the sectors' runs share the encoders' work (``ICL.encode``)
+                encoded = self.model.encode(batch) if sectors else None
             for held in [None, *sector_priors(sectors)]:  # None: the free run
                 if held is not None:  # the yaw search held to a sector (in the network's frame: its own sectors)
-                    for p in prepared:
-                        for sample in p.samples:
-                            sample["yaw_prior"] = held
-                for input_runs, p, out in zip(runs, prepared, self._run(prepared)):
+                    batch["yaw_prior"] = held.to(self.device).expand(len(batch["K"]), 2)
+                for input_runs, p, out in zip(runs, prepared, self._run(batch, encoded)):
                     input_runs.append((p, out))
         seconds = time.perf_counter() - start
         chosen = [input_runs[chosen_run(np.array([run_yaw(p, out["pose"]) for p, out in input_runs]),
@@ -448,20 +451,18 @@ class Registrator:
                   for input_runs in runs]
         return [self._result(p, out, seconds) for p, out in chosen]
 
-    def _run(self, prepared: list[_Prepared]) -> list[dict[str, np.ndarray]]:
-        """The network and the solver on prepared inputs -> each input's outputs, float64: frustum_pose, kp_2d, kp_3d,
-        pose, confidence, draws_agreeing, unrefined_pose, and search_score (``inference.search_scores``) when the
-        Registrator compares runs."""
-        batch = to_device(self.collate([p.samples if len(p.samples) > 1 else p.samples[0] for p in prepared]),
-                          self.device)
-        result = infer(self.network, batch, eval_cfg=self.eval_config)
+    def _run(self, batch: dict, encoded: tuple | None = None) -> list[dict[str, np.ndarray]]:
+        """The network and the solver on the batch of prepared inputs (``encoded``: ``ICL.encode(batch)``, or None) ->
+        each input's outputs, float64: frustum_pose, kp_2d, kp_3d, pose, confidence, draws_agreeing, unrefined_pose,
+        and search_score (``inference.search_scores``) when the Registrator compares runs."""
+        result = infer(self.network, batch, eval_cfg=self.eval_config, encoded=encoded)
         out = {k: result.out[k] for k in ("frustum_pose", "kp_2d", "kp_3d")}
         out.update(pose=result.pose, confidence=result.confidence, draws_agreeing=result.draws_agreeing,
                    unrefined_pose=result.unrefined_pose)
         if len(self.mirror_runs) > 1 or self.yaw_sectors:
             out["search_score"] = search_scores(result.out)
         out = {k: v.double().cpu().numpy() for k, v in out.items()}
-        return [{k: v[b] for k, v in out.items()} for b in range(len(prepared))]
+        return [{k: v[b] for k, v in out.items()} for b in range(len(result.pose))]
 
     def _yaw_priors(self, prior_poses: Sequence[Tensorish], prior_yaw_deg: float, mirrored: bool
                     ) -> list[torch.Tensor]:

@@ -275,12 +275,15 @@ def timestamp(device: torch.device) -> float:
 
 
 @torch.inference_mode()
-def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | None = None) -> Inference:
+def infer(model: nn.Module, batch: dict, solver: str = "prm", eval_cfg: dict | None = None,
+          encoded: tuple | None = None) -> Inference:
     """Run ``model`` (in eval mode, on the batch's device) on a collated ``batch`` and solve its final poses
-    (``solve``; ``eval_cfg`` is needed by the pnp solver and the matching baseline)."""
+    (``solve``; ``eval_cfg`` is needed by the pnp solver and the matching baseline). encoded: ICL's
+    ``encode(batch)``, computed once for runs of the batch that differ only in its ``yaw_prior`` (None: the model
+    encodes the batch itself)."""
     device = batch["image"].device
     start = timestamp(device)
-    out = model(batch)
+    out = model(batch) if encoded is None else model(batch, encoded)
     forwarded = timestamp(device)
     pose, solved, draws_agreeing, unrefined_pose = solve(model, out, batch, solver, eval_cfg or {})
     solved_at = timestamp(device)

@@ -131,9 +131,19 @@ class ICL(nn.Module):
         """Stage-1 forward: encoders and GPDM only (the keys of ``forward`` up to ``mask``)."""
         return self._encode_and_detect(batch)[0]
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    def encode(self, batch: dict) -> tuple[list[torch.Tensor], tuple]:
+        """The two encoders on a batch (``forward``'s): the image encoder's maps (each image once, without its point
+        draws' rows) and the point encoder's (coarse_xyz, coarse_feats, skips). What ``forward`` computes from
+        them depends on the batch's ``yaw_prior`` but they do not: runs that differ only in it can share them."""
+        image = batch["image"]
+        if image.shape[-1] % 8 or image.shape[-2] % 8:
+            raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
+        return self.image_encoder(image[:: batch.get("draws", 1)]), self.point_encoder(batch, levels=True)
+
+    def forward(self, batch: dict, encoded: tuple | None = None) -> dict[str, torch.Tensor]:
         """batch: a ``data.collate.Collate`` batch (image (B, 3, H, W), K (B, 3, 3), the point pyramid...; with
-        ``yaw_prior`` (B, 2), a yaw and a tolerance in radians, GPDM's pose search keeps to those yaws).
+        ``yaw_prior`` (B, 2), a yaw and a tolerance in radians, GPDM's pose search keeps to those yaws). encoded:
+        ``encode(batch)`` when the caller has it already (None: computed here).
 
         Returns, with M coarse points, Nq queries and T pixel tokens:
         - GPDM: coarse_xyz (B, M, 3) cloud frame; cls_logits (B, M); frustum_centre, frustum_rotation (raw
@@ -149,7 +159,7 @@ class ICL(nn.Module):
         - prior_pose (B, 4, 4): the pose ICLM and PRM work about (the frustum pose of the paper's ICLM and PRM; the
           fine pose with the fine search), detached.
         """
-        out, (image_features, coarse_feats, skips) = self._encode_and_detect(batch)
+        out, (image_features, coarse_feats, skips) = self._encode_and_detect(batch, encoded)
         image_size = tuple(batch["image"].shape[-2:])
         token_map = repeat_draws(self.image_decoder(image_features), batch)
         if self.fine is not None:
@@ -178,14 +188,10 @@ class ICL(nn.Module):
         out.update(self.prm(*prm_inputs, batch["K"], prior_pose))
         return out
 
-    def _encode_and_detect(self, batch: dict):
-        image = batch["image"]
-        if image.shape[-1] % 8 or image.shape[-2] % 8:
-            raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
-        image_features = self.image_encoder(image[:: batch.get("draws", 1)])  # each image once
-        coarse_xyz, coarse_feats, skips = self.point_encoder(batch, levels=True)
+    def _encode_and_detect(self, batch: dict, encoded: tuple | None = None):
+        image_features, (coarse_xyz, coarse_feats, skips) = encoded or self.encode(batch)
         out = self.gpdm(repeat_draws(image_features[-1], batch), coarse_feats, coarse_xyz, batch["K"],
-                        tuple(image.shape[-2:]), batch.get("yaw_prior"))
+                        tuple(batch["image"].shape[-2:]), batch.get("yaw_prior"))
         out["coarse_xyz"] = coarse_xyz
         return out, (image_features, coarse_feats, skips)
 
