@@ -116,7 +116,8 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/real")
     parser.add_argument("--pose", choices=("final", "frustum"), default="final",
                         help="the pose scored: the model's final one, or GPDM's frustum pose")
-    parser.add_argument("--refine", help="none, edges or lines: the final pose's refinement (default: the weights' own)")
+    parser.add_argument("--refine", help="none, edges or lines: the final pose's refinement (default: the weights'"
+                        " own; lines with --yaw-sectors)")
     parser.add_argument("--point-draws", dest="point_draws", type=int,
                         help="draws of the point sample whose poses' consensus is the pose (default: the weights' own)")
     parser.add_argument("--traffic", choices=("recorded", *TRAFFIC_SIDES), default="recorded",

@@ -184,7 +184,8 @@ def test_yaw_sectors_hold_the_yaw_search_to_each_sector_in_turn(fine_weights, fr
     monkeypatch.setattr(api, "infer", lambda model, batch, **kw: priors.append(batch.get("yaw_prior")) or infer(
         model, batch, **kw))
     monkeypatch.setattr(api, "chosen_run", lambda yaws, scores: votes.append((yaws, scores)) or 3)
-    registrator = Registrator.from_pretrained(fine_weights, yaw_sectors=sectors)
+    assert Registrator.from_pretrained(fine_weights, yaw_sectors=sectors).eval_config["refine"] == "lines"
+    registrator = Registrator.from_pretrained(fine_weights, refine="none", yaw_sectors=sectors)  # as the held run's
     encodings = []  # the runs share one pass of the encoders
     monkeypatch.setattr(registrator.model, "encode", lambda batch: encodings.append(1) or ICL.encode(
         registrator.model, batch))

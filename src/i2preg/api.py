@@ -322,25 +322,25 @@ class Registrator:
     "torch" (the model itself), "onnx" (the model exported now, in memory, and run by ONNX Runtime on CPU; the
     export takes minutes) or the path of an .onnx file ``i2preg export`` wrote from the same weights. refine:
     "edges" refines each pose by edge alignment on the input cloud (``refine.py``), "lines" sets its yaw by the
-    directions of the cloud's walls and the image's horizontal lines (``lines.py``), both beyond the paper; "none"
-    does neither; None: the config's ``eval.refine``. traffic: the side of the street the scenes' traffic keeps to
-    (``TRAFFIC_SIDES``); the model learned a right-hand world and its yaw search reads the street's asymmetry, so
-    "left" registers the mirror images of the inputs (image flipped left to right, the cloud's x negated) and
-    mirrors the results back: the same pose, keypoints and mask frames as "right". "auto" registers each input
-    both ways and keeps the result whose fine search scored its best hypothesis higher (``search_scores``; twice
-    the network's time; needs the PyTorch backend and a model with the fine search). cloud_axes: where the cloud's x,
-    y and z point (``cloud_axes_rotation``; "flu" for a LiDAR's frame with z up): the cloud is turned into the
+    directions of the cloud's walls and the image's horizontal lines (``lines.py``), both beyond the paper; "none" does
+    neither; None: the config's ``eval.refine`` (with ``yaw_sectors``, "lines"). traffic: the side of the street the
+    scenes' traffic keeps to (``TRAFFIC_SIDES``); the model learned a right-hand world and its yaw search reads the
+    street's asymmetry, so "left" registers the mirror images of the inputs (image flipped left to right, the cloud's x
+    negated) and mirrors the results back: the same pose, keypoints and mask frames as "right". "auto" registers each
+    input both ways and keeps the result whose fine search scored its best hypothesis higher (``search_scores``; twice
+    the network's time; needs the PyTorch backend and a model with the fine search). cloud_axes: where the cloud's x, y
+    and z point (``cloud_axes_rotation``; "flu" for a LiDAR's frame with z up): the cloud is turned into the
     camera-like axes a 3-DoF model expects before registration, and the results come back in the cloud's frame.
     point_draws: run the network on that many draws of the cloud's point sample and take the consensus of their
     poses (``inference``, beyond the paper: more accurate on scenes like the training world's, less so on the real
     frames, BENCHMARKS.md; a batch of that many rows an input, the image encoded once with the PyTorch backend); None:
     the config's ``eval.point_draws``. yaw_sectors: S > 0 runs the network S times more, with GPDM's yaw search held
     to each of S equal sectors of the yaw circle in turn (within 180 / S deg of the sector's middle), and keeps the
-    run that the most runs agree with (``chosen_run``; beyond the paper, docs/METHOD.md): with ``refine="lines"``,
-    which brings the runs onto the same yaws, for scenes unlike the training world (it registers more real frames
-    and keeps nearly all of the training world's, BENCHMARKS.md); the runs share one pass of the encoders (``ICL.encode``),
-    the rest of the network and the refinement run S + 1 times; not for an input
-    with a prior pose; needs the PyTorch backend and a model with the fine search.
+    run that the most runs agree with (``chosen_run``; beyond the paper, docs/METHOD.md): for scenes unlike the
+    training world (it registers more real frames and keeps nearly all of the training world's, BENCHMARKS.md), with
+    ``refine="lines"``, which brings the runs onto the same yaws and is its refinement when ``refine`` is None. The
+    runs share one pass of the encoders (``ICL.encode``); the rest of the network and the refinement run S + 1 times.
+    Not for an input with a prior pose; needs the PyTorch backend and a model with the fine search.
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
@@ -359,6 +359,8 @@ class Registrator:
         self.num_points = int(data["num_points"])
         self.dense_points = int(data["dense_points"])
         self.eval_config = full_config(config or {})["eval"]  # its refine, edges and lines: ``inference.solve``
+        if refine is None and yaw_sectors:  # the sectors' vote counts on the lines to bring its runs together
+            refine = "lines"
         if refine is not None:
             self.eval_config["refine"] = checked_refinement(refine)
         if point_draws is not None:
