@@ -160,6 +160,10 @@ def test_auto_traffic_keeps_the_run_its_fine_search_scores_higher(fine_weights, 
         assert result.info["traffic"] == winner
         for key in ("pose", "frustum_pose", "keypoints_2d", "keypoints_3d", "overlap_mask"):
             np.testing.assert_array_equal(getattr(result, key), getattr(sides[winner], key))
+        runs = result.info["runs"]  # both runs, in the caller's frames, the chosen one marked
+        assert runs["chosen"] == ("right", "left").index(winner) and runs["support"].shape == (2,)
+        for index, side in enumerate(("right", "left")):
+            np.testing.assert_array_equal(runs["poses"][index], sides[side].pose)
     assert not np.allclose(sides["right"].pose, sides["left"].pose, atol=1e-3)  # the two runs differ
     for options in ({"traffic": "auto"}, {"yaw_sectors": 12}):
         with pytest.raises(InputError, match="need the PyTorch backend and a model with the fine search"):
@@ -172,6 +176,7 @@ def test_chosen_run_keeps_the_yaw_most_runs_reach_then_the_best_score():
     assert chosen_run(np.array([10.0, 40.0]), np.array([1.0, 3.0])) == 1  # two that disagree: the score decides
     assert chosen_run(np.array([10.0, 12.0]), np.array([3.0, 3.0])) == 0  # a tie: the first
     assert chosen_run(np.array([10.0]), np.array([0.0])) == 0
+    np.testing.assert_array_equal(api.run_support(np.array([10.0, 178.0, -179.0, 12.0, 179.5, 90.0])), [2, 3, 3, 2, 3, 1])
 
 
 def test_yaw_sectors_hold_the_yaw_search_to_each_sector_in_turn(fine_weights, frame, monkeypatch):
@@ -191,6 +196,10 @@ def test_yaw_sectors_hold_the_yaw_search_to_each_sector_in_turn(fine_weights, fr
         registrator.model, batch))
     result = registrator.register(*args)
     assert priors[0] is None and len(priors) == sectors + 1 and len(encodings) == 1
+    runs = result.info["runs"]
+    assert runs["poses"].shape == (sectors + 1, 4, 4) and runs["chosen"] == 3
+    np.testing.assert_array_equal(runs["poses"][3], result.pose)
+    np.testing.assert_array_equal(runs["support"], api.run_support(votes[0][0]))
     np.testing.assert_allclose([float(p[0, 0]) for p in priors[1:]], 2 * np.pi * np.arange(sectors) / sectors, atol=1e-6)
     np.testing.assert_allclose([float(p[0, 1]) for p in priors[1:]], np.pi / sectors, atol=1e-5)
     assert len(votes) == 1 and votes[0][0].shape == votes[0][1].shape == (sectors + 1,)
@@ -199,6 +208,7 @@ def test_yaw_sectors_hold_the_yaw_search_to_each_sector_in_turn(fine_weights, fr
     held = Registrator.from_pretrained(fine_weights).register(
         *args, prior_pose=turned(np.eye(4), np.degrees(2 * np.pi * 2 / sectors)), prior_yaw_deg=180 / sectors)
     np.testing.assert_allclose(result.pose, held.pose, atol=1e-5)  # run 3: the third sector's
+    assert "runs" not in held.info  # one run: no alternatives
     np.testing.assert_allclose(votes[0][0][3], np.degrees(np.arctan2(-held.pose[2, 0], held.pose[0, 0])), atol=1e-3)
     priors.clear()
     monkeypatch.setattr(api, "infer", lambda model, batch, **kw: priors.append(batch.get("yaw_prior")) or infer(

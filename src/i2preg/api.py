@@ -123,7 +123,12 @@ class RegistrationResult:
         ``register_batch``), ``point_draws`` and ``draws_agreeing`` (how many of the draws of the point sample agree
         with ``pose``: ``Registrator(point_draws=...)``), ``refined_turn_deg`` (with ``Registrator(refine=...)``: the
         rotation angle between the solver's pose and ``pose``), ``traffic`` (the side of the street the network
-        was shown, "left" for the mirror images: ``Registrator(traffic=...)``).
+        was shown, "left" for the mirror images: ``Registrator(traffic=...)``), and ``runs`` where the Registrator
+        runs the network more than once (``traffic="auto"``, ``yaw_sectors``): ``poses`` (R, 4, 4) every run's final
+        pose, caller's frames, in the order run (the free run as given, its yaw sectors, then the mirror images' the
+        same), ``support`` (R,) how many runs reach each one's yaw (``run_support``), ``search_scores`` (R,) and
+        ``chosen``, the index of ``pose``'s run: the alternatives, for a caller with a cue of its own (odometry,
+        a compass, a map) to choose among.
     """
 
     pose: np.ndarray
@@ -302,14 +307,20 @@ def sector_priors(sectors: int) -> list[torch.Tensor]:
     return [torch.tensor([2 * np.pi * k / sectors, np.pi / sectors + 1e-6], dtype=torch.float32) for k in range(sectors)]
 
 
+def run_support(yaws_deg: np.ndarray) -> np.ndarray:
+    """(R,) int64: for each of an input's R runs (yaws (R,) deg, ``run_yaw``), how many of them reach its yaw within
+    ``VOTE_YAW_DEG``, itself included."""
+    gap = np.abs((yaws_deg[:, None] - yaws_deg[None, :] + 180.0) % 360.0 - 180.0)
+    return (gap < VOTE_YAW_DEG).sum(1)
+
+
 def chosen_run(yaws_deg: np.ndarray, scores: np.ndarray) -> int:
     """Of an input's R runs of the network (yaws (R,) deg, ``run_yaw``; scores (R,) ``inference.search_scores``), the
-    index of the one whose yaw the most runs reach within ``VOTE_YAW_DEG`` (itself included), of those the one scored
+    index of the one whose yaw the most runs reach within ``VOTE_YAW_DEG`` (``run_support``), of those the one scored
     highest, and of those the first. Runs held to the wrong yaw sectors end scattered at their sectors' edges, while
     those that can reach the pose the network finds best converge on it; with two runs that disagree, the score
     decides."""
-    gap = np.abs((yaws_deg[:, None] - yaws_deg[None, :] + 180.0) % 360.0 - 180.0)
-    support = (gap < VOTE_YAW_DEG).sum(1)
+    support = run_support(yaws_deg)
     best = np.flatnonzero(support == support.max())
     return int(best[np.argmax(scores[best])])
 
@@ -387,6 +398,12 @@ class Registrator:
         camera_to_network = MIRROR if mirrored else np.eye(4)
         return camera_to_network, camera_to_network @ self.cloud_axes
 
+    def to_caller(self, p: _Prepared, pose: np.ndarray) -> np.ndarray:
+        """A pose (4, 4) in the network's frames for the prepared input ``p`` -> the caller's frames:
+        camera_to_network^-1 T' cloud_to_network (``to_network``)."""
+        camera_to_network, cloud_to_network = self.to_network(p.mirrored)
+        return camera_to_network.T @ pose @ cloud_to_network
+
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                         backend: str | os.PathLike = "torch", refine: str | None = None,
@@ -448,10 +465,17 @@ class Registrator:
                 for input_runs, p, out in zip(runs, prepared, self._run(batch, encoded)):
                     input_runs.append((p, out))
         seconds = time.perf_counter() - start
-        chosen = [input_runs[chosen_run(np.array([run_yaw(p, out["pose"]) for p, out in input_runs]),
-                                        np.array([out.get("search_score", 0.0) for _, out in input_runs]))]
-                  for input_runs in runs]
-        return [self._result(p, out, seconds) for p, out in chosen]
+        results = []
+        for input_runs in runs:
+            yaws = np.array([run_yaw(p, out["pose"]) for p, out in input_runs])
+            scores = np.array([out.get("search_score", 0.0) for _, out in input_runs])
+            chosen = chosen_run(yaws, scores)
+            result = self._result(*input_runs[chosen], seconds)
+            if len(input_runs) > 1:  # the alternatives, for a caller with a cue of its own
+                result.info["runs"] = {"poses": np.stack([self.to_caller(p, out["pose"]) for p, out in input_runs]),
+                                       "support": run_support(yaws), "search_scores": scores, "chosen": chosen}
+            results.append(result)
+        return results
 
     def _run(self, batch: dict, encoded: tuple | None = None) -> list[dict[str, np.ndarray]]:
         """The network and the solver on the batch of prepared inputs (``encoded``: ``ICL.encode(batch)``, or None) ->
@@ -545,10 +569,8 @@ class Registrator:
         pose, frustum_pose, keypoints_3d = out["pose"], out["frustum_pose"], out["kp_3d"]
         if p.mirrored:  # back from the mirror images: u = W - 1 - u'
             keypoints_2d = keypoints_2d * [-1, 1] + [p.size[1] - 1, 0]
-        # back into the caller's frames (``to_network``): T = camera_to_network^-1 T' cloud_to_network, likewise x
-        camera_to_network, cloud_to_network = self.to_network(p.mirrored)
-        pose, frustum_pose = (camera_to_network.T @ T @ cloud_to_network for T in (pose, frustum_pose))
-        keypoints_3d = keypoints_3d @ cloud_to_network[:3, :3]
+        pose, frustum_pose = self.to_caller(p, pose), self.to_caller(p, frustum_pose)
+        keypoints_3d = keypoints_3d @ self.to_network(p.mirrored)[1][:3, :3]  # x = cloud_to_network^-1 x (``to_caller``)
         info = {"resampled": bool(p.samples[0]["resampled"]), "point_draws": len(p.samples),
                 "draws_agreeing": int(out["draws_agreeing"]), "scale": p.scale, "crop_offset": p.crop_offset,
                 "K_model": p.K_model, "seconds": seconds, "traffic": "left" if p.mirrored else "right"}
