@@ -177,18 +177,23 @@ def test_chosen_run_keeps_the_yaw_most_runs_reach_then_the_best_score():
     assert chosen_run(np.array([10.0, 12.0]), np.array([3.0, 3.0])) == 0  # a tie: the first
     assert chosen_run(np.array([10.0]), np.array([0.0])) == 0
     np.testing.assert_array_equal(api.run_support(np.array([10.0, 178.0, -179.0, 12.0, 179.5, 90.0])), [2, 3, 3, 2, 3, 1])
+    yaws, scores = np.array([10.0, 178.0, -179.0, 12.0, 179.5, 90.0]), np.array([5.0, 1.0, 2.0, 9.0, 0.0, 99.0])
+    assert chosen_run(yaws, scores, (0.0, 30.0)) == 3  # a prior pose: the vote among the runs within its tolerance
+    assert chosen_run(yaws, scores, (100.0, 30.0)) == 5
+    assert chosen_run(yaws, scores, (-90.0, 30.0)) == 2  # none within it: the nearest
 
 
 def test_yaw_sectors_hold_the_yaw_search_to_each_sector_in_turn(fine_weights, frame, monkeypatch):
     """yaw_sectors=S runs the network freely and then held to each of S equal sectors of the yaw circle (a prior
     yaw 2 pi k / S with the tolerance pi / S), and returns the run ``chosen_run`` picks: the run held to a sector is
-    the run with a prior pose at the sector's middle yaw and tolerance; with a prior pose it runs once."""
+    the run with a prior pose at the sector's middle yaw and tolerance; a prior pose holds no search but chooses
+    between the runs."""
     args = frame["image"], frame["points"], frame["K"]
     sectors = 7  # sector edges between the yaw search's bins
     priors, votes = [], []
     monkeypatch.setattr(api, "infer", lambda model, batch, **kw: priors.append(batch.get("yaw_prior")) or infer(
         model, batch, **kw))
-    monkeypatch.setattr(api, "chosen_run", lambda yaws, scores: votes.append((yaws, scores)) or 3)
+    monkeypatch.setattr(api, "chosen_run", lambda yaws, scores, prior=None: votes.append((yaws, scores)) or 3)
     assert Registrator.from_pretrained(fine_weights, yaw_sectors=sectors).eval_config["refine"] == "lines"
     registrator = Registrator.from_pretrained(fine_weights, refine="none", yaw_sectors=sectors)  # as the held run's
     encodings = []  # the runs share one pass of the encoders
@@ -213,8 +218,13 @@ def test_yaw_sectors_hold_the_yaw_search_to_each_sector_in_turn(fine_weights, fr
     priors.clear()
     monkeypatch.setattr(api, "infer", lambda model, batch, **kw: priors.append(batch.get("yaw_prior")) or infer(
         model, batch, **kw))
-    Registrator.from_pretrained(fine_weights, yaw_sectors=sectors).register(*args, prior_pose=np.eye(4))
-    assert len(priors) == 1
+    prior_yaw = np.degrees(2 * np.pi * 2 / sectors)
+    chosen = Registrator.from_pretrained(fine_weights, refine="none", yaw_sectors=sectors).register(
+        *args, prior_pose=turned(np.eye(4), prior_yaw), prior_yaw_deg=1.0)
+    assert priors[0] is None and len(priors) == sectors + 1  # the free run and the sectors, none held to the prior
+    runs = chosen.info["runs"]
+    yaws = np.degrees(np.arctan2(-runs["poses"][:, 2, 0], runs["poses"][:, 0, 0]))
+    assert runs["chosen"] == chosen_run(yaws, runs["search_scores"], (prior_yaw, 1.0))
     for bad in (-1, 2.5, True):
         with pytest.raises(InputError, match="yaw_sectors must be a whole number"):
             Registrator.from_pretrained(fine_weights, yaw_sectors=bad)

@@ -314,14 +314,21 @@ def run_support(yaws_deg: np.ndarray) -> np.ndarray:
     return (gap < VOTE_YAW_DEG).sum(1)
 
 
-def chosen_run(yaws_deg: np.ndarray, scores: np.ndarray) -> int:
+def chosen_run(yaws_deg: np.ndarray, scores: np.ndarray, prior: tuple[float, float] | None = None) -> int:
     """Of an input's R runs of the network (yaws (R,) deg, ``run_yaw``; scores (R,) ``inference.search_scores``), the
     index of the one whose yaw the most runs reach within ``VOTE_YAW_DEG`` (``run_support``), of those the one scored
     highest, and of those the first. Runs held to the wrong yaw sectors end scattered at their sectors' edges, while
     those that can reach the pose the network finds best converge on it; with two runs that disagree, the score
-    decides."""
-    support = run_support(yaws_deg)
-    best = np.flatnonzero(support == support.max())
+    decides. prior: (yaw, tolerance) in degrees, a prior pose's: only the runs whose yaws lie within the tolerance of
+    it take part (the vote counted among them), and where none does, the run nearest it is kept."""
+    candidates = np.arange(len(yaws_deg))
+    if prior is not None:
+        gap = np.abs((yaws_deg - prior[0] + 180.0) % 360.0 - 180.0)
+        candidates = np.flatnonzero(gap <= prior[1])
+        if not len(candidates):
+            return int(np.argmin(gap))
+    support = run_support(yaws_deg[candidates])
+    best = candidates[support == support.max()]
     return int(best[np.argmax(scores[best])])
 
 
@@ -351,7 +358,8 @@ class Registrator:
     training world (it registers more real frames and keeps nearly all of the training world's, BENCHMARKS.md), with
     ``refine="lines"``, which brings the runs onto the same yaws and is its refinement when ``refine`` is None. The
     runs share one pass of the encoders (``ICL.encode``); the rest of the network and the refinement run S + 1 times.
-    Not for an input with a prior pose; needs the PyTorch backend and a model with the fine search.
+    With a prior pose (``register``) the runs are not held to it: it chooses between them. Needs the PyTorch backend
+    and a model with the fine search.
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
@@ -430,7 +438,9 @@ class Registrator:
         prior_pose: (4, 4) cloud -> camera, a guess of the pose (from odometry, a compass, the last frame's pose),
         or None. Only its yaw is used: GPDM's pose search then considers only the yaws within ``prior_yaw_deg``
         of it (the searches after it may move the yaw a few degrees further); the rest of the pose is found
-        as without it. Needs the PyTorch backend and a model with the pose search (the bundled one).
+        as without it. With ``yaw_sectors`` the searches run as without it, and of the runs those whose yaws lie within
+        ``prior_yaw_deg`` of the prior's are chosen between (``chosen_run``). Needs the PyTorch backend and a model
+        with the pose search (the bundled one).
         """
         return self.register_batch([image], [points], [K], None if intensity is None else [intensity],
                                    None if prior_pose is None else [prior_pose], prior_yaw_deg)[0]
@@ -450,10 +460,12 @@ class Registrator:
             return []
         intensities = intensities if intensities is not None else [None] * len(images)
         runs: list[list[tuple[_Prepared, dict]]] = [[] for _ in images]  # each input's runs (``_run``)
-        sectors = 0 if prior_poses is not None else self.yaw_sectors  # a prior pose has chosen the yaws already
+        sectors, held = self.yaw_sectors, prior_poses is not None and not self.yaw_sectors
+        choice_priors = [None] * len(images)  # with yaw sectors a prior pose chooses between the runs (``chosen_run``)
+        if prior_poses is not None and sectors:  # (yaw, tolerance) in degrees, in the unmirrored frame (``run_yaw``)
+            choice_priors = [tuple(np.degrees(p.numpy())) for p in self._yaw_priors(prior_poses, prior_yaw_deg, False)]
         for mirrored in self.mirror_runs:
-            yaw_priors = ([None] * len(images) if prior_poses is None
-                          else self._yaw_priors(prior_poses, prior_yaw_deg, mirrored))
+            yaw_priors = (self._yaw_priors(prior_poses, prior_yaw_deg, mirrored) if held else [None] * len(images))
             prepared = [self._prepare(*args, mirrored) for args in zip(images, clouds, Ks, intensities, yaw_priors)]
             batch = to_device(self.collate([p.samples if len(p.samples) > 1 else p.samples[0] for p in prepared]),
                               self.device)
@@ -466,10 +478,10 @@ class Registrator:
                     input_runs.append((p, out))
         seconds = time.perf_counter() - start
         results = []
-        for input_runs in runs:
+        for input_runs, prior in zip(runs, choice_priors):
             yaws = np.array([run_yaw(p, out["pose"]) for p, out in input_runs])
             scores = np.array([out.get("search_score", 0.0) for _, out in input_runs])
-            chosen = chosen_run(yaws, scores)
+            chosen = chosen_run(yaws, scores, prior)
             result = self._result(*input_runs[chosen], seconds)
             if len(input_runs) > 1:  # the alternatives, for a caller with a cue of its own
                 result.info["runs"] = {"poses": np.stack([self.to_caller(p, out["pose"]) for p, out in input_runs]),

@@ -212,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                         " registers both ways and keeps the pose the network scores higher (twice the time)")
     p.add_argument("--yaw-sectors", dest="yaw_sectors", type=int, default=0, metavar="S",
                    help="run the network S times more, its yaw search held to each of S sectors of the circle, and"
-                        " keep the run the most runs agree with (for scenes unlike the training world; without"
-                        " --prior); its --refine defaults to lines, which brings the runs together")
+                        " keep the run the most runs agree with (for scenes unlike the training world; with --prior,"
+                        " of the runs within --prior-yaw-deg of it); its --refine defaults to lines, which brings the"
+                        " runs together")
     p.add_argument("--cloud-axes", dest="cloud_axes", default="rdf", metavar="AXES",
                    help="where the cloud's x, y and z point, one letter each of r, l, d, u, f, b (right, left, down,"
                         " up, forward, back): rdf (default) is the camera's axes, which a 3-DoF model expects; flu a"
