@@ -589,6 +589,22 @@ def test_a_prior_pose_keeps_the_yaw_search_within_its_tolerance(weights, frame, 
     np.testing.assert_array_equal(same.pose, free.pose)
 
 
+def test_a_prior_pose_holds_both_runs_of_traffic_auto(fine_weights, frame, monkeypatch):
+    """traffic="auto" with a prior pose: the run as given and the mirror images' are both held to it (each in its own
+    frame); with yaw sectors as well, none is held to it and it chooses between the runs."""
+    priors = []
+    monkeypatch.setattr(api, "infer", lambda model, batch, **kw: priors.append(batch.get("yaw_prior")) or infer(
+        model, batch, **kw))
+    args, prior = (frame["image"], frame["points"], frame["K"]), turned(np.eye(4), 40.0)
+    Registrator.from_pretrained(fine_weights, traffic="auto").register(*args, prior_pose=prior)
+    assert len(priors) == 2 and all(p is not None for p in priors)
+    np.testing.assert_allclose(float(priors[1][0, 0]), -float(priors[0][0, 0]), atol=1e-6)  # the mirrored yaw
+    priors.clear()
+    result = Registrator.from_pretrained(fine_weights, traffic="auto", yaw_sectors=2, refine="none").register(
+        *args, prior_pose=prior)
+    assert len(priors) == 6 and priors[0] is None and priors[3] is None and len(result.info["runs"]["poses"]) == 6
+
+
 def test_bad_prior_poses_give_one_line_input_errors(reg, frame):
     args = frame["image"], frame["points"], frame["K"]
     for prior, tolerance, expected in [(np.eye(3), 30, "finite (4, 4) pose"), (np.diag([2.0, 1, 1, 1]), 30, "not a rotation"),

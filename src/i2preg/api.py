@@ -460,12 +460,13 @@ class Registrator:
             return []
         intensities = intensities if intensities is not None else [None] * len(images)
         runs: list[list[tuple[_Prepared, dict]]] = [[] for _ in images]  # each input's runs (``_run``)
-        sectors, held = self.yaw_sectors, prior_poses is not None and not self.yaw_sectors
+        sectors, hold_to_prior = self.yaw_sectors, prior_poses is not None and not self.yaw_sectors
         choice_priors = [None] * len(images)  # with yaw sectors a prior pose chooses between the runs (``chosen_run``)
         if prior_poses is not None and sectors:  # (yaw, tolerance) in degrees, in the unmirrored frame (``run_yaw``)
             choice_priors = [tuple(np.degrees(p.numpy())) for p in self._yaw_priors(prior_poses, prior_yaw_deg, False)]
         for mirrored in self.mirror_runs:
-            yaw_priors = (self._yaw_priors(prior_poses, prior_yaw_deg, mirrored) if held else [None] * len(images))
+            yaw_priors = (self._yaw_priors(prior_poses, prior_yaw_deg, mirrored) if hold_to_prior
+                          else [None] * len(images))
             prepared = [self._prepare(*args, mirrored) for args in zip(images, clouds, Ks, intensities, yaw_priors)]
             batch = to_device(self.collate([p.samples if len(p.samples) > 1 else p.samples[0] for p in prepared]),
                               self.device)
