@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from i2preg.api import chosen_run, sector_priors
+from i2preg.api import chosen_run, pose_yaws, sector_priors
 from i2preg.assembly import load_model
 from i2preg.config import deep_update
 from i2preg.geometry import pose_to_frustum_params
@@ -71,7 +71,7 @@ def main() -> None:
                     results.append(infer(model, batch, eval_cfg=eval_cfg))
                 runs = np.stack([r.pose.double().numpy() for r in results], 1)  # (B, S + 1, 4, 4)
                 scores = np.stack([search_scores(r.out).double().numpy() for r in results], 1)
-                yaws = np.degrees(np.arctan2(-runs[..., 2, 0], runs[..., 0, 0]))
+                yaws = pose_yaws(runs)
                 chosen = [chosen_run(yaws[b], scores[b], tuple(np.degrees(prior[b].numpy()))) for b in range(len(yaw))]
                 poses["with the prior"].append(runs[np.arange(len(yaw)), chosen])
             else:

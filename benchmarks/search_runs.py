@@ -6,14 +6,14 @@
 
 Every pair of the test split (the protocol's crops and point samples, as ``i2preg eval`` draws them) is run as it is
 and as its mirror image (image flipped left to right with its principal point, the clouds' and the true pose's x
-negated: a street that keeps to the other side), and as it is once more held to each of ``--sectors`` equal sectors
-of the yaw circle (``api.sector_priors``, as the Registrator sets them). The table gives the final pose's Acc,
-median RTE and RRE and yaw flips on the pairs as given for the Registrator's settings, each of which keeps, of its
-runs, the one ``api.chosen_run`` picks (the yaw the most runs reach, then the fine search's score): traffic "right"
-(the free run as given), "left" (the free run of the mirror image), "auto" (both), and "right" with the yaw sectors.
-The pairs' mirror images, a world that keeps to the left, score the same with "left" and "right" swapped, and the
-same with "auto". One point draw; ``--refine`` refines every run's pose before the choice (the Registrator's order). A design check on synthetic pairs; ``benchmarks/real_frames.py
---traffic auto --yaw-sectors 12`` measures the real frames.
+negated: a street that keeps to the other side), and as it is once more held to each of ``--sectors`` equal sectors of
+the yaw circle (``api.sector_priors``, as the Registrator sets them). The table gives the final pose's Acc, median RTE
+and RRE and yaw flips on the pairs as given for the Registrator's settings, each of which keeps, of its runs, the one
+``api.chosen_run`` picks (the yaw the most runs reach, then the fine search's score): traffic "right" (the free run as
+given), "left" (the free run of the mirror image), "auto" (both), and "right" with the yaw sectors. The pairs' mirror
+images, a world that keeps to the left, score the same with "left" and "right" swapped, and the same with "auto". One
+point draw; ``--refine`` refines every run's pose before the choice (the Registrator's order). A design check on
+synthetic pairs; ``benchmarks/real_frames.py --traffic auto --yaw-sectors 12`` measures the real frames.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ import argparse
 import numpy as np
 import torch
 
-from i2preg.api import chosen_run, sector_priors
+from i2preg import api
+from i2preg.api import chosen_run, pose_yaws, sector_priors
 from i2preg.assembly import full_config, load_model
 from i2preg.data.collate import Collate
 from i2preg.data.pairs import build_dataset
 from i2preg.inference import infer, search_scores
-from i2preg.metrics import ACC_RRE_DEG, ACC_RTE_M, registration_errors, yaw_offsets
+from i2preg.metrics import registration_errors, success, yaw_offsets
 from i2preg.weights import resolve_weights
 
-MIRROR = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+MIRROR = torch.from_numpy(api.MIRROR)  # x -> -x, float64
 
 
 def mirrored(sample: dict) -> dict:
@@ -60,9 +61,8 @@ def run(model, batch: dict, eval_cfg: dict, prior: torch.Tensor | None = None, e
 
 def summary(name: str, pose: np.ndarray, truth: np.ndarray) -> str:
     errors = registration_errors(pose, truth)
-    success = (errors["rte"] < ACC_RTE_M) & (errors["rre"] < ACC_RRE_DEG)
     flips = int((np.abs(yaw_offsets(pose, truth)) >= 150).sum())
-    return (f"| {name} | {len(pose)} | {success.mean():.1%} | {np.median(errors['rte']):.2f} |"
+    return (f"| {name} | {len(pose)} | {success(errors).mean():.1%} | {np.median(errors['rte']):.2f} |"
             f" {np.median(errors['rre']):.2f} | {flips} |")
 
 
@@ -99,7 +99,7 @@ def main() -> None:
         scores.append(torch.stack([given[1], mirror[1], *(score for _, score in held)], 1))
         truth.append(torch.stack([s["T_gt"].double() for s in samples]))
     poses, scores, truth = (torch.cat(part).numpy() for part in (poses, scores, truth))
-    yaws = np.degrees(np.arctan2(-poses[..., 2, 0], poses[..., 0, 0]))  # (P, runs), the pairs' frames as given
+    yaws = pose_yaws(poses)  # (P, runs), the pairs' frames as given
     print(f"{args.data}, the pairs as given:\n")
     print("| traffic, yaw sectors | pairs | Acc | median RTE (m) | median RRE (deg) | yaw flips |")
     print("|---|---|---|---|---|---|")

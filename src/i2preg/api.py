@@ -293,10 +293,21 @@ VOTE_YAW_DEG = 5.0
 Acc."""
 
 
+def pose_yaws(poses: np.ndarray) -> np.ndarray:
+    """The yaws (deg) of level poses (..., 4, 4), cloud -> camera, as the pose search counts them
+    (``pose_search.vector_yaws`` of d = (R[2, 0], R[0, 0])) -> (...,)."""
+    return np.degrees(np.arctan2(-poses[..., 2, 0], poses[..., 0, 0]))
+
+
+def yaw_gaps(yaws_deg: np.ndarray, other_deg: np.ndarray | float) -> np.ndarray:
+    """|yaws - other| (deg) around the circle, in [0, 180], broadcast."""
+    return np.abs((yaws_deg - other_deg + 180.0) % 360.0 - 180.0)
+
+
 def run_yaw(prepared: _Prepared, pose: np.ndarray) -> float:
     """The yaw (deg) of a run's final pose (4, 4) in the network's frame, as seen in the unmirrored one (a mirror
     image's yaw negated): the yaw ``chosen_run`` compares between runs."""
-    yaw = float(np.degrees(np.arctan2(-pose[2, 0], pose[0, 0])))
+    yaw = float(pose_yaws(pose))
     return -yaw if prepared.mirrored else yaw
 
 
@@ -310,8 +321,7 @@ def sector_priors(sectors: int) -> list[torch.Tensor]:
 def run_support(yaws_deg: np.ndarray) -> np.ndarray:
     """(R,) int64: for each of an input's R runs (yaws (R,) deg, ``run_yaw``), how many of them reach its yaw within
     ``VOTE_YAW_DEG``, itself included."""
-    gap = np.abs((yaws_deg[:, None] - yaws_deg[None, :] + 180.0) % 360.0 - 180.0)
-    return (gap < VOTE_YAW_DEG).sum(1)
+    return (yaw_gaps(yaws_deg[:, None], yaws_deg[None, :]) < VOTE_YAW_DEG).sum(1)
 
 
 def chosen_run(yaws_deg: np.ndarray, scores: np.ndarray, prior: tuple[float, float] | None = None) -> int:
@@ -323,7 +333,7 @@ def chosen_run(yaws_deg: np.ndarray, scores: np.ndarray, prior: tuple[float, flo
     it take part (the vote counted among them), and where none does, the run nearest it is kept."""
     candidates = np.arange(len(yaws_deg))
     if prior is not None:
-        gap = np.abs((yaws_deg - prior[0] + 180.0) % 360.0 - 180.0)
+        gap = yaw_gaps(yaws_deg, prior[0])
         candidates = np.flatnonzero(gap <= prior[1])
         if not len(candidates):
             return int(np.argmin(gap))
