@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from i2preg import api
+from i2preg import api, lines
 from i2preg.api import LOW_CONFIDENCE, RegistrationResult, Registrator, chosen_run, cloud_axes_rotation, register_files
 from i2preg.assembly import full_config
 from i2preg.config import load_config
@@ -34,6 +34,7 @@ from i2preg.geometry import (
     transform_points,
 )
 from i2preg.inference import infer, search_scores
+from i2preg.lines import image_line_evidence
 from i2preg.metrics import registration_errors, success
 from i2preg.model.icl import ICL
 from i2preg.weights import bundled_weights, save_weights
@@ -181,6 +182,15 @@ def test_chosen_run_keeps_the_yaw_most_runs_reach_then_the_best_score():
     assert chosen_run(yaws, scores, (0.0, 30.0)) == 3  # a prior pose: the vote among the runs within its tolerance
     assert chosen_run(yaws, scores, (100.0, 30.0)) == 5
     assert chosen_run(yaws, scores, (-90.0, 30.0)) == 2  # none within it: the nearest
+
+
+def test_yaw_sectors_compute_the_line_evidence_once(fine_weights, frame, monkeypatch):
+    """The sectors' runs line-align their poses on one computation of the image's evidence."""
+    computed = []
+    monkeypatch.setattr(lines, "image_line_evidence", lambda *args: computed.append(1) or image_line_evidence(*args))
+    result = Registrator.from_pretrained(fine_weights, yaw_sectors=3).register(frame["image"], frame["points"],
+                                                                              frame["K"])
+    assert len(computed) == 1 and result.info["runs"]["poses"].shape == (4, 4, 4)
 
 
 def test_yaw_sectors_hold_the_yaw_search_to_each_sector_in_turn(fine_weights, frame, monkeypatch):

@@ -15,7 +15,16 @@ from i2preg.assembly import full_config
 from i2preg.errors import InputError
 from i2preg.geometry import invert_transform, make_transform, rot_y
 from i2preg.inference import infer
-from i2preg.lines import LINE_DEFAULTS, align_yaw, checked_steps, direction_grid, wall_directions, yaw_scores
+from i2preg.lines import (
+    LINE_DEFAULTS,
+    align_poses,
+    align_yaw,
+    checked_steps,
+    direction_grid,
+    line_evidence,
+    wall_directions,
+    yaw_scores,
+)
 from i2preg.metrics import registration_errors
 from i2preg.model import ICL
 from test_model import TINY_CONF, synthetic_batch
@@ -103,6 +112,18 @@ def test_alignment_recovers_the_true_yaw(yaw_deg):
     assert np.allclose(invert_transform(unpivoted.double().numpy())[:3, 3], 0.0, atol=1e-5)
 
 
+def test_evidence_computed_once_aligns_as_computed_each_time():
+    """Poses aligned with the images' evidence given (``line_evidence``, as the yaw sectors' runs share it) are the
+    poses aligned without it, to the bit."""
+    image, cloud = street_scene()
+    images, Ks = image[None].expand(3, -1, -1, -1), torch.from_numpy(K)[None].expand(3, 3, 3)
+    starts = torch.stack([turned(yaw) for yaw in (-6.0, 3.0, 30.0)])
+    evidence = line_evidence(images, Ks)
+    assert evidence.shape == (3, len(direction_grid(LINE_DEFAULTS["direction_step_deg"]))) and evidence.min() > 0
+    assert torch.equal(align_poses(images, Ks, [cloud] * 3, starts, evidence=evidence),
+                       align_poses(images, Ks, [cloud] * 3, starts))
+
+
 def test_no_walls_or_a_best_yaw_at_the_window_edge_keep_the_start():
     image, cloud = street_scene()
     ground = cloud[cloud[:, 1] > 1.6]
@@ -123,14 +144,17 @@ def test_eval_refine_lines_runs_after_the_solver_and_needs_dense_clouds(monkeypa
     batch["dense_points"] = list(batch["points"])
     calls = []
 
-    def turn_all(images, Ks, clouds, poses, conf):
-        calls.append((images, Ks, clouds, poses.clone(), conf))
+    def turn_all(images, Ks, clouds, poses, conf, evidence):
+        calls.append((images, Ks, clouds, poses.clone(), conf, evidence))
         return turned(7.0) @ poses
 
     monkeypatch.setattr(inference, "align_poses", turn_all)
     aligned = infer(model, batch, "frustum", eval_cfg)
     plain = infer(model, batch, "frustum")
-    (images, Ks, clouds, poses, conf), = calls
-    assert images is batch["image"] and Ks is batch["K"] and clouds is batch["dense_points"]
+    (images, Ks, clouds, poses, conf, evidence), = calls
+    assert images is batch["image"] and Ks is batch["K"] and clouds is batch["dense_points"] and evidence is None
     assert conf == LINE_DEFAULTS and torch.equal(poses, plain.pose)
     assert torch.allclose(aligned.pose, turned(7.0) @ plain.pose) and aligned.solved.all()
+    batch["line_evidence"] = torch.ones(len(batch["image"]), 360, dtype=torch.float64)  # computed once for runs
+    infer(model, batch, "frustum", eval_cfg)
+    assert calls[-1][5] is batch["line_evidence"]

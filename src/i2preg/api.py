@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .assembly import full_config, load_model
-from .data.collate import Collate
+from .data.collate import Collate, first_draws
 from .data.ops import distinct_indices, sample_indices, voxel_downsample
 from .data.pairs import pair_config, redrawn, resize_and_crop
 from .data.readers import (
@@ -46,6 +46,7 @@ from .export import OnnxNetwork, export_onnx
 from .files import write_text
 from .geometry import invert_transform, project_pose, rotation_angle, sample_perturbation, transform_points
 from .inference import checked_draws, checked_refinement, infer, search_scores, to_device
+from .lines import line_evidence
 from .metrics import registration_errors, success
 from .model.icl import ICL
 from .weights import resolve_weights
@@ -367,7 +368,8 @@ class Registrator:
     run that the most runs agree with (``chosen_run``; beyond the paper, docs/METHOD.md): for scenes unlike the
     training world (it registers more real frames and keeps nearly all of the training world's, BENCHMARKS.md), with
     ``refine="lines"``, which brings the runs onto the same yaws and is its refinement when ``refine`` is None. The
-    runs share one pass of the encoders (``ICL.encode``); the rest of the network and the refinement run S + 1 times.
+    runs share one pass of the encoders (``ICL.encode``) and the images' line evidence (``lines.line_evidence``); the
+    rest of the network and the refinement run S + 1 times.
     With a prior pose (``register``) the runs are not held to it: it chooses between them. Needs the PyTorch backend
     and a model with the fine search.
     """
@@ -482,6 +484,11 @@ class Registrator:
                               self.device)
             with torch.inference_mode():  # the sectors' runs share the encoders' work (``ICL.encode``)
                 encoded = self.model.encode(batch) if sectors else None
+            if sectors and self.eval_config["refine"] == "lines":  # and the images' evidence for the lines
+                draws = batch.get("draws", 1)
+                first = first_draws(batch)
+                evidence = line_evidence(first["image"], first["K"], self.eval_config.get("lines"))
+                batch["line_evidence"] = evidence.repeat_interleave(draws, dim=0)
             for held in [None, *sector_priors(sectors)]:  # None: the free run
                 if held is not None:  # the yaw search held to a sector (in the network's frame: its own sectors)
                     batch["yaw_prior"] = held.to(self.device).expand(len(batch["K"]), 2)

@@ -220,7 +220,8 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
     solver: one of ``SOLVERS`` for ICL (module docstring); the matching baseline always solves PnP on its matches.
     eval_cfg: the ``eval`` section (its ``pnp``, ``refine``, ``edges`` and ``lines``, and ``matching`` for the
     baseline). A batch of point draws (``batch["draws"]``) gives one pose a pair, the consensus of its draws',
-    refined after."""
+    refined after. ``batch["line_evidence"]`` (rows, P), where given: the images' ``lines.line_evidence`` for
+    ``lines``, computed once for several runs of a batch."""
     refine = checked_refinement(eval_cfg.get("refine", "none"))
     if isinstance(model, MatchingNet):
         pose, solved = estimate_poses(out, batch["K"], eval_cfg)[:2]
@@ -243,7 +244,8 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
     if refine == "edges":
         pose = refine_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("edges")).to(pose)
     elif refine == "lines":
-        pose = align_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("lines")).to(pose)
+        pose = align_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("lines"),
+                           batch.get("line_evidence")).to(pose)
     return pose, solved, agreeing, unrefined
 
 

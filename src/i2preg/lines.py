@@ -153,15 +153,25 @@ def peak(scores: np.ndarray, guard_steps: int) -> tuple[int, float, float]:
     return best, offset, ratio
 
 
+def line_evidence(images: torch.Tensor, Ks: torch.Tensor, conf: dict | None = None) -> torch.Tensor:
+    """``image_line_evidence`` over a batch, for runs of one input that align several poses: images (B, 3, h, w) RGB
+    in [0, 1], Ks (B, 3, 3) -> (B, P) float64 over ``direction_grid(direction_step_deg)``, on the images' device."""
+    conf = checked_steps({**LINE_DEFAULTS, **(conf or {})})
+    phis = direction_grid(conf["direction_step_deg"])
+    evidence = [image_line_evidence(i, k.detach().double().cpu().numpy(), phis, conf) for i, k in zip(images, Ks)]
+    return torch.from_numpy(np.stack(evidence).astype(np.float64)).to(images.device)
+
+
 def align_yaw(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose: torch.Tensor,
-              conf: dict | None = None) -> torch.Tensor:
+              conf: dict | None = None, evidence: torch.Tensor | None = None) -> torch.Tensor:
     """One pair. image (3, h, w) RGB in [0, 1] with intrinsics K (3, 3); points (N, 3) the dense cloud in the cloud's
     frame; pose (4, 4) cloud -> camera, the start, taken to be level (module docstring). Returns the pose (4, 4),
     cloud -> camera, in the start's dtype, turned by ``yaw_shift`` to the yaw within ``window_deg`` that lines the
     cloud's walls up with the image's edges, and shifted along the camera's x axis by -``pivot_m`` times the yaw's
     sine (at most ``max_shift_m`` either way: the camera turned about a point ``pivot_m`` ahead); the start itself
     when fewer than ``min_wall_points`` wall normals lie in the window's view, the best yaw lies at the window's
-    edge, or it is not ``min_peak_ratio`` times clearer than the next."""
+    edge, or it is not ``min_peak_ratio`` times clearer than the next. evidence: (P,) the image's
+    ``image_line_evidence`` (``line_evidence``), or None to compute it."""
     conf = checked_steps({**LINE_DEFAULTS, **(conf or {})})
     start = pose.detach().double().cpu().numpy()
     camera = points.detach().double().cpu().numpy() @ start[:3, :3].T + start[:3, 3]  # the start camera's frame
@@ -169,9 +179,9 @@ def align_yaw(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose: 
     walls = wall_directions(camera[np.abs(bearing) < conf["window_deg"] + conf["view_margin_deg"]], conf)
     if len(walls) < conf["min_wall_points"]:
         return pose
-    phis = direction_grid(conf["direction_step_deg"])
-    evidence = image_line_evidence(image, K.detach().double().cpu().numpy(), phis, conf)
-    scores = yaw_scores(evidence, walls, conf)
+    if evidence is None:
+        evidence = line_evidence(image[None], K[None], conf)[0]
+    scores = yaw_scores(evidence.cpu().numpy(), walls, conf)
     best, offset, ratio = peak(scores, round(conf["guard_deg"] / conf["step_deg"]))
     if best in (0, len(scores) - 1) or ratio < conf["min_peak_ratio"]:
         return pose
@@ -181,7 +191,8 @@ def align_yaw(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose: 
 
 
 def align_poses(images: torch.Tensor, Ks: torch.Tensor, clouds: list[torch.Tensor], poses: torch.Tensor,
-                conf: dict | None = None) -> torch.Tensor:
+                conf: dict | None = None, evidence: torch.Tensor | None = None) -> torch.Tensor:
     """``align_yaw`` over a batch: images (B, 3, h, w), Ks (B, 3, 3), clouds B dense clouds (N_b, 3), poses
-    (B, 4, 4) -> (B, 4, 4)."""
-    return torch.stack([align_yaw(i, k, c, p, conf) for i, k, c, p in zip(images, Ks, clouds, poses)])
+    (B, 4, 4) -> (B, 4, 4); evidence (B, P): the images' ``line_evidence`` (None: computed here)."""
+    evidence = line_evidence(images, Ks, conf) if evidence is None else evidence
+    return torch.stack([align_yaw(i, k, c, p, conf, e) for i, k, c, p, e in zip(images, Ks, clouds, poses, evidence)])
