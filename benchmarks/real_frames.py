@@ -3,7 +3,7 @@
     python benchmarks/real_frames.py [--weights W] [--data ../shared/data] [--seeds 5] [--seed 7351]
                                      [--out outputs/real] [--pose final|frustum] [--refine none|edges|lines]
                                      [--traffic recorded|right|left|auto] [--yaw-sectors S] [--prior-yaw-deg DEG]
-                                     [--point-draws D]
+                                     [--point-draws D] [--weights-32beam W]
 
 Each frame goes through ``i2preg register --protocol-seed`` (``api.register_files``) once per protocol seed:
 the scan is moved into the camera frame with the frame's own calibration (the ground truth), perturbed by the
@@ -16,7 +16,9 @@ nuScenes log whose name ends in ``+0800`` (Singapore's UTC offset; Boston's logs
 or compass would give it: the true pose turned about the camera's y axis by a yaw drawn uniformly within +-DEG / 2
 (seeded by the pair's protocol seed), the yaw search kept within DEG of it. ``--point-draws D``: the
 ``Registrator``'s (each pose the consensus of the network on D draws of the point sample); ``--yaw-sectors S`` too (the
-network run again held to each of S sectors of the yaw circle).
+network run again held to each of S sectors of the yaw circle). ``--weights-32beam W`` registers the frames of a
+32-beam LiDAR (the nuScenes frame) with W (``synthetic-small-32beam``, the model for that rig) and the others with
+``--weights``.
 
 Prints ONE Markdown table: a row per frame and rows over all KITTI pairs, the nuScenes pairs and all pairs,
 with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, the
@@ -57,19 +59,20 @@ FAILURE_KINDS = ("ok", "yaw flip", "yaw error", "tilt", "centre")
 
 
 def frames(data: Path) -> list[dict]:
-    """The real frames under ``data`` that exist: name, image, points, calib, extrinsic (nuScenes; else None) and
-    traffic (the side of the street the traffic keeps to where it was recorded)."""
+    """The real frames under ``data`` that exist: name, image, points, calib, extrinsic (nuScenes; else None),
+    traffic (the side of the street the traffic keeps to where it was recorded) and beams (the LiDAR's)."""
     found = []
     kitti = data / "kitti_object_sample" / "training"
     for image in sorted((kitti / "image_2").glob("*.png")):
         found.append({"name": f"kitti {image.stem}", "image": image, "points": kitti / "velodyne" / f"{image.stem}.bin",
-                      "calib": kitti / "calib" / f"{image.stem}.txt", "extrinsic": None, "traffic": "right"})
+                      "calib": kitti / "calib" / f"{image.stem}.txt", "extrinsic": None, "traffic": "right",
+                      "beams": 64})
     nuscenes = data / "nuscenes_sample"
     for image in sorted(nuscenes.glob("*CAM_FRONT*.jpg")):
         points = next(iter(sorted(nuscenes.glob("*LIDAR_TOP*.pcd.bin"))))
         found.append({"name": "nuscenes CAM_FRONT", "image": image, "points": points,
                       "calib": nuscenes / "CAM_FRONT_K.txt", "extrinsic": nuscenes / "CAM_FRONT_lidar2cam.txt",
-                      "traffic": "left" if image.stem.split("__")[0].endswith("+0800") else "right"})
+                      "traffic": "left" if image.stem.split("__")[0].endswith("+0800") else "right", "beams": 32})
     return found
 
 
@@ -112,6 +115,8 @@ def summary_row(name: str, pairs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="weights (default: the bundled model)")
+    parser.add_argument("--weights-32beam", dest="weights_32beam",
+                        help="weights for the frames of a 32-beam LiDAR (default: --weights)")
     parser.add_argument("--data", default="../shared/data", help="the shared sample frames")
     parser.add_argument("--seeds", type=int, default=5, help="protocol seeds (pairs) per frame")
     parser.add_argument("--seed", type=int, default=7351, help="protocol seed of the first pair")
@@ -146,7 +151,8 @@ def main() -> None:
                 prior = {"prior": turn @ calibrations[frame["name"]].T_cam_velo, "prior_yaw_deg": args.prior_yaw_deg}
             result = register_files(frame["image"], frame["points"], frame["calib"],
                                     Path(args.out) / frame["name"].replace(" ", "_") / f"seed{seed}",
-                                    weights=args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed,
+                                    weights=args.weights_32beam if frame["beams"] == 32 and args.weights_32beam
+                                    else args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed,
                                     refine=args.refine, point_draws=args.point_draws, yaw_sectors=args.yaw_sectors,
                                     traffic=frame["traffic"] if args.traffic == "recorded" else args.traffic,
                                     **prior)
