@@ -193,6 +193,6 @@ def align_yaw(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose: 
 def align_poses(images: torch.Tensor, Ks: torch.Tensor, clouds: list[torch.Tensor], poses: torch.Tensor,
                 conf: dict | None = None, evidence: torch.Tensor | None = None) -> torch.Tensor:
     """``align_yaw`` over a batch: images (B, 3, h, w), Ks (B, 3, 3), clouds B dense clouds (N_b, 3), poses
-    (B, 4, 4) -> (B, 4, 4); evidence (B, P): the images' ``line_evidence`` (None: computed here)."""
-    evidence = line_evidence(images, Ks, conf) if evidence is None else evidence
+    (B, 4, 4) -> (B, 4, 4); evidence (B, P): the images' ``line_evidence`` (None: each computed where needed)."""
+    evidence = [None] * len(images) if evidence is None else evidence
     return torch.stack([align_yaw(i, k, c, p, conf, e) for i, k, c, p, e in zip(images, Ks, clouds, poses, evidence)])
