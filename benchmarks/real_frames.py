@@ -17,8 +17,8 @@ or compass would give it: the true pose turned about the camera's y axis by a ya
 (seeded by the pair's protocol seed), the yaw search kept within DEG of it. ``--point-draws D``: the
 ``Registrator``'s (each pose the consensus of the network on D draws of the point sample); ``--yaw-sectors S`` too (the
 network run again held to each of S sectors of the yaw circle). ``--weights-32beam W`` registers the frames of a
-32-beam LiDAR (the nuScenes frame) with W (``synthetic-small-32beam``, the model for that rig) and the others with
-``--weights``.
+32-beam LiDAR (the nuScenes frame) with W (the 32-beam model of docs/TRAINING.md, trained for that rig) and the
+others with ``--weights``.
 
 Prints ONE Markdown table: a row per frame and rows over all KITTI pairs, the nuScenes pairs and all pairs,
 with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, the

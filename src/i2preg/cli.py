@@ -200,8 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", required=True, help="point cloud: KITTI .bin, .pcd.bin, PCD, PLY, NPY or NPZ")
     p.add_argument("--calib", required=True, help="KITTI calib.txt, a 9-number K file, or YAML/JSON (K, distortion)")
     p.add_argument("--camera", type=int, default=2, help="KITTI camera whose P gives K")
-    p.add_argument("--weights", help="weights file or bundled model name (default: the bundled synthetic-small;"
-                   " synthetic-small-32beam for a 32-beam LiDAR such as nuScenes')")
+    p.add_argument("--weights", help="weights file or bundled model name (default: the bundled synthetic-small)")
     p.add_argument("--extrinsic", help="4x4 LiDAR -> camera text file, for a calib without one (nuScenes style)")
     p.add_argument("--protocol-seed", dest="protocol_seed", type=int, metavar="SEED",
                    help="check the model on this frame: move the cloud into the camera frame with the calib's"

@@ -16,9 +16,8 @@ from .errors import InputError, require_file
 from .files import atomic_path
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
-"""Where the package's own trained models live, one ``NAME.safetensors`` each: ``synthetic-small`` (ICL),
-``synthetic-small-32beam`` (ICL trained on a 32-beam LiDAR's scans as well, for such sensors) and ``matching-small``
-(the matching baseline at the same sizes and training budget, for ``i2preg compare``)."""
+"""Where the package's own trained models live, one ``NAME.safetensors`` each: ``synthetic-small`` (ICL) and
+``matching-small`` (the matching baseline at the same sizes and training budget, for ``i2preg compare``)."""
 DEFAULT_MODEL = "synthetic-small"
 MATCHING_MODEL = "matching-small"
 
