@@ -430,8 +430,8 @@ class Registrator:
                         traffic: str = "right", cloud_axes: str = "rdf", point_draws: int | None = None,
                         yaw_sectors: int = 0) -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name of a bundled
-        model (None: ``synthetic-small``); backend, refine, traffic,
-        cloud_axes, point_draws and yaw_sectors: as for the constructor."""
+        model (None: ``synthetic-small``); backend, refine, traffic, cloud_axes, point_draws and yaw_sectors: as for
+        the constructor."""
         path = resolve_weights(path_or_name)
         model, config = load_model(path)
         if not isinstance(model, ICL):
