@@ -2,7 +2,8 @@
 (the yaw search held to each of S sectors of the circle as well), on a dataset's pairs.
 
     python benchmarks/search_runs.py --data datasets/synthetic-test [--sequences 00,01] [--sectors 12] [--weights W]
-                                     [--refine none|edges|lines] [--limit N]
+                                     [--refine none|edges|lines] [--limit N] [--pitch-deg 0] [--roll-deg 0]
+                                     [--set eval.KEY=VALUE ...]
 
 Every pair of the test split (the protocol's crops and point samples, as ``i2preg eval`` draws them) is run as it is
 and as its mirror image (image flipped left to right with its principal point, the clouds' and the true pose's x
@@ -12,20 +13,24 @@ and RRE and yaw flips on the pairs as given for the Registrator's settings, each
 ``api.chosen_run`` picks (the yaw the most runs reach, then the fine search's score): traffic "right" (the free run as
 given), "left" (the free run of the mirror image), "auto" (both), and "right" with the yaw sectors. The pairs' mirror
 images, a world that keeps to the left, score the same with "left" and "right" swapped, and the same with "auto". One
-point draw; ``--refine`` refines every run's pose before the choice (the Registrator's order). A design check on
+point draw; ``--refine`` refines every run's pose before the choice (the Registrator's order). ``--pitch-deg`` and
+``--roll-deg`` give every pair a camera that is not level (``tilted``). A design check on
 synthetic pairs; ``benchmarks/real_frames.py --traffic auto --yaw-sectors 12`` measures the real frames.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
+import cv2
 import numpy as np
 import torch
 
 from i2preg import api
 from i2preg.api import chosen_run, pose_yaws, sector_priors
 from i2preg.assembly import full_config, load_model
+from i2preg.config import deep_update, parse_overrides
 from i2preg.data.collate import Collate
 from i2preg.data.pairs import build_dataset
 from i2preg.inference import infer, search_scores
@@ -46,6 +51,27 @@ def mirrored(sample: dict) -> dict:
     for key in ("points", "dense_points"):
         if key in sample:
             sample[key] = sample[key] * torch.tensor([-1.0, 1.0, 1.0])
+    return sample
+
+
+def tilted(sample: dict, pitch_deg: float, roll_deg: float) -> dict:
+    """The pair seen by its camera turned about its x axis by ``pitch_deg`` and then about its optical axis by
+    ``roll_deg`` (camera frame, y down), a camera that is not level: image (3, h, w) warped by K R K^-1 (borders
+    reflected), points and dense points moved by T_gt^-1 R T_gt, so that T_gt maps them into the turned camera's frame
+    and the scene's walls lean in it."""
+    pitch, roll = math.radians(pitch_deg), math.radians(roll_deg)
+    turn = np.eye(4)
+    turn[:3, :3] = (np.array([[math.cos(roll), -math.sin(roll), 0], [math.sin(roll), math.cos(roll), 0], [0, 0, 1]])
+                    @ np.array([[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]]))
+    K, truth = sample["K"].double().numpy(), sample["T_gt"].double().numpy()
+    image = sample["image"].permute(1, 2, 0).numpy()
+    warped = cv2.warpPerspective(image, K @ turn[:3, :3] @ np.linalg.inv(K), image.shape[1::-1], flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REFLECT)
+    move = torch.from_numpy(np.linalg.inv(truth) @ turn @ truth).float()
+    sample = {**sample, "image": torch.from_numpy(warped).permute(2, 0, 1)}
+    for key in ("points", "dense_points"):
+        if key in sample:
+            sample[key] = sample[key] @ move[:3, :3].T + move[:3, 3]
     return sample
 
 
@@ -75,12 +101,17 @@ def main() -> None:
     parser.add_argument("--sectors", type=int, default=12, help="the yaw sectors of the last setting")
     parser.add_argument("--refine", default="none", help="every run's refinement (inference.REFINEMENTS)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    parser.add_argument("--pitch-deg", type=float, default=0.0, help="every camera turned about its x axis (deg)")
+    parser.add_argument("--roll-deg", type=float, default=0.0, help="and then about its optical axis (deg)")
+    parser.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
+                        help="override an eval setting, e.g. eval.lines.level_deg=90")
     args = parser.parse_args()
     model, cfg = load_model(resolve_weights(args.weights))
     model.eval()
     cfg = full_config(cfg)
     if args.sequences:
         cfg["data"]["test_sequences"] = args.sequences.split(",")
+    cfg = deep_update(cfg, parse_overrides(args.set))
     eval_cfg = {**cfg["eval"], "refine": args.refine, "point_draws": 1}
     pairs = build_dataset(cfg, "test", args.data)
     count = min(len(pairs), args.limit or len(pairs))
@@ -89,6 +120,8 @@ def main() -> None:
     poses, scores, truth = [], [], []  # runs: as given, mirror image, as given held to each sector
     for start in range(0, count, args.batch_size):
         samples = [pairs[index] for index in range(start, min(start + args.batch_size, count))]
+        if args.pitch_deg or args.roll_deg:
+            samples = [tilted(sample, args.pitch_deg, args.roll_deg) for sample in samples]
         batch = collate(samples)
         with torch.inference_mode():
             encoded = model.encode(batch)  # the runs as given share the encoders' work
@@ -100,7 +133,8 @@ def main() -> None:
         truth.append(torch.stack([s["T_gt"].double() for s in samples]))
     poses, scores, truth = (torch.cat(part).numpy() for part in (poses, scores, truth))
     yaws = pose_yaws(poses)  # (P, runs), the pairs' frames as given
-    print(f"{args.data}, the pairs as given:\n")
+    tilt = f" (camera pitched {args.pitch_deg:g} deg, rolled {args.roll_deg:g})" if args.pitch_deg or args.roll_deg else ""
+    print(f"{args.data}, the pairs as given{tilt}:\n")
     print("| traffic, yaw sectors | pairs | Acc | median RTE (m) | median RRE (deg) | yaw flips |")
     print("|---|---|---|---|---|---|")
     for name, runs in (("right", [0]), ("left", [1]), ("auto", [0, 1]),

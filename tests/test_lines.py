@@ -21,6 +21,9 @@ from i2preg.lines import (
     align_yaw,
     checked_steps,
     direction_grid,
+    ground_normal,
+    ground_normals,
+    level_rotation,
     line_evidence,
     wall_directions,
     yaw_scores,
@@ -112,15 +115,57 @@ def test_alignment_recovers_the_true_yaw(yaw_deg):
     assert np.allclose(invert_transform(unpivoted.double().numpy())[:3, 3], 0.0, atol=1e-5)
 
 
+def tilted_street(pitch_deg: float, roll_deg: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The street scene seen by the camera turned about its x axis by pitch_deg, then about its optical axis by
+    roll_deg: the image warped by K R K^-1, the cloud turned by R (the true pose stays the identity); and R (3, 3)."""
+    image, cloud = street_scene()
+    pitch, roll = math.radians(pitch_deg), math.radians(roll_deg)
+    turn = (np.array([[math.cos(roll), -math.sin(roll), 0], [math.sin(roll), math.cos(roll), 0], [0, 0, 1]])
+            @ np.array([[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]]))
+    warped = cv2.warpPerspective(image[0].numpy(), K @ turn @ np.linalg.inv(K), (W, H), borderMode=cv2.BORDER_REFLECT)
+    return torch.from_numpy(np.repeat(warped[None], 3, 0)), cloud @ torch.from_numpy(turn).float().T, turn
+
+
+def test_ground_normal_is_the_tilted_ground_and_level_rotation_takes_it_to_y():
+    _, cloud, turn = tilted_street(2.0, -3.0)
+    normal = ground_normal(cloud.double().numpy(), LINE_DEFAULTS)  # the walls' points lie on no level plane
+    assert math.degrees(math.acos(min(1.0, float(normal @ turn[:, 1])))) < 0.05  # the turned y axis
+    assert np.allclose(level_rotation(normal) @ normal, [0.0, 1.0, 0.0], atol=1e-12)
+    assert np.allclose(level_rotation(normal) @ level_rotation(normal).T, np.eye(3), atol=1e-12)
+    assert np.allclose(ground_normals([cloud, street_scene()[1]]).numpy(), [normal, [0.0, 1.0, 0.0]], atol=1e-3)
+    y_to_z = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # a frame whose z axis points down
+    assert np.allclose(ground_normal(cloud.double().numpy() @ y_to_z.T, LINE_DEFAULTS, y_to_z[:, 1]), y_to_z @ normal,
+                       atol=1e-6)
+    assert np.allclose(ground_normal(cloud.double().numpy()[:20], LINE_DEFAULTS, y_to_z[:, 1]), y_to_z[:, 1])
+
+
+@pytest.mark.parametrize("pitch_deg, roll_deg", [(2.0, 0.0), (-2.0, 0.0), (1.0, 3.0)])
+def test_alignment_of_a_tilted_camera_runs_level(pitch_deg, roll_deg):
+    """A camera 2 deg off level (the walls' horizontal lines no longer vanish on the image row through the principal
+    point): the alignment levels the search by the cloud's ground and comes back within 0.3 deg of yaw; searched in
+    the camera's own frame (``level_deg`` beyond any tilt) it does not."""
+    image, cloud, _ = tilted_street(pitch_deg, roll_deg)
+    for yaw_deg in (-6.0, 3.0):
+        aligned = align_yaw(image, torch.from_numpy(K), cloud, turned(yaw_deg)).double()
+        assert abs(math.degrees(math.atan2(-float(aligned[2, 0]), float(aligned[0, 0])))) < 0.3
+    unlevelled = align_yaw(image, torch.from_numpy(K), cloud, turned(3.0), {"level_deg": 90.0}).double()
+    assert abs(math.degrees(math.atan2(-float(unlevelled[2, 0]), float(unlevelled[0, 0])))) > 0.5
+
+
 def test_evidence_computed_once_aligns_as_computed_each_time():
-    """Poses aligned with the images' evidence given (``line_evidence``, as the yaw sectors' runs share it) are the
-    poses aligned without it, to the bit."""
+    """Poses aligned with the images' evidence and the clouds' ground given (``line_evidence``, ``ground_normals``, as
+    the yaw sectors' runs share them) are the poses aligned without them, to the bit, level or levelled."""
     image, cloud = street_scene()
     images, Ks = image[None].expand(3, -1, -1, -1), torch.from_numpy(K)[None].expand(3, 3, 3)
     starts = torch.stack([turned(yaw) for yaw in (-6.0, 3.0, 30.0)])
     evidence = line_evidence(images, Ks)
     assert evidence.shape == (3, len(direction_grid(LINE_DEFAULTS["direction_step_deg"]))) and evidence.min() > 0
     assert torch.equal(align_poses(images, Ks, [cloud] * 3, starts, evidence=evidence),
+                       align_poses(images, Ks, [cloud] * 3, starts))
+    image, cloud, _ = tilted_street(2.0, 0.0)  # levelled: the cloud's ground given, as the sectors' runs share it
+    images = image[None].expand(3, -1, -1, -1)
+    normals = ground_normals([cloud] * 3)
+    assert torch.equal(align_poses(images, Ks, [cloud] * 3, starts, evidence=line_evidence(images, Ks), normals=normals),
                        align_poses(images, Ks, [cloud] * 3, starts))
 
 
@@ -144,17 +189,19 @@ def test_eval_refine_lines_runs_after_the_solver_and_needs_dense_clouds(monkeypa
     batch["dense_points"] = list(batch["points"])
     calls = []
 
-    def turn_all(images, Ks, clouds, poses, conf, evidence):
-        calls.append((images, Ks, clouds, poses.clone(), conf, evidence))
+    def turn_all(images, Ks, clouds, poses, conf, evidence, normals):
+        calls.append((images, Ks, clouds, poses.clone(), conf, evidence, normals))
         return turned(7.0) @ poses
 
     monkeypatch.setattr(inference, "align_poses", turn_all)
     aligned = infer(model, batch, "frustum", eval_cfg)
     plain = infer(model, batch, "frustum")
-    (images, Ks, clouds, poses, conf, evidence), = calls
-    assert images is batch["image"] and Ks is batch["K"] and clouds is batch["dense_points"] and evidence is None
+    (images, Ks, clouds, poses, conf, evidence, normals), = calls
+    assert images is batch["image"] and Ks is batch["K"] and clouds is batch["dense_points"]
+    assert evidence is None and normals is None
     assert conf == LINE_DEFAULTS and torch.equal(poses, plain.pose)
     assert torch.allclose(aligned.pose, turned(7.0) @ plain.pose) and aligned.solved.all()
     batch["line_evidence"] = torch.ones(len(batch["image"]), 360, dtype=torch.float64)  # computed once for runs
+    batch["ground_normals"] = torch.tensor([[0.0, 1.0, 0.0]]).repeat(len(batch["image"]), 1)
     infer(model, batch, "frustum", eval_cfg)
-    assert calls[-1][5] is batch["line_evidence"]
+    assert calls[-1][5] is batch["line_evidence"] and calls[-1][6] is batch["ground_normals"]

@@ -46,7 +46,7 @@ from .export import OnnxNetwork, export_onnx
 from .files import write_text
 from .geometry import invert_transform, project_pose, rotation_angle, sample_perturbation, transform_points
 from .inference import checked_draws, checked_refinement, infer, search_scores, to_device
-from .lines import line_evidence
+from .lines import ground_normals, line_evidence
 from .metrics import registration_errors, success
 from .model.icl import ICL
 from .weights import resolve_weights
@@ -368,8 +368,8 @@ class Registrator:
     run that the most runs agree with (``chosen_run``; beyond the paper, docs/METHOD.md): for scenes unlike the
     training world (it registers more real frames and keeps nearly all of the training world's, BENCHMARKS.md), with
     ``refine="lines"``, which brings the runs onto the same yaws and is its refinement when ``refine`` is None. The
-    runs share one pass of the encoders (``ICL.encode``) and the images' line evidence (``lines.line_evidence``); the
-    rest of the network and the refinement run S + 1 times.
+    runs share one pass of the encoders (``ICL.encode``), the images' line evidence (``lines.line_evidence``) and the
+    clouds' ground (``lines.ground_normals``); the rest of the network and the refinement run S + 1 times.
     With a prior pose (``register``) the runs are not held to it: it chooses between them. Needs the PyTorch backend
     and a model with the fine search.
     """
@@ -486,9 +486,10 @@ class Registrator:
                 encoded = self.model.encode(batch) if sectors else None
             if sectors and self.eval_config["refine"] == "lines":  # and the images' evidence for the lines
                 draws = batch.get("draws", 1)
-                first = first_draws(batch)
-                evidence = line_evidence(first["image"], first["K"], self.eval_config.get("lines"))
+                first, lines_conf = first_draws(batch), self.eval_config.get("lines")
+                evidence = line_evidence(first["image"], first["K"], lines_conf)
                 batch["line_evidence"] = evidence.repeat_interleave(draws, dim=0)
+                batch["ground_normals"] = ground_normals(first["dense_points"], lines_conf).repeat_interleave(draws, 0)
             for held in [None, *sector_priors(sectors)]:  # None: the free run
                 if held is not None:  # the yaw search held to a sector (in the network's frame: its own sectors)
                     batch["yaw_prior"] = held.to(self.device).expand(len(batch["K"]), 2)

@@ -220,8 +220,9 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
     solver: one of ``SOLVERS`` for ICL (module docstring); the matching baseline always solves PnP on its matches.
     eval_cfg: the ``eval`` section (its ``pnp``, ``refine``, ``edges`` and ``lines``, and ``matching`` for the
     baseline). A batch of point draws (``batch["draws"]``) gives one pose a pair, the consensus of its draws',
-    refined after. ``batch["line_evidence"]`` (rows, P), where given: the images' ``lines.line_evidence`` for
-    ``lines``, computed once for several runs of a batch."""
+    refined after. ``batch["line_evidence"]`` (rows, P) and ``batch["ground_normals"]`` (rows, 3), where given: the
+    images' ``lines.line_evidence`` and the clouds' ``lines.ground_normals`` for ``lines``, computed once for several
+    runs of a batch."""
     refine = checked_refinement(eval_cfg.get("refine", "none"))
     if isinstance(model, MatchingNet):
         pose, solved = estimate_poses(out, batch["K"], eval_cfg)[:2]
@@ -245,7 +246,7 @@ def solve(model: nn.Module, out: dict, batch: dict, solver: str, eval_cfg: dict
         pose = refine_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("edges")).to(pose)
     elif refine == "lines":
         pose = align_poses(batch["image"], batch["K"], batch["dense_points"], pose, eval_cfg.get("lines"),
-                           batch.get("line_evidence")).to(pose)
+                           batch.get("line_evidence"), batch.get("ground_normals")).to(pose)
     return pose, solved, agreeing, unrefined
 
 
