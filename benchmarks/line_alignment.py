@@ -9,12 +9,12 @@ Each pair of the test split (one camera) starts from its ground-truth pose turne
 drawn uniformly within +-``--max-yaw-deg`` (NumPy generator ``--seed``, one draw a pair in order), and
 ``lines.align_yaw`` runs on the pair's network crop, intrinsics and dense cloud. Prints one Markdown row: pairs,
 starts kept (the guards: too few walls, the best yaw at the window's edge, no clear peak), the median absolute yaw
-error after (``metrics.yaw_offsets``), and the share of pairs within 1, 2 and 5 deg. ``--pitch-deg`` and ``--roll-deg``
-emulate a camera that is not level: turned about its x axis, then its optical axis, by these angles, the image warped
-by the homography K R K^-1 of that turn (borders reflected) and the cloud moved with the camera, so that the pair's
-true pose still maps it into the camera's frame while its walls now lean in that frame. A check of the alignment's
-design on synthetic pairs of either rig (``i2preg synth --sensor nuscenes`` for a 32-beam LiDAR); not for the real
-frames' settings.
+error after (``metrics.yaw_offsets``), and the share of pairs within 1, 2 and 5 deg. ``--pitch-deg`` and
+``--roll-deg`` emulate a camera that is not level: turned about its x axis, then its optical axis, by these angles,
+the image warped by the homography K R K^-1 of that turn (borders reflected) and the cloud moved with the camera, so
+that the pair's true pose still maps it into the camera's frame while its walls now lean in that frame
+(``search_runs.tilted``). A check of the alignment's design on synthetic pairs of either rig (``i2preg synth
+--sensor nuscenes`` for a 32-beam LiDAR); not for the real frames' settings.
 """
 
 from __future__ import annotations
