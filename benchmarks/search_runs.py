@@ -33,6 +33,7 @@ from i2preg.assembly import full_config, load_model
 from i2preg.config import deep_update, parse_overrides
 from i2preg.data.collate import Collate
 from i2preg.data.pairs import build_dataset
+from i2preg.geometry import make_transform, rot_x, rot_z
 from i2preg.inference import infer, search_scores
 from i2preg.metrics import registration_errors, success, yaw_offsets
 from i2preg.weights import resolve_weights
@@ -59,10 +60,7 @@ def tilted(sample: dict, pitch_deg: float, roll_deg: float) -> dict:
     ``roll_deg`` (camera frame, y down), a camera that is not level: image (3, h, w) warped by K R K^-1 (borders
     reflected), points and dense points moved by T_gt^-1 R T_gt, so that T_gt maps them into the turned camera's frame
     and the scene's walls lean in it."""
-    pitch, roll = math.radians(pitch_deg), math.radians(roll_deg)
-    turn = np.eye(4)
-    turn[:3, :3] = (np.array([[math.cos(roll), -math.sin(roll), 0], [math.sin(roll), math.cos(roll), 0], [0, 0, 1]])
-                    @ np.array([[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]]))
+    turn = make_transform(rot_z(math.radians(roll_deg)) @ rot_x(math.radians(pitch_deg)), np.zeros(3))
     K, truth = sample["K"].double().numpy(), sample["T_gt"].double().numpy()
     image = sample["image"].permute(1, 2, 0).numpy()
     warped = cv2.warpPerspective(image, K @ turn[:3, :3] @ np.linalg.inv(K), image.shape[1::-1], flags=cv2.INTER_LINEAR,

@@ -13,7 +13,7 @@ import torch
 from i2preg import inference
 from i2preg.assembly import full_config
 from i2preg.errors import InputError
-from i2preg.geometry import invert_transform, make_transform, rot_y
+from i2preg.geometry import invert_transform, make_transform, rot_x, rot_y, rot_z
 from i2preg.inference import infer
 from i2preg.lines import (
     LINE_DEFAULTS,
@@ -119,9 +119,7 @@ def tilted_street(pitch_deg: float, roll_deg: float) -> tuple[torch.Tensor, torc
     """The street scene seen by the camera turned about its x axis by pitch_deg, then about its optical axis by
     roll_deg: the image warped by K R K^-1, the cloud turned by R (the true pose stays the identity); and R (3, 3)."""
     image, cloud = street_scene()
-    pitch, roll = math.radians(pitch_deg), math.radians(roll_deg)
-    turn = (np.array([[math.cos(roll), -math.sin(roll), 0], [math.sin(roll), math.cos(roll), 0], [0, 0, 1]])
-            @ np.array([[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]]))
+    turn = rot_z(math.radians(roll_deg)) @ rot_x(math.radians(pitch_deg))
     warped = cv2.warpPerspective(image[0].numpy(), K @ turn @ np.linalg.inv(K), (W, H), borderMode=cv2.BORDER_REFLECT)
     return torch.from_numpy(np.repeat(warped[None], 3, 0)), cloud @ torch.from_numpy(turn).float().T, turn
 
