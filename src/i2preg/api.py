@@ -489,7 +489,8 @@ class Registrator:
                 first, lines_conf = first_draws(batch), self.eval_config.get("lines")
                 evidence = line_evidence(first["image"], first["K"], lines_conf)
                 batch["line_evidence"] = evidence.repeat_interleave(draws, dim=0)
-                batch["ground_normals"] = ground_normals(first["dense_points"], lines_conf).repeat_interleave(draws, dim=0)
+                ground = ground_normals(first["dense_points"], lines_conf)
+                batch["ground_normals"] = ground.repeat_interleave(draws, dim=0)
             for held in [None, *sector_priors(sectors)]:  # None: the free run
                 if held is not None:  # the yaw search held to a sector (in the network's frame: its own sectors)
                     batch["yaw_prior"] = held.to(self.device).expand(len(batch["K"]), 2)
