@@ -41,9 +41,9 @@ def assert_same_results(torch_results, onnx_results, pose_atol: float = 1e-4) ->
         np.testing.assert_allclose(b.pose, a.pose, atol=pose_atol, rtol=0)
         np.testing.assert_allclose(b.frustum_pose, a.frustum_pose, atol=pose_atol, rtol=0)
         np.testing.assert_allclose(b.keypoints_3d, a.keypoints_3d, atol=1e-3, rtol=0)
-        # pixels: a window is centred on a projection, which float rounding moves by ~1e-5 of its distance from the
-        # image centre (far outside the image for the random tiny model's 3D keypoints near the camera plane)
-        np.testing.assert_allclose(b.keypoints_2d, a.keypoints_2d, atol=5e-2, rtol=1e-4)
+        # pixels: a window is centred on a projection, which float rounding moves by up to ~1e-4 of its distance from
+        # the image centre (far outside the image for the random tiny model's 3D keypoints near the camera plane)
+        np.testing.assert_allclose(b.keypoints_2d, a.keypoints_2d, atol=5e-2, rtol=3e-4)
         assert abs(b.confidence - a.confidence) < 1e-3
 
 

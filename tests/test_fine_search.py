@@ -77,8 +77,8 @@ def test_fine_search_learns_to_move_a_pose_onto_the_true_one():
     def run(offsets):
         centre, rotation = apply_offsets(true_centre.expand(len(offsets), -1), true_rotation.expand(len(offsets), -1), offsets)
         B = len(offsets)
-        return search(image.expand(B, -1, -1, -1), feats.expand(B, -1, -1), xyz.expand(B, -1, -1), centre, rotation,
-                      K.expand(B, -1, -1), (H, W))
+        return search(image.expand(B, -1, -1, -1), feats.expand(B, -1, -1), xyz.expand(B, -1, -1),
+                      xyz[..., 1].expand(B, -1), centre, rotation, K.expand(B, -1, -1), (H, W))
 
     losses = []
     for _ in range(60):
@@ -147,18 +147,18 @@ def test_wide_grid_brings_a_far_yaw_within_reach_and_its_penalty_holds_the_pose_
     true_centre, true_rotation = torch.tensor([[0.0, 0.0]]), yaw_vectors(torch.tensor([0.0]))
     start = apply_offsets(true_centre, true_rotation, torch.tensor([[0.2, 0.0, math.radians(6.0)]]))
 
-    def peaked(image, points, xyz, centres, rotations, K, image_size):
+    def peaked(image, points, xyz, heights, centres, rotations, K, image_size):
         off = offsets_to(centres, rotations, true_centre[:, None], true_rotation[:, None])
         return -4 * ((off[..., 0] / 0.3) ** 2 + (off[..., 2] / math.radians(1.5)) ** 2)
 
-    def flat(image, points, xyz, centres, rotations, K, image_size):
+    def flat(image, points, xyz, heights, centres, rotations, K, image_size):
         return centres.new_zeros(centres.shape[:2])
 
     def yaw_left(radii, score):
         search = FineSearch(8, 8, {**CONF, "iterations": 1, "wide_radii": radii}).eval()
         search.hypothesis_logits = score
         with torch.no_grad():
-            out = search(torch.zeros(1, 8, H, W), torch.zeros(1, 200, 8), xyz, *start, K, (H, W))
+            out = search(torch.zeros(1, 8, H, W), torch.zeros(1, 200, 8), xyz, xyz[..., 1], *start, K, (H, W))
         return offsets_to(true_centre, true_rotation, out["fine_centre"], out["fine_rotation"])[0]
 
     assert math.degrees(yaw_left([2, 6], peaked)[2].abs()) < 0.5
@@ -191,7 +191,7 @@ def test_residual_layers_start_as_the_plain_score_and_then_learn():
     deeper = FineSearch(8, 8, {**CONF, "iterations": 1, "residual_layers": 2}).eval()
     missing = deeper.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert missing and all(key.startswith("residuals.") for key in missing)
-    args = image, feats, xyz, centre, rotation, K.expand(2, -1, -1), (H, W)
+    args = image, feats, xyz, xyz[..., 1], centre, rotation, K.expand(2, -1, -1), (H, W)
     expected, out = plain(*args), deeper(*args)
     torch.testing.assert_close(out["fine_logits"], expected["fine_logits"], rtol=0, atol=0)
     out["fine_logits"].square().sum().backward()

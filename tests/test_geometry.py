@@ -150,3 +150,37 @@ def test_consensus_pose_averages_the_agreeing_estimates_and_leaves_out_the_other
     assert agreeing.tolist() == [1, 1]
     torch.testing.assert_close(both[0], poses[0, 1])
     torch.testing.assert_close(both[1], poses[0, 0])
+
+
+def street_scan(turn: np.ndarray, origin: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N, 3) a scan of flat ground 1.65 m below the camera (y down) with two walls and clutter above it, turned by
+    turn (3, 3) about the point origin (3,)."""
+    rng = np.random.default_rng(seed)
+    ground = np.c_[rng.uniform(-20, 20, 3000), np.full(3000, 1.65), rng.uniform(-5, 40, 3000)]
+    walls = np.c_[rng.choice([-8.0, 8.0], 800), rng.uniform(-6, 1.65, 800), rng.uniform(-5, 40, 800)]
+    clutter = rng.uniform([-7, -1, 0], [7, 1.6, 30], (400, 3))
+    points = np.concatenate([ground, walls, clutter])
+    return (points - origin) @ turn.T + origin
+
+
+def test_ground_plane_finds_a_leaning_ground_and_ground_heights_undo_the_lean():
+    level = g.ground_plane(street_scan(np.eye(3), np.zeros(3)))
+    np.testing.assert_allclose(level, [0.0, 1.0, 0.0, 1.65], atol=1e-4)  # the walls' feet pull it a little
+    turn = g.rot_z(math.radians(-1.5)) @ g.rot_x(math.radians(2.0))
+    origin = np.array([4.0, 0.0, -7.0])  # a turn about another point than the frame's origin moves the plane too
+    level_scan, turned_scan = street_scan(np.eye(3), np.zeros(3)), street_scan(turn, origin)
+    plane = g.ground_plane(turned_scan)
+    np.testing.assert_allclose(plane[:3], turn[:, 1], atol=1e-5)  # the turned y axis
+    np.testing.assert_allclose(turned_scan[:3000] @ plane[:3], plane[3], atol=1e-3)  # the ground points lie on it
+    heights = g.ground_heights(torch.from_numpy(turned_scan)[None], torch.from_numpy(plane)[None], 1.65)
+    np.testing.assert_allclose(heights[0].numpy(), level_scan[:, 1], atol=1e-3)  # the heights the level scan has as y
+    assert np.abs(turned_scan[:, 1] - level_scan[:, 1]).max() > 1  # which the turned scan's y are not
+    at_ground_y = g.ground_heights(torch.from_numpy(level_scan)[None], torch.tensor([[0.0, 1.0, 0.0, 1.65]], dtype=torch.float64),
+                                 1.65)
+    np.testing.assert_allclose(at_ground_y[0].numpy(), level_scan[:, 1], atol=1e-12)
+
+
+def test_ground_plane_is_none_without_a_ground():
+    rng = np.random.default_rng(1)
+    assert g.ground_plane(rng.uniform(-20, 20, (5000, 3))) is None  # no plane holds a tenth of the points
+    assert g.ground_plane(np.zeros((10, 3))) is None

@@ -16,7 +16,7 @@ from i2preg.model.pose_search import PoseSearch, add_bilinear_samples, yaw_bin_v
 H, W = 64, 160
 
 
-def dense_logits(search, image, points, xyz, centres, rotations, K, image_size):
+def dense_logits(search, image, points, xyz, heights, centres, rotations, K, image_size):
     """PoseSearch.hypothesis_logits over every (hypothesis, point) pair."""
     (B, M), Hy = xyz.shape[:2], centres.shape[1]
     height, width = image_size
@@ -26,7 +26,7 @@ def dense_logits(search, image, points, xyz, centres, rotations, K, image_size):
     grid = torch.stack([(2 * uv[..., 0] + 1) / width - 1, (2 * uv[..., 1] + 1) / height - 1], dim=-1)
     sampled = F.grid_sample(image, grid.clamp(-1.5, 1.5).reshape(B, Hy * M, 1, 2), align_corners=False)[..., 0]
     sampled = sampled.transpose(1, 2).reshape(B, Hy, M, -1)
-    geometry = torch.stack([points_cam[..., 1] / 2, depth.clamp_min(0.5).log()], dim=-1)
+    geometry = torch.stack([heights[:, None].expand(-1, Hy, -1) / 2, depth.clamp_min(0.5).log()], dim=-1)
     scores = search.score(F.relu(sampled + points[:, None] + search.geometry_proj(geometry)))[..., 0]
     return (scores * valid).sum(-1) / valid.sum(-1).clamp_min(1)
 
@@ -39,11 +39,12 @@ def inputs(seed, B=3, M=200, bins=12):
     image = torch.randn(B, search.image_proj.out_channels, H // 8, W // 8, generator=generator, requires_grad=True)
     points = torch.randn(B, M, search.point_proj.out_features, generator=generator, requires_grad=True)
     xyz = torch.rand(B, M, 3, generator=generator) * torch.tensor([40.0, 3.0, 40.0]) - torch.tensor([20.0, 2.0, 20.0])
+    heights = xyz[..., 1] + 0.02 * xyz[..., 2]  # a ground leaning 1.1 deg: not the frame's y
     centres = (torch.rand(B, 1, 2, generator=generator) * 4 - 2).expand(-1, bins, -1)
     rotations = yaw_bin_vectors(bins).expand(B, -1, -1)
     f = W / 2
     K = torch.tensor([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]]).expand(B, -1, -1)
-    return search, image, points, xyz, centres, rotations, K
+    return search, image, points, xyz, heights, centres, rotations, K
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -59,15 +60,15 @@ def test_logits_and_gradients_equal_the_dense_formulation(seed):
 
 
 def test_a_hypothesis_that_sees_no_point_scores_zero():
-    search, image, points, xyz, centres, rotations, K = inputs(0)
+    search, image, points, xyz, heights, centres, rotations, K = inputs(0)
     xyz = xyz.clone()
     xyz[0] = xyz[0] * 0.01 + torch.tensor([0.0, 0.0, -30.0])  # sample 0: every point 30 m behind the centre...
     rotations = rotations.clone()
     rotations[0] = torch.tensor([-math.sin(0.0), math.cos(0.0)])  # ...and every hypothesis looking forward
     centres = torch.zeros_like(centres)
-    logits = search.hypothesis_logits(image, points, xyz, centres, rotations, K, (H, W))
+    logits = search.hypothesis_logits(image, points, xyz, heights, centres, rotations, K, (H, W))
     assert torch.equal(logits[0], torch.zeros_like(logits[0]))
-    torch.testing.assert_close(logits, dense_logits(search, image, points, xyz, centres, rotations, K, (H, W)))
+    torch.testing.assert_close(logits, dense_logits(search, image, points, xyz, heights, centres, rotations, K, (H, W)))
 
 
 @pytest.mark.parametrize("B", [3, 1])

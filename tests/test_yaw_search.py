@@ -56,7 +56,7 @@ def test_yaw_search_peaks_at_the_yaw_that_centres_the_points():
     points_cam = torch.tensor([[[dx, dy, 10.0] for dx in (-0.2, 0.0, 0.2) for dy in (-0.2, 0.0, 0.2)]])
     points = transform_points(invert_transform(yaw_pose(centre, 130.0)), points_cam)
 
-    out = search(image_map, torch.randn(1, 9, 4), points, torch.tensor([centre]), K, (H, W))
+    out = search(image_map, torch.randn(1, 9, 4), points, points[..., 1], torch.tensor([centre]), K, (H, W))
     logits, d = out["yaw_logits"], out["rotation"]
 
     assert logits.shape == (1, 36) and logits.argmax().item() == 13
@@ -132,7 +132,8 @@ def test_refine_points_keeps_the_points_near_the_view_and_the_same_logits():
     search = PoseSearch(image_dim=3, point_dim=4, conf=search_conf(refine_points=20, yaw_search_dim=8))
     picked = points_near_view(xyz, *pose_to_frustum_params(pose), K, (H, W), 20)
     assert sorted(picked[0].tolist()) == sorted((order < 20).nonzero()[:, 0].tolist())
-    inputs = (torch.randn(1, 8, H // 8, W // 8), torch.randn(1, 50, 8), xyz, *pose_to_frustum_params(pose), K, (H, W), 1.0)
+    inputs = (torch.randn(1, 8, H // 8, W // 8), torch.randn(1, 50, 8), xyz, xyz[..., 1], *pose_to_frustum_params(pose), K,
+              (H, W), 1.0)
     subset = search.refine(*inputs)[2]
     search.refine_points = 0
     torch.testing.assert_close(subset, search.refine(*inputs)[2])
@@ -174,7 +175,8 @@ def test_refinement_iterations_shrink_about_the_last_estimate():
     torch.manual_seed(0)
     search = PoseSearch(image_dim=3, point_dim=4, conf=search_conf(refine_iterations=2, yaw_search_dim=8))
     xyz = torch.randn(2, 50, 3) * 10
-    out = search(torch.randn(2, 3, H // 8, W // 8), torch.randn(2, 50, 4), xyz, torch.zeros(2, 2), K.expand(2, -1, -1), (H, W))
+    out = search(torch.randn(2, 3, H // 8, W // 8), torch.randn(2, 50, 4), xyz, xyz[..., 1], torch.zeros(2, 2),
+                 K.expand(2, -1, -1), (H, W))
     assert out["refine_logits"].shape == (2, 2, 125) and out["refine_centres"].shape == (2, 2, 125, 2)
     torch.testing.assert_close(out["refine_steps"], torch.tensor([[0.5, math.radians(2)], [0.25, math.radians(1)]]).expand(2, -1, -1))
     first = (out["refine_logits"][:, 0].softmax(-1)[..., None] * out["refine_centres"][:, 0]).sum(1)

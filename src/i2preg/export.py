@@ -1,8 +1,8 @@
 """ONNX export of the ICL network and its ONNX Runtime runner (``i2preg export``, ``Registrator(backend=...)``).
 
 The exported graph is ``ICL.forward`` on a collated batch (``data.collate``): its inputs are the batch's tensors
-(``input_names``: the image, K and the point pyramid, whose neighbour indices the collate computes), its outputs
-``output_names``; the batch size is dynamic. While ``torch.export`` traces the model, KPConv runs its scatter form
+(``input_names``: the image, K, the ground plane and the point pyramid, whose plane and neighbour indices the
+collate computes), its outputs ``output_names``; the batch size is dynamic. While ``torch.export`` traces the model, KPConv runs its scatter form
 (``model.point_encoder.KernelEntries``), which no data-dependent Python number steers; the rest is the model's
 own code. ONNX has no matrix inverse, so ``torch.linalg.inv`` (PRM's K^-1, 3 x 3) is written out by cofactors.
 The file carries the model's fingerprint (``model_fingerprint``), so that a runner refuses other weights.
@@ -51,10 +51,10 @@ def _optional(module: str):
 
 
 def input_names(num_levels: int) -> list[str]:
-    """The graph's inputs for a pyramid of ``num_levels`` levels, in order: image, K, then pyramid_xyz_l,
+    """The graph's inputs for a pyramid of ``num_levels`` levels, in order: image, K, ground, then pyramid_xyz_l,
     pyramid_neighbors_l (l < num_levels), pyramid_pools_l, pyramid_upsamples_l (l < num_levels - 1): the
     collated batch's tensors (``data.collate``), lists flattened by level."""
-    names = ["image", "K"]
+    names = ["image", "K", "ground"]
     for key, count in (("pyramid_xyz", num_levels), ("pyramid_neighbors", num_levels),
                        ("pyramid_pools", num_levels - 1), ("pyramid_upsamples", num_levels - 1)):
         names += [f"{key}_{level}" for level in range(count)]
@@ -63,8 +63,8 @@ def input_names(num_levels: int) -> list[str]:
 
 def flat_inputs(batch: dict, num_levels: int) -> dict[str, torch.Tensor]:
     """A collated batch -> {input name: tensor} (``input_names``)."""
-    flat = {"image": batch["image"], "K": batch["K"]}
-    for name in input_names(num_levels)[2:]:
+    flat = {"image": batch["image"], "K": batch["K"], "ground": batch["ground"]}
+    for name in input_names(num_levels)[3:]:
         key, level = name.rsplit("_", 1)
         flat[name] = batch[key][int(level)]
     return flat
@@ -88,10 +88,10 @@ class FlatForward(nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         L = self.num_levels
-        image, K, rest = tensors[0], tensors[1], list(tensors[2:])
+        image, K, ground, rest = tensors[0], tensors[1], tensors[2], list(tensors[3:])
         xyz, neighbors, pools, upsamples = rest[:L], rest[L : 2 * L], rest[2 * L : 3 * L - 1], rest[3 * L - 1 :]
-        out = self.model({"image": image, "K": K, "pyramid_xyz": xyz, "pyramid_neighbors": neighbors,
-                          "pyramid_pools": pools, "pyramid_upsamples": upsamples})
+        out = self.model({"image": image, "K": K, "ground": ground, "pyramid_xyz": xyz,
+                          "pyramid_neighbors": neighbors, "pyramid_pools": pools, "pyramid_upsamples": upsamples})
         if GLOBAL_KP_2D in self.outputs:
             out[GLOBAL_KP_2D] = out["coarse_stages"][0]["kp_2d"]
         return tuple(out[key] for key in self.outputs)

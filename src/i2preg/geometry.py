@@ -160,6 +160,52 @@ def consensus_pose(poses: torch.Tensor, valid: torch.Tensor | None = None, max_d
 # The benchmark perturbation
 # ---------------------------------------------------------------------------------------------
 
+GROUND_TOLERANCE_M = 0.03
+"""``ground_plane``: a ground point lies within this of the plane (metres)."""
+
+
+def ground_plane(points: np.ndarray, down: np.ndarray | None = None, tolerance: float = GROUND_TOLERANCE_M,
+                 tries: int = 200, sample: int = 10_000) -> np.ndarray | None:
+    """A street scan's ground, (4,) = (n, d) with n . p = d on it, n the unit normal pointing ``down`` (3,) (a unit
+    vector of the cloud's frame; None: its y axis): of the planes within 25 deg of level (normal within 25 deg of
+    ``down``) through three of at most ``sample`` points of the cloud (N, 3) (a fixed-seed RANSAC of ``tries``
+    draws), the one with the most points within ``tolerance``, refitted by least squares to the points within that of
+    it, twice. None where no such plane holds a tenth of the points."""
+    rng = np.random.default_rng(0)
+    points = points[:: max(1, len(points) // sample)]
+    level = np.array([0.0, 1.0, 0.0]) if down is None else np.asarray(down, dtype=np.float64)
+    if len(points) < 30:
+        return None
+    triples = points[rng.integers(0, len(points), (tries, 3))]
+    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
+    length = np.linalg.norm(normals, axis=1)
+    normals, anchors = normals[length > 1e-9] / length[length > 1e-9, None], triples[length > 1e-9, 0]
+    normals *= np.sign(normals @ level + 1e-12)[:, None]
+    levelish = normals @ level > math.cos(math.radians(25))
+    normals, anchors = normals[levelish], anchors[levelish]
+    if not len(normals):
+        return None
+    heights = np.abs(np.einsum("pi,hi->hp", points, normals) - np.einsum("hi,hi->h", anchors, normals)[:, None])
+    best = np.argmax((heights < tolerance).sum(1))
+    normal, anchor = normals[best], anchors[best]
+    for _ in range(2):
+        ground = points[np.abs((points - anchor) @ normal) < tolerance]
+        if len(ground) < 0.1 * len(points):
+            return None
+        anchor = ground.mean(0)
+        normal = np.linalg.eigh(np.cov((ground - anchor).T))[1][:, 0]
+        normal *= np.sign(normal @ level)
+    return np.append(normal, normal @ anchor)
+
+
+def ground_heights(xyz: torch.Tensor, ground: torch.Tensor, ground_y: float) -> torch.Tensor:
+    """Heights (B, M) of the points xyz (B, M, 3) over their clouds' ground planes ground (B, 4) (``ground_plane``'s
+    (n, d)), along the planes' normals (down positive, as the frame's y), placed where the cloud frame's y would put
+    them if the ground were level at y = ``ground_y``: a level cloud's heights are its y, a leaning one's are not
+    leant."""
+    return (xyz * ground[:, None, :3].to(xyz)).sum(-1) - ground[:, None, 3].to(xyz) + ground_y
+
+
 STANDARD_AMPLITUDES = (10.0, 0.0, 10.0, 0.0, 2 * math.pi, 0.0)
 """(tx, ty, tz, rx, ry, rz): metres and radians of the KITTI protocol (METHOD section 3)."""
 

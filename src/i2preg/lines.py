@@ -32,6 +32,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from .errors import InputError
+from .geometry import GROUND_TOLERANCE_M, ground_plane
 from .refine import yaw_shift
 
 LINE_DEFAULTS: dict[str, Any] = {
@@ -50,7 +51,7 @@ LINE_DEFAULTS: dict[str, Any] = {
     "view_margin_deg": 45.0,  # wall points within window_deg plus this of the start's optical axis
     "min_wall_points": 200,  # fewer wall normals (one at every normal_stride-th point): the start pose is kept
     "min_peak_ratio": 1.1,  # the best yaw's score over the next local maximum's (above the median): kept below
-    "ground_tolerance_m": 0.03,  # ground_normal: a ground point lies within this of the plane
+    "ground_tolerance_m": GROUND_TOLERANCE_M,  # ground_normal: a ground point lies within this of the plane
     "level_deg": 0.5,  # a ground tilted more than this in the start camera's frame levels the search (ground_normal)
     "pivot_m": 17.0,  # the camera turns about a point this far ahead
     "max_shift_m": 0.6,  # by at most this sideways (the fine search's wide grid's lateral reach)
@@ -97,38 +98,14 @@ def image_line_evidence(image: torch.Tensor, K: np.ndarray, phis: np.ndarray, co
     return np.exp(-0.5 * (sine / math.sin(math.radians(conf["sigma_deg"]))) ** 2).sum(1)
 
 
-def ground_normal(points: np.ndarray, conf: dict, down: np.ndarray | None = None, tries: int = 200,
-                  sample: int = 10_000) -> np.ndarray:
+def ground_normal(points: np.ndarray, conf: dict, down: np.ndarray | None = None) -> np.ndarray:
     """(3,) the unit normal, pointing ``down`` (3,) (a unit vector of the cloud's frame; None: its y axis), of a street
-    scan's ground: of the planes within 25 deg of level (normal within 25 deg of ``down``) through three of at most
-    ``sample`` points of the cloud (N, 3) (a fixed-seed RANSAC of ``tries`` draws), the one with the most points
-    within ``ground_tolerance_m``, refitted by least squares to the points within that of it, twice. ``down`` itself
-    where no such plane holds a tenth of the points."""
-    rng = np.random.default_rng(0)
-    points = points[:: max(1, len(points) // sample)]
-    level = np.array([0.0, 1.0, 0.0]) if down is None else np.asarray(down, dtype=np.float64)
-    if len(points) < 30:
-        return level
-    triples = points[rng.integers(0, len(points), (tries, 3))]
-    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
-    length = np.linalg.norm(normals, axis=1)
-    normals, anchors = normals[length > 1e-9] / length[length > 1e-9, None], triples[length > 1e-9, 0]
-    normals *= np.sign(normals @ level + 1e-12)[:, None]
-    levelish = normals @ level > math.cos(math.radians(25))
-    normals, anchors = normals[levelish], anchors[levelish]
-    if not len(normals):
-        return level
-    heights = np.abs(np.einsum("pi,hi->hp", points, normals) - np.einsum("hi,hi->h", anchors, normals)[:, None])
-    best = np.argmax((heights < conf["ground_tolerance_m"]).sum(1))
-    normal, anchor = normals[best], anchors[best]
-    for _ in range(2):
-        ground = points[np.abs((points - anchor) @ normal) < conf["ground_tolerance_m"]]
-        if len(ground) < 0.1 * len(points):
-            return level
-        anchor = ground.mean(0)
-        normal = np.linalg.eigh(np.cov((ground - anchor).T))[1][:, 0]
-        normal *= np.sign(normal @ level)
-    return normal
+    scan's ground (``geometry.ground_plane`` of the cloud (N, 3), within ``ground_tolerance_m``); ``down`` itself
+    where no plane holds a tenth of the points."""
+    plane = ground_plane(points, down, conf["ground_tolerance_m"])
+    if plane is None:
+        return np.array([0.0, 1.0, 0.0]) if down is None else np.asarray(down, dtype=np.float64)
+    return plane[:3]
 
 
 def level_rotation(normal: np.ndarray) -> np.ndarray:

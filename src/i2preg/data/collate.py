@@ -4,7 +4,8 @@ Every tensor is batch-major with a fixed size per level, L = len(model.point_enc
 - ``image`` (B, 3, H, W), ``K`` (B, 3, 3), ``points`` (B, N, 3), ``intensity`` (B, N), ``T_gt`` (B, 4, 4),
   ``resampled`` (B,) bool, ``meta``: list of B dicts; ``dense_points``: list of B tensors (D_b, 3), cloud frame,
   when every sample has them (evaluation pairs, for ``refine``); ``yaw_prior`` (B, 2), a yaw and its tolerance
-  (rad), when every sample has one (``api.Registrator``'s prior pose, for GPDM's pose search).
+  (rad), when every sample has one (``api.Registrator``'s prior pose, for GPDM's pose search); ``ground`` (B, 4)
+  the ground plane (n, d), n . p = d, of each sample's points (``Collate.ground``), whose heights the searches read.
 - ``draws`` (int), when the items are lists of D samples of one pair each (``eval.point_draws``: the same image
   with D draws of its point sample): the D samples of each pair are consecutive rows (B = pairs x D).
 - ``pyramid_xyz``: L tensors (B, M_l, 3), cloud frame. Level 0 is ``points`` (M_0 = N); level l >= 1 takes
@@ -23,6 +24,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from ..config import deep_update
+from ..geometry import ground_plane
 from ..model.icl import ICL
 
 
@@ -82,8 +84,15 @@ class Collate:
         self.voxel_size = encoder["voxel_size"]
         self.subsample_sizes = list(encoder["subsample_sizes"])
         self.num_neighbors = encoder["num_neighbors"]
+        self.ground_y = conf["ground_y"]
         if len(self.subsample_sizes) != len(encoder["widths"]) - 1:
             raise ValueError("point_encoder.subsample_sizes needs one entry per level after the first")
+
+    def ground(self, points) -> np.ndarray:
+        """(4,) the ground plane (n, d) of a network input cloud (N, 3) (``geometry.ground_plane``), or the level
+        plane at the model's ``ground_y`` where no plane holds a tenth of its points."""
+        plane = ground_plane(np.asarray(points, dtype=np.float64))
+        return np.array([0.0, 1.0, 0.0, self.ground_y]) if plane is None else plane
 
     def __call__(self, samples: list[dict] | list[list[dict]]) -> dict:
         draws = None
@@ -97,6 +106,7 @@ class Collate:
         batch["meta"] = [s["meta"] for s in samples]
         if all("yaw_prior" in s for s in samples):
             batch["yaw_prior"] = torch.stack([torch.as_tensor(s["yaw_prior"]) for s in samples])
+        batch["ground"] = torch.from_numpy(np.stack([self.ground(s["points"]) for s in samples])).float()
         if all("dense_points" in s for s in samples):
             batch["dense_points"] = [torch.as_tensor(s["dense_points"]) for s in samples]
         pyramids = [

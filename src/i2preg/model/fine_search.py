@@ -81,9 +81,9 @@ class FineSearch(HypothesisScorer):
         metres, degrees = conf["train_jitter"]
         self.register_buffer("jitter", torch.tensor([metres, metres, math.radians(degrees)]), persistent=False)
 
-    def forward(self, token_map, point_feats, xyz, centre, rotation, K, image_size) -> dict[str, torch.Tensor]:
-        """token_map (B, Ci, h, w) the pixel tokens of the (H, W) = image_size image; point_feats (B, M, Cp) and xyz
-        (B, M, 3) cloud frame, the fine-level points; centre (B, 2) and rotation (B, 2) the 3-DoF pose to refine
+    def forward(self, token_map, point_feats, xyz, heights, centre, rotation, K, image_size) -> dict[str, torch.Tensor]:
+        """token_map (B, Ci, h, w) the pixel tokens of the (H, W) = image_size image; point_feats (B, M, Cp), xyz
+        (B, M, 3) cloud frame and heights (B, M) (``geometry.ground_heights``), the fine-level points; centre (B, 2) and rotation (B, 2) the 3-DoF pose to refine
         (detached); K (B, 3, 3).
 
         Returns fine_centre (B, 2), fine_rotation (B, 2) (unit d): the refined pose; and over the I iterations, for
@@ -95,8 +95,8 @@ class FineSearch(HypothesisScorer):
         centre, rotation = centre.detach(), nn.functional.normalize(rotation.detach(), dim=-1)
         if len(self.wide_grid) > 1:  # untrained: no graph for a backward pass (and the in-place residual layers)
             with torch.no_grad():
-                centre, rotation = self.step(self.wide_grid, image, points, xyz, centre, rotation, K, image_size,
-                                             self.wide_prior)[1:]
+                centre, rotation = self.step(self.wide_grid, image, points, xyz, heights, centre, rotation, K,
+                                             image_size, self.wide_prior)[1:]
         if self.training:
             jitter = (2 * torch.rand_like(self.jitter.expand(len(centre), 3)) - 1) * self.jitter
             centre, rotation = apply_offsets(centre, rotation, jitter)
@@ -104,20 +104,23 @@ class FineSearch(HypothesisScorer):
         for _ in range(self.iterations):
             centres.append(centre)
             rotations.append(rotation)
-            grid_logits, centre, rotation = self.step(self.grid, image, points, xyz, centre, rotation, K, image_size)
+            grid_logits, centre, rotation = self.step(self.grid, image, points, xyz, heights, centre, rotation, K,
+                                                      image_size)
             logits.append(grid_logits)
         return {"fine_centre": centre, "fine_rotation": rotation, "fine_logits": torch.stack(logits, 1),
                 "fine_grid_centres": torch.stack(centres, 1), "fine_grid_rotations": torch.stack(rotations, 1),
                 "fine_grid": self.grid, "fine_steps": self.steps}
 
-    def step(self, grid, image, points, xyz, centre, rotation, K, image_size, prior=None):
+    def step(self, grid, image, points, xyz, heights, centre, rotation, K, image_size, prior=None):
         """One grid (G, 3) of offsets (``offsets_to``) about the poses centre, rotation (B, 2) each, scored on the
-        projected image (B, dim, h, w) and point features (B, M, dim) of the points xyz (B, M, 3) nearest the view
+        projected image (B, dim, h, w) and point features (B, M, dim) of the points xyz (B, M, 3) (heights (B, M))
+        nearest the view
         -> the grid's logits (B, G) and the pose at their softmax-weighted mean offset (detached), each logit plus
         prior (G,) if given."""
         index = points_near_view(xyz, centre, rotation, K, image_size, min(self.num_points, xyz.shape[1]))
         hypotheses = apply_offsets(centre[:, None], rotation[:, None], grid)
-        logits = self.hypothesis_logits(image, gather(points, index), gather(xyz, index), *hypotheses, K, image_size)
+        logits = self.hypothesis_logits(image, gather(points, index), gather(xyz, index),
+                                        gather(heights[..., None], index)[..., 0], *hypotheses, K, image_size)
         weights = (logits if prior is None else logits + prior).softmax(dim=-1)
         offset = (weights[..., None] * grid).sum(1)  # (B, 3)
         return (logits, *apply_offsets(centre, rotation, offset.detach()))

@@ -71,9 +71,11 @@ class GPDM(nn.Module):
             with torch.no_grad():
                 self.rotation_head.bias.copy_(torch.tensor(IDENTITY_ROTATION[dof]))
 
-    def forward(self, image_map, point_feats, xyz, K, image_size: tuple[int, int], yaw_prior=None) -> dict[str, torch.Tensor]:
+    def forward(self, image_map, point_feats, xyz, heights, K, image_size: tuple[int, int], yaw_prior=None
+                ) -> dict[str, torch.Tensor]:
         """image_map: (B, Ci, h, w) the coarsest image features (its mean is the global feature g);
-        point_feats: (B, M, Cp) and xyz: (B, M, 3) of the coarse points, cloud frame; K: (B, 3, 3) intrinsics
+        point_feats: (B, M, Cp), xyz: (B, M, 3) and heights (B, M) of the coarse points, cloud frame (heights: their
+        ``geometry.ground_heights``, which the pose search's score reads); K: (B, 3, 3) intrinsics
         of the (H, W) = image_size input image; yaw_prior: None, or (B, 2) a yaw and a tolerance (rad) to which
         the pose search keeps (``PoseSearch.forward``; a model without it refuses one).
 
@@ -100,7 +102,7 @@ class GPDM(nn.Module):
                 raise ValueError("a yaw prior needs GPDM's pose search (model.gpdm.yaw_bins > 0)")
             rotation = self.rotation_head(pooled)
         else:
-            extra = self.search(image_map, point_feats, xyz, centre.detach(), K, image_size, yaw_prior)
+            extra = self.search(image_map, point_feats, xyz, heights, centre.detach(), K, image_size, yaw_prior)
             extra["coarse_centre"] = centre
             centre, rotation = extra.pop("centre"), extra.pop("rotation")
         pose = pose_from_params(centre, rotation)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import deep_update
-from ..geometry import frustum_params_to_pose, transform_points
+from ..geometry import frustum_params_to_pose, ground_heights, transform_points
 from .fine_search import FineSearch
 from .gpdm import GPDM
 from .iclm import ICLM
@@ -32,6 +32,11 @@ def repeat_draws(features: torch.Tensor, batch: dict) -> torch.Tensor:
 class ICL(nn.Module):
     default_conf = {
         "dof": 3,  # 3: yaw + planar translation (the benchmark protocol); 6: general pose
+        # The pose and fine searches' scores read each point's height over the cloud's ground plane (batch["ground"],
+        # data.collate), placed as if that ground lay level at this y of the cloud frame (y down; the training rig's
+        # camera height, so that a level training cloud's heights are its y): a camera that leans against the road
+        # leans its cloud's frame, which then moves a point 20 m ahead by 0.35 m a degree (geometry.ground_heights)
+        "ground_y": 1.65,
         "detach_prm_inputs": True,  # the reference code: no PRM gradient into ICLM
         "image_encoder": {
             "backbone": "scratch",  # image_encoder.BACKBONES: "scratch" or the pretrained "efficientnet-lite0"
@@ -164,8 +169,8 @@ class ICL(nn.Module):
         token_map = repeat_draws(self.image_decoder(image_features), batch)
         if self.fine is not None:
             fine_xyz, fine_feats = self.point_encoder.fine_features(batch, self.conf["fine"]["level"], coarse_feats, skips)
-            out.update(self.fine(token_map, fine_feats, fine_xyz, out["frustum_centre"], out["frustum_rotation"],
-                                 batch["K"], image_size))
+            out.update(self.fine(token_map, fine_feats, fine_xyz, self.heights(batch, fine_xyz), out["frustum_centre"],
+                                 out["frustum_rotation"], batch["K"], image_size))
             out["fine_pose"] = frustum_params_to_pose(out["fine_centre"], out["fine_rotation"])
         prior_pose = out.get("fine_pose", out["frustum_pose"]).detach()
         out["prior_pose"] = prior_pose
@@ -188,10 +193,15 @@ class ICL(nn.Module):
         out.update(self.prm(*prm_inputs, batch["K"], prior_pose))
         return out
 
+    def heights(self, batch: dict, xyz: torch.Tensor) -> torch.Tensor:
+        """(B, M) the heights the searches' scores read of points xyz (B, M, 3) of the batch's clouds."""
+        return ground_heights(xyz, batch["ground"], self.conf["ground_y"])
+
     def _encode_and_detect(self, batch: dict, encoded: tuple | None = None):
         image_features, (coarse_xyz, coarse_feats, skips) = encoded or self.encode(batch)
-        out = self.gpdm(repeat_draws(image_features[-1], batch), coarse_feats, coarse_xyz, batch["K"],
-                        tuple(batch["image"].shape[-2:]), batch.get("yaw_prior"))
+        out = self.gpdm(repeat_draws(image_features[-1], batch), coarse_feats, coarse_xyz,
+                        self.heights(batch, coarse_xyz), batch["K"], tuple(batch["image"].shape[-2:]),
+                        batch.get("yaw_prior"))
         out["coarse_xyz"] = coarse_xyz
         return out, (image_features, coarse_feats, skips)
 

@@ -200,8 +200,9 @@ class HypothesisScorer(nn.Module):
             features = features + residual(features)
         return features
 
-    def hypothesis_logits(self, image, points, xyz, centres, rotations, K, image_size) -> torch.Tensor:
-        """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3); centres (B, Hy, 2) and
+    def hypothesis_logits(self, image, points, xyz, heights, centres, rotations, K, image_size) -> torch.Tensor:
+        """image (B, dim, h, w) and points (B, M, dim) projected features; xyz (B, M, 3) and heights (B, M) (the
+        points' ``geometry.ground_heights``, the height the score reads); centres (B, Hy, 2) and
         rotations (B, Hy, 2) the hypotheses -> logits (B, Hy): the mean score of each one's points in view, each
         weighted by ``geometry.view_weight`` (fading in over the pixel inside the border; divided by the weights'
         sum, at least 1, so 0 for a hypothesis that sees none). Only the (hypothesis, point) pairs in view are
@@ -209,7 +210,8 @@ class HypothesisScorer(nn.Module):
         device = image.device.type
         if torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
-                return self.hypothesis_logits(image.float(), points.float(), xyz, centres, rotations, K, image_size)
+                return self.hypothesis_logits(image.float(), points.float(), xyz, heights, centres, rotations, K,
+                                              image_size)
         (B, M), Hy = xyz.shape[:2], centres.shape[1]
         H, W = image_size
         uv, depth = project_frustum_params(xyz, centres, rotations, K)  # (B, Hy, M, 2), (B, Hy, M)
@@ -217,7 +219,7 @@ class HypothesisScorer(nn.Module):
         seen = weight.flatten().nonzero()[:, 0]  # (E,) flat (b, hypothesis, point) in view, sorted by sample
         uv, depth = uv.reshape(-1, 2)[seen], depth.flatten()[seen]
         point = RowIndex(seen // (Hy * M) * M + seen % M, B * M)  # rows of points.flatten(0, 1)
-        geometry = torch.stack([xyz[..., 1].flatten()[point.index] / 2, depth.clamp_min(0.5).log()], dim=-1)
+        geometry = torch.stack([heights.flatten()[point.index] / 2, depth.clamp_min(0.5).log()], dim=-1)
         # relu(point + geometry_proj(geometry) + sampled image feature), summed in place into the gathered rows: the
         # geometry MLP's last bias joins the M point rows before the gather and its matmul accumulates into the E rows;
         # its hidden ReLU in place (the Linear's (E, dim) output is no view, and its backward needs only its input)
@@ -266,8 +268,10 @@ class PoseSearch(HypothesisScorer):
         self.iterations, self.shrink = conf["refine_iterations"], conf["refine_shrink"]
         self.refine_points = conf["refine_points"]
 
-    def forward(self, image_map, point_feats, xyz, centre, K, image_size, yaw_prior=None) -> dict[str, torch.Tensor]:
-        """image_map (B, Ci, h, w); point_feats (B, M, Cp); xyz (B, M, 3) cloud frame; centre (B, 2) the
+    def forward(self, image_map, point_feats, xyz, heights, centre, K, image_size, yaw_prior=None
+                ) -> dict[str, torch.Tensor]:
+        """image_map (B, Ci, h, w); point_feats (B, M, Cp); xyz (B, M, 3) cloud frame and heights (B, M) (their
+        ``geometry.ground_heights``); centre (B, 2) the
         regressed camera centre (c_x, c_z), cloud frame; K (B, 3, 3) of the (H, W) input image; yaw_prior (B, 2)
         or None: a yaw (rad, ``vector_yaws``) and a tolerance (rad) per sample: the best yaw bin is chosen among
         those within the tolerance of that yaw (``restrict_to_prior``), the weighted mean about it as without one.
@@ -280,7 +284,8 @@ class PoseSearch(HypothesisScorer):
         B = xyz.shape[0]
         image, points = self.image_proj(image_map), self.point_proj(point_feats)
         bins = yaw_bin_vectors(self.num_bins, xyz.device).to(xyz.dtype).expand(B, -1, -1)
-        yaw_logits = self.hypothesis_logits(image, points, xyz, centre[:, None].expand_as(bins), bins, K, image_size)
+        yaw_logits = self.hypothesis_logits(image, points, xyz, heights, centre[:, None].expand_as(bins), bins, K,
+                                            image_size)
         # a prior decides only which bin is best; its neighbours weigh in as without one, so that where the best
         # bin lies within the tolerance the pose is the same
         allowed = yaw_logits if yaw_prior is None else restrict_to_prior(yaw_logits, vector_yaws(bins), yaw_prior)
@@ -292,7 +297,8 @@ class PoseSearch(HypothesisScorer):
         if self.centre_step > 0:
             refinements = []
             for i in range(self.iterations):
-                refinements.append(self.refine(image, points, xyz, centre, rotation, K, image_size, self.shrink**i))
+                refinements.append(self.refine(image, points, xyz, heights, centre, rotation, K, image_size,
+                                               self.shrink**i))
                 centre, rotation = refinements[-1][:2]
             centre, rotation, logits, centres, rotations, steps = zip(*refinements)
             out.update(centre=centre[-1], rotation=rotation[-1], refine_logits=torch.stack(logits, 1),
@@ -300,7 +306,7 @@ class PoseSearch(HypothesisScorer):
                        refine_steps=torch.stack(steps).expand(B, -1, -1))
         return out
 
-    def refine(self, image, points, xyz, centre, rotation, K, image_size, scale: float):
+    def refine(self, image, points, xyz, heights, centre, rotation, K, image_size, scale: float):
         """One refinement about (centre, rotation), its grid steps times ``scale``: the new centre (the mean over
         the whole grid: where the logits cannot tell centres apart it stays put) and rotation (the mean over the
         best hypothesis and its neighbours: sharp in yaw), the logits (B, R), hypotheses centres and rotations
@@ -308,9 +314,9 @@ class PoseSearch(HypothesisScorer):
         centre, rotation = centre.detach(), rotation.detach()
         if 0 < self.refine_points < xyz.shape[1]:
             index = points_near_view(xyz, centre, rotation, K, image_size, self.refine_points)
-            xyz, points = gather(xyz, index), gather(points, index)
+            xyz, heights, points = gather(xyz, index), gather(heights[..., None], index)[..., 0], gather(points, index)
         centres, rotations = self.refinement_grid(centre, vector_yaws(rotation), scale)
-        logits = self.hypothesis_logits(image, points, xyz, centres, rotations, K, image_size)
+        logits = self.hypothesis_logits(image, points, xyz, heights, centres, rotations, K, image_size)
         weights, index = self.grid_window(logits)
         rotation = (weights[..., None] * rotations.gather(1, index[..., None].expand(-1, -1, 2))).sum(1)
         centre = (logits.softmax(dim=-1)[..., None] * centres).sum(1)
