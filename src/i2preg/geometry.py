@@ -1,4 +1,5 @@
-"""Rigid transforms, pinhole projection, the benchmark perturbation and the pose parameterisations.
+"""Rigid transforms, pinhole projection, a street scan's ground plane, the benchmark perturbation and the pose
+parameterisations.
 
 Conventions used everywhere in i2preg:
 - A pose ``T`` is a (..., 4, 4) matrix that maps points of the cloud frame into the camera frame:
@@ -157,7 +158,7 @@ def consensus_pose(poses: torch.Tensor, valid: torch.Tensor | None = None, max_d
 
 
 # ---------------------------------------------------------------------------------------------
-# The benchmark perturbation
+# A street scan's ground
 # ---------------------------------------------------------------------------------------------
 
 GROUND_TOLERANCE_M = 0.03
@@ -205,6 +206,10 @@ def ground_heights(xyz: torch.Tensor, ground: torch.Tensor, ground_y: float) -> 
     leant."""
     return (xyz * ground[:, None, :3].to(xyz)).sum(-1) - ground[:, None, 3].to(xyz) + ground_y
 
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark perturbation
+# ---------------------------------------------------------------------------------------------
 
 STANDARD_AMPLITUDES = (10.0, 0.0, 10.0, 0.0, 2 * math.pi, 0.0)
 """(tx, ty, tz, rx, ry, rz): metres and radians of the KITTI protocol (METHOD section 3)."""
