@@ -1,4 +1,4 @@
-"""The fine search's score under a camera that leans: the mean best logit of the run as given and of its mirror image's run.
+"""The fine search's score under a camera that leans: the mean best logit of a run and of its mirror image's run.
 
     python benchmarks/score_lean.py --data datasets/dev-seed3 [--sequences 00,01] [--limit 16] [--weights W]
                                     [--tilts 0:0,2:0,-2:0,0:4]

@@ -131,7 +131,8 @@ def main() -> None:
         truth.append(torch.stack([s["T_gt"].double() for s in samples]))
     poses, scores, truth = (torch.cat(part).numpy() for part in (poses, scores, truth))
     yaws = pose_yaws(poses)  # (P, runs), the pairs' frames as given
-    tilt = f" (camera pitched {args.pitch_deg:g} deg, rolled {args.roll_deg:g})" if args.pitch_deg or args.roll_deg else ""
+    tilt = (f" (camera pitched {args.pitch_deg:g} deg, rolled {args.roll_deg:g})"
+            if args.pitch_deg or args.roll_deg else "")
     print(f"{args.data}, the pairs as given{tilt}:\n")
     print("| traffic, yaw sectors | pairs | Acc | median RTE (m) | median RRE (deg) | yaw flips |")
     print("|---|---|---|---|---|---|")

@@ -175,8 +175,8 @@ def test_ground_plane_finds_a_leaning_ground_and_ground_heights_undo_the_lean():
     heights = g.ground_heights(torch.from_numpy(turned_scan)[None], torch.from_numpy(plane)[None], 1.65)
     np.testing.assert_allclose(heights[0].numpy(), level_scan[:, 1], atol=1e-3)  # the heights the level scan has as y
     assert np.abs(turned_scan[:, 1] - level_scan[:, 1]).max() > 1  # which the turned scan's y are not
-    at_ground_y = g.ground_heights(torch.from_numpy(level_scan)[None], torch.tensor([[0.0, 1.0, 0.0, 1.65]], dtype=torch.float64),
-                                 1.65)
+    level_plane = torch.tensor([[0.0, 1.0, 0.0, 1.65]], dtype=torch.float64)
+    at_ground_y = g.ground_heights(torch.from_numpy(level_scan)[None], level_plane, 1.65)
     np.testing.assert_allclose(at_ground_y[0].numpy(), level_scan[:, 1], atol=1e-12)
 
 

@@ -132,8 +132,8 @@ def test_refine_points_keeps_the_points_near_the_view_and_the_same_logits():
     search = PoseSearch(image_dim=3, point_dim=4, conf=search_conf(refine_points=20, yaw_search_dim=8))
     picked = points_near_view(xyz, *pose_to_frustum_params(pose), K, (H, W), 20)
     assert sorted(picked[0].tolist()) == sorted((order < 20).nonzero()[:, 0].tolist())
-    inputs = (torch.randn(1, 8, H // 8, W // 8), torch.randn(1, 50, 8), xyz, xyz[..., 1], *pose_to_frustum_params(pose), K,
-              (H, W), 1.0)
+    inputs = (torch.randn(1, 8, H // 8, W // 8), torch.randn(1, 50, 8), xyz, xyz[..., 1],
+              *pose_to_frustum_params(pose), K, (H, W), 1.0)
     subset = search.refine(*inputs)[2]
     search.refine_points = 0
     torch.testing.assert_close(subset, search.refine(*inputs)[2])

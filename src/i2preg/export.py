@@ -2,10 +2,11 @@
 
 The exported graph is ``ICL.forward`` on a collated batch (``data.collate``): its inputs are the batch's tensors
 (``input_names``: the image, K, the ground plane and the point pyramid, whose plane and neighbour indices the
-collate computes), its outputs ``output_names``; the batch size is dynamic. While ``torch.export`` traces the model, KPConv runs its scatter form
-(``model.point_encoder.KernelEntries``), which no data-dependent Python number steers; the rest is the model's
-own code. ONNX has no matrix inverse, so ``torch.linalg.inv`` (PRM's K^-1, 3 x 3) is written out by cofactors.
-The file carries the model's fingerprint (``model_fingerprint``), so that a runner refuses other weights.
+collate computes), its outputs ``output_names``; the batch size is dynamic. While ``torch.export`` traces the model,
+KPConv runs its scatter form (``model.point_encoder.KernelEntries``), which no data-dependent Python number steers;
+the rest is the model's own code. ONNX has no matrix inverse, so ``torch.linalg.inv`` (PRM's K^-1, 3 x 3) is written
+out by cofactors. The file carries the model's fingerprint (``model_fingerprint``), so that a runner refuses other
+weights.
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ class FineSearch(HypothesisScorer):
 
     def forward(self, token_map, point_feats, xyz, heights, centre, rotation, K, image_size) -> dict[str, torch.Tensor]:
         """token_map (B, Ci, h, w) the pixel tokens of the (H, W) = image_size image; point_feats (B, M, Cp), xyz
-        (B, M, 3) cloud frame and heights (B, M) (``geometry.ground_heights``), the fine-level points; centre (B, 2) and rotation (B, 2) the 3-DoF pose to refine
+        (B, M, 3) cloud frame and heights (B, M) (``geometry.ground_heights``), the fine-level points; centre (B, 2)
+        and rotation (B, 2) the 3-DoF pose to refine
         (detached); K (B, 3, 3).
 
         Returns fine_centre (B, 2), fine_rotation (B, 2) (unit d): the refined pose; and over the I iterations, for
