@@ -84,8 +84,7 @@ class FineSearch(HypothesisScorer):
     def forward(self, token_map, point_feats, xyz, heights, centre, rotation, K, image_size) -> dict[str, torch.Tensor]:
         """token_map (B, Ci, h, w) the pixel tokens of the (H, W) = image_size image; point_feats (B, M, Cp), xyz
         (B, M, 3) cloud frame and heights (B, M) (``geometry.ground_heights``), the fine-level points; centre (B, 2)
-        and rotation (B, 2) the 3-DoF pose to refine
-        (detached); K (B, 3, 3).
+        and rotation (B, 2) the 3-DoF pose to refine (detached); K (B, 3, 3).
 
         Returns fine_centre (B, 2), fine_rotation (B, 2) (unit d): the refined pose; and over the I iterations, for
         the loss: fine_logits (B, I, G) of the G grid hypotheses, fine_grid_centres (B, I, 2) and
@@ -115,13 +114,12 @@ class FineSearch(HypothesisScorer):
     def step(self, grid, image, points, xyz, heights, centre, rotation, K, image_size, prior=None):
         """One grid (G, 3) of offsets (``offsets_to``) about the poses centre, rotation (B, 2) each, scored on the
         projected image (B, dim, h, w) and point features (B, M, dim) of the points xyz (B, M, 3) (heights (B, M))
-        nearest the view
-        -> the grid's logits (B, G) and the pose at their softmax-weighted mean offset (detached), each logit plus
-        prior (G,) if given."""
+        nearest the view -> the grid's logits (B, G) and the pose at their softmax-weighted mean offset (detached),
+        each logit plus prior (G,) if given."""
         index = points_near_view(xyz, centre, rotation, K, image_size, min(self.num_points, xyz.shape[1]))
         hypotheses = apply_offsets(centre[:, None], rotation[:, None], grid)
         logits = self.hypothesis_logits(image, gather(points, index), gather(xyz, index),
-                                        gather(heights[..., None], index)[..., 0], *hypotheses, K, image_size)
+                                        heights.gather(1, index), *hypotheses, K, image_size)
         weights = (logits if prior is None else logits + prior).softmax(dim=-1)
         offset = (weights[..., None] * grid).sum(1)  # (B, 3)
         return (logits, *apply_offsets(centre, rotation, offset.detach()))

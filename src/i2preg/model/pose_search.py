@@ -271,10 +271,10 @@ class PoseSearch(HypothesisScorer):
     def forward(self, image_map, point_feats, xyz, heights, centre, K, image_size, yaw_prior=None
                 ) -> dict[str, torch.Tensor]:
         """image_map (B, Ci, h, w); point_feats (B, M, Cp); xyz (B, M, 3) cloud frame and heights (B, M) (their
-        ``geometry.ground_heights``); centre (B, 2) the
-        regressed camera centre (c_x, c_z), cloud frame; K (B, 3, 3) of the (H, W) input image; yaw_prior (B, 2)
-        or None: a yaw (rad, ``vector_yaws``) and a tolerance (rad) per sample: the best yaw bin is chosen among
-        those within the tolerance of that yaw (``restrict_to_prior``), the weighted mean about it as without one.
+        ``geometry.ground_heights``); centre (B, 2) the regressed camera centre (c_x, c_z), cloud frame; K (B, 3, 3)
+        of the (H, W) input image; yaw_prior (B, 2) or None: a yaw (rad, ``vector_yaws``) and a tolerance (rad) per
+        sample: the best yaw bin is chosen among those within the tolerance of that yaw (``restrict_to_prior``), the
+        weighted mean about it as without one.
 
         Returns centre (B, 2) and rotation (B, 2) (d, unnormalised): the estimate; yaw_logits (B, yaw_bins);
         with the refinement also, over its I iterations and R = (2 radius + 1)^3 hypotheses each, refine_logits
@@ -314,7 +314,7 @@ class PoseSearch(HypothesisScorer):
         centre, rotation = centre.detach(), rotation.detach()
         if 0 < self.refine_points < xyz.shape[1]:
             index = points_near_view(xyz, centre, rotation, K, image_size, self.refine_points)
-            xyz, heights, points = gather(xyz, index), gather(heights[..., None], index)[..., 0], gather(points, index)
+            xyz, heights, points = gather(xyz, index), heights.gather(1, index), gather(points, index)
         centres, rotations = self.refinement_grid(centre, vector_yaws(rotation), scale)
         logits = self.hypothesis_logits(image, points, xyz, heights, centres, rotations, K, image_size)
         weights, index = self.grid_window(logits)
