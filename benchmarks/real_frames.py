@@ -3,7 +3,7 @@
     python benchmarks/real_frames.py [--weights W] [--data ../shared/data] [--seeds 5] [--seed 7351]
                                      [--out outputs/real] [--pose final|frustum] [--refine none|edges|lines]
                                      [--traffic recorded|right|left|auto] [--yaw-sectors S] [--prior-yaw-deg DEG]
-                                     [--point-draws D] [--weights-32beam W]
+                                     [--point-draws D] [--weights-32beam W] [--single-sweep]
 
 Each frame goes through ``i2preg register --protocol-seed`` (``api.register_files``) once per protocol seed:
 the scan is moved into the camera frame with the frame's own calibration (the ground truth), perturbed by the
@@ -16,9 +16,10 @@ nuScenes log whose name ends in ``+0800`` (Singapore's UTC offset; Boston's logs
 or compass would give it: the true pose turned about the camera's y axis by a yaw drawn uniformly within +-DEG / 2
 (seeded by the pair's protocol seed), the yaw search kept within DEG of it. ``--point-draws D``: the
 ``Registrator``'s (each pose the consensus of the network on D draws of the point sample); ``--yaw-sectors S`` too (the
-network run again held to each of S sectors of the yaw circle). ``--weights-32beam W`` registers the frames of a
-32-beam LiDAR (the nuScenes frame) with W (the 32-beam model of docs/TRAINING.md, trained for that rig) and the
-others with ``--weights``.
+network run again held to each of S sectors of the yaw circle); ``--single-sweep`` too (GPDM's pose search about the
+origin of the frame's LiDAR sweep, ``geometry.scan_origin``). ``--weights-32beam W`` registers the frames of a 32-beam
+LiDAR (the nuScenes frame) with W (the 32-beam model of docs/TRAINING.md, trained for that rig) and the others with
+``--weights``.
 
 Prints ONE Markdown table: a row per frame and rows over all KITTI pairs, the nuScenes pairs and all pairs,
 with Acc, median RTE / RRE (over all pairs), the share of pairs whose frustum (GPDM) pose already passes, the
@@ -131,6 +132,8 @@ def main() -> None:
                         help="the Registrator's traffic side: each frame's own (recorded), or one for all")
     parser.add_argument("--yaw-sectors", dest="yaw_sectors", type=int, default=0,
                         help="the Registrator's yaw sectors (the network run again held to each of S sectors)")
+    parser.add_argument("--single-sweep", dest="single_sweep", action="store_true",
+                        help="the Registrator's single_sweep: GPDM's pose search about the sweep's origin")
     parser.add_argument("--prior-yaw-deg", dest="prior_yaw_deg", type=float,
                         help="register with a prior pose whose yaw errs by up to half this, the search kept within it")
     args = parser.parse_args()
@@ -154,6 +157,7 @@ def main() -> None:
                                     weights=args.weights_32beam if frame["beams"] == 32 and args.weights_32beam
                                     else args.weights, extrinsic=frame["extrinsic"], protocol_seed=seed,
                                     refine=args.refine, point_draws=args.point_draws, yaw_sectors=args.yaw_sectors,
+                                    single_sweep=args.single_sweep,
                                     traffic=frame["traffic"] if args.traffic == "recorded" else args.traffic,
                                     **prior)
             T_gt = result.info["protocol"]["T_gt"]

@@ -3,7 +3,7 @@
 
     python benchmarks/search_runs.py --data datasets/synthetic-test [--sequences 00,01] [--sectors 12] [--weights W]
                                      [--refine none|edges|lines] [--limit N] [--pitch-deg 0] [--roll-deg 0]
-                                     [--set eval.KEY=VALUE ...]
+                                     [--single-sweep] [--set eval.KEY=VALUE ...]
 
 Every pair of the test split (the protocol's crops and point samples, as ``i2preg eval`` draws them) is run as it is
 and as its mirror image (image flipped left to right with its principal point, the clouds' and the true pose's x
@@ -14,7 +14,9 @@ and RRE and yaw flips on the pairs as given for the Registrator's settings, each
 given), "left" (the free run of the mirror image), "auto" (both), and "right" with the yaw sectors. The pairs' mirror
 images, a world that keeps to the left, score the same with "left" and "right" swapped, and the same with "auto". One
 point draw; ``--refine`` refines every run's pose before the choice (the Registrator's order). ``--pitch-deg`` and
-``--roll-deg`` give every pair a camera that is not level (``tilted``). A design check on
+``--roll-deg`` give every pair a camera that is not level (``tilted``). ``--single-sweep``: every run's pose search
+looks about the origin of the pair's LiDAR sweep (``geometry.scan_origin``, as ``Registrator(single_sweep=True)``
+sets it). A design check on
 synthetic pairs; ``benchmarks/real_frames.py --traffic auto --yaw-sectors 12`` measures the real frames.
 """
 
@@ -33,7 +35,7 @@ from i2preg.assembly import full_config, load_model
 from i2preg.config import deep_update, parse_overrides
 from i2preg.data.collate import Collate
 from i2preg.data.pairs import build_dataset
-from i2preg.geometry import make_transform, rot_x, rot_z
+from i2preg.geometry import make_transform, rot_x, rot_z, scan_origin
 from i2preg.inference import infer, search_scores
 from i2preg.metrics import registration_errors, success, yaw_offsets
 from i2preg.weights import resolve_weights
@@ -73,6 +75,14 @@ def tilted(sample: dict, pitch_deg: float, roll_deg: float) -> dict:
     return sample
 
 
+def sweep_origins(samples: list[dict]) -> torch.Tensor:
+    """(B, 2) the origin of each pair's LiDAR sweep (``geometry.scan_origin`` of its points), for ``--single-sweep``."""
+    origins = [scan_origin(sample["points"].double().numpy()) for sample in samples]
+    if any(origin is None for origin in origins):
+        raise SystemExit("--single-sweep: a pair's cloud shows no sweep's origin")
+    return torch.from_numpy(np.stack(origins)).float()
+
+
 def run(model, batch: dict, eval_cfg: dict, prior: torch.Tensor | None = None, encoded: tuple | None = None
         ) -> tuple[torch.Tensor, torch.Tensor]:
     """The final poses (B, 4, 4) and search scores (B,) of a run on a collated batch, its yaw search held to
@@ -101,6 +111,8 @@ def main() -> None:
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     parser.add_argument("--pitch-deg", type=float, default=0.0, help="every camera turned about its x axis (deg)")
     parser.add_argument("--roll-deg", type=float, default=0.0, help="and then about its optical axis (deg)")
+    parser.add_argument("--single-sweep", dest="single_sweep", action="store_true",
+                        help="every run's pose search about the pair's sweep origin (Registrator's single_sweep)")
     parser.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
                         help="override an eval setting, e.g. eval.lines.level_deg=90")
     args = parser.parse_args()
@@ -115,16 +127,20 @@ def main() -> None:
     count = min(len(pairs), args.limit or len(pairs))
     collate = Collate(model.conf, knn_workers=-1)
     torch.manual_seed(0)
-    poses, scores, truth = [], [], []  # runs: as given, mirror image, as given held to each sector
+    poses, scores, truth, origin_gaps = [], [], [], []  # runs: as given, mirror image, as given held to each sector
     for start in range(0, count, args.batch_size):
         samples = [pairs[index] for index in range(start, min(start + args.batch_size, count))]
         if args.pitch_deg or args.roll_deg:
             samples = [tilted(sample, args.pitch_deg, args.roll_deg) for sample in samples]
-        batch = collate(samples)
+        batch, mirror_samples = collate(samples), [mirrored(s) for s in samples]
+        mirror_batch = collate(mirror_samples)
+        if args.single_sweep:
+            batch["centre_prior"], mirror_batch["centre_prior"] = sweep_origins(samples), sweep_origins(mirror_samples)
+            cameras = torch.linalg.inv(batch["T_gt"].double())[:, [0, 2], 3]  # the true camera centres (x, z)
+            origin_gaps.append(torch.linalg.norm(batch["centre_prior"].double() - cameras, dim=1))
         with torch.inference_mode():
             encoded = model.encode(batch)  # the runs as given share the encoders' work
-        given, mirror = run(model, batch, eval_cfg, encoded=encoded), run(model, collate([mirrored(s) for s in samples]),
-                                                                           eval_cfg)
+        given, mirror = run(model, batch, eval_cfg, encoded=encoded), run(model, mirror_batch, eval_cfg)
         held = [run(model, batch, eval_cfg, prior, encoded) for prior in sector_priors(args.sectors)]
         poses.append(torch.stack([given[0], MIRROR @ mirror[0] @ MIRROR, *(pose for pose, _ in held)], 1))
         scores.append(torch.stack([given[1], mirror[1], *(score for _, score in held)], 1))
@@ -134,6 +150,9 @@ def main() -> None:
     tilt = (f" (camera pitched {args.pitch_deg:g} deg, rolled {args.roll_deg:g})"
             if args.pitch_deg or args.roll_deg else "")
     print(f"{args.data}, the pairs as given{tilt}:\n")
+    if origin_gaps:
+        gaps = torch.cat(origin_gaps).numpy()
+        print(f"the sweeps' origins lie a median {np.median(gaps):.2f} m, at most {gaps.max():.2f} m, from the cameras\n")
     print("| traffic, yaw sectors | pairs | Acc | median RTE (m) | median RRE (deg) | yaw flips |")
     print("|---|---|---|---|---|---|")
     for name, runs in (("right", [0]), ("left", [1]), ("auto", [0, 1]),

@@ -662,3 +662,25 @@ def test_line_alignment_turns_a_pose_back_to_the_true_yaw_on_the_input_cloud(reg
     assert f"refinement turned it by {result.info['refined_turn_deg']:.1f} deg" in str(result)
     plain = reg.register(frame["image"], frame["points"], frame["K"])
     assert "likely wrong" not in str(result) and "refined_turn_deg" not in plain.info
+
+
+def test_single_sweep_holds_the_pose_search_about_the_sweeps_origin(fine_weights, frame, monkeypatch):
+    """single_sweep=True gives GPDM's pose search the origin of the input sweep (``geometry.scan_origin`` of the
+    network's point sample) as its centre: the LiDAR's ground position in the caller's cloud frame, and in the mirror
+    images' frame for traffic="left"; a cloud with no sweep's gap is refused with a one-line error."""
+    P = make_transform(rot_y(np.radians(60.0)), np.array([5.0, 0.0, -3.0]))
+    cloud = transform_points(P @ frame["T"], frame["points"][:, :3].astype(np.float64))
+    lidar = transform_points(P @ frame["T"], np.zeros((1, 3)))[0, [0, 2]]
+    priors = []
+    monkeypatch.setattr(api, "infer", lambda model, batch, **kw: priors.append(batch.get("centre_prior")) or infer(
+        model, batch, **kw))
+    Registrator.from_pretrained(fine_weights).register(frame["image"], cloud, frame["K"])
+    Registrator.from_pretrained(fine_weights, single_sweep=True).register(frame["image"], cloud, frame["K"])
+    Registrator.from_pretrained(fine_weights, single_sweep=True, traffic="left").register(frame["image"], cloud,
+                                                                                          frame["K"])
+    assert priors[0] is None and len(priors) == 3
+    assert np.linalg.norm(priors[1][0].numpy() - lidar) < 0.3
+    np.testing.assert_allclose(priors[2][0].numpy(), priors[1][0].numpy() * [-1, 1], atol=0.25)  # x negated
+    no_sweep = np.random.default_rng(0).uniform([-20, -1, -20], [20, 1.6, 20], (20_000, 3))
+    with pytest.raises(InputError, match="single_sweep: the cloud shows no sweep's origin"):
+        Registrator.from_pretrained(fine_weights, single_sweep=True).register(frame["image"], no_sweep, frame["K"])

@@ -8,6 +8,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from i2preg import geometry as g
+from i2preg.data.kitti import KittiOdometry
+from i2preg.data.ops import voxel_downsample
 
 
 def test_inverse_and_transform_numpy_and_torch_agree():
@@ -184,3 +186,19 @@ def test_ground_plane_is_none_without_a_ground():
     rng = np.random.default_rng(1)
     assert g.ground_plane(rng.uniform(-20, 20, (5000, 3))) is None  # no plane holds a tenth of the points
     assert g.ground_plane(np.zeros((10, 3))) is None
+
+
+def test_scan_origin_finds_a_sweeps_lidar_from_the_gap_of_its_ground(synthetic_root):
+    """A LiDAR sweep of the synthetic world, moved into its camera's frame and then by the protocol's turns and
+    shifts: ``scan_origin`` finds the LiDAR's ground position under the empty disc its lowest beam leaves; a cloud
+    without such a gap (points spread through a box) gives None."""
+    frames = KittiOdometry(synthetic_root, ["00"])
+    sweep = g.transform_points(frames.calibration(0)[2].T_cam_velo, frames.points(0)[:, :3].astype(np.float64))
+    rng = np.random.default_rng(0)
+    for yaw_deg, shift in ((0.0, (0.0, 0.0, 0.0)), (130.0, (6.0, 0.0, -4.0)), (-75.0, (-9.0, 0.0, 8.5))):
+        P = g.make_transform(g.rot_y(math.radians(yaw_deg)), np.array(shift))
+        cloud = g.transform_points(P, sweep)[voxel_downsample(g.transform_points(P, sweep), 0.1)]
+        cloud = cloud[rng.permutation(len(cloud))[:40_960]]
+        lidar = g.transform_points(P @ frames.calibration(0)[2].T_cam_velo, np.zeros((1, 3)))[0]
+        assert np.linalg.norm(g.scan_origin(cloud) - lidar[[0, 2]]) < 0.3
+    assert g.scan_origin(rng.uniform(-20, 20, (20_000, 3))) is None

@@ -244,3 +244,19 @@ def test_a_yaw_prior_leaves_out_the_bins_beyond_its_tolerance(prior_deg, toleran
     kept = torch.isfinite(restricted[0]).nonzero()[:, 0]
     assert sorted((kept * 10).tolist()) == sorted(kept_deg)
     assert torch.equal(restricted[0, kept], logits[0, kept])
+
+
+def test_a_centre_prior_is_where_the_pose_search_looks():
+    """GPDM's pose search scores its yaws about a batch's ``centre_prior`` in place of the centre it regresses
+    (``Registrator``'s ``single_sweep``): without the grid refinement the frustum pose's centre is the prior."""
+    torch.manual_seed(0)
+    batch = synthetic_batch()
+    model = ICL({**SEARCH_CONF, "gpdm": {**SEARCH_CONF["gpdm"], "refine_centre_step": 0}}).eval()
+    with torch.no_grad():
+        free = model.forward_gpdm(batch)
+        prior = free["coarse_centre"] + torch.tensor([[3.0, -2.0], [-4.0, 1.5]])
+        held = model.forward_gpdm({**batch, "centre_prior": prior})
+    torch.testing.assert_close(free["frustum_centre"], free["coarse_centre"])
+    torch.testing.assert_close(held["frustum_centre"], prior)
+    torch.testing.assert_close(held["coarse_centre"], free["coarse_centre"])  # the regression itself is unchanged
+    assert not torch.allclose(held["yaw_logits"], free["yaw_logits"])  # the yaws are scored from the prior

@@ -44,7 +44,7 @@ from .data.readers import (
 from .errors import InputError, require_output_folder
 from .export import OnnxNetwork, export_onnx
 from .files import write_text
-from .geometry import invert_transform, project_pose, rotation_angle, sample_perturbation, transform_points
+from .geometry import invert_transform, project_pose, rotation_angle, sample_perturbation, scan_origin, transform_points
 from .inference import checked_draws, checked_refinement, infer, search_scores, to_device
 from .lines import ground_normals, line_evidence
 from .metrics import registration_errors, success
@@ -371,12 +371,17 @@ class Registrator:
     runs share one pass of the encoders (``ICL.encode``), the images' line evidence (``lines.line_evidence``) and the
     clouds' ground (``lines.ground_normals``); the rest of the network and the refinement run S + 1 times.
     With a prior pose (``register``) the runs are not held to it: it chooses between them. Needs the PyTorch backend
-    and a model with the fine search.
+    and a model with the fine search. single_sweep: the cloud is one sweep of a spinning LiDAR beside the camera
+    (the benchmark protocol's clouds; a rig whose extrinsic is unknown): GPDM's pose search looks about the sweep's
+    origin (``geometry.scan_origin`` of the network's point sample; an ``InputError`` where it finds none) in place of
+    the centre GPDM regresses (beyond the paper, docs/METHOD.md; with ``yaw_sectors`` it registers more real frames,
+    BENCHMARKS.md); needs the PyTorch backend and a model with the pose search.
     """
 
     def __init__(self, model: ICL, config: dict | None = None, device: str | torch.device = "cpu",
                  backend: str | os.PathLike = "torch", refine: str | None = None, traffic: str = "right",
-                 cloud_axes: str = "rdf", point_draws: int | None = None, yaw_sectors: int = 0):
+                 cloud_axes: str = "rdf", point_draws: int | None = None, yaw_sectors: int = 0,
+                 single_sweep: bool = False):
         if traffic not in TRAFFIC_SIDES:
             raise InputError(f"traffic must be one of {', '.join(TRAFFIC_SIDES)}, not {traffic!r}")
         self.mirror_runs = {"right": (False,), "left": (True,), "auto": (False, True)}[traffic]
@@ -410,6 +415,10 @@ class Registrator:
         if (traffic == "auto" or yaw_sectors) and (self.network is not self.model or self.model.fine is None):
             raise InputError("traffic auto and yaw sectors compare the fine search's scores: they need the PyTorch"
                              " backend and a model with the fine search (model.fine.num_points > 0)")
+        self.single_sweep = bool(single_sweep)
+        if self.single_sweep and (self.network is not self.model or self.model.gpdm.search is None):
+            raise InputError("single_sweep holds GPDM's pose search about the sweep's origin: it needs the PyTorch"
+                             " backend and a model with the pose search (model.gpdm.yaw_bins > 0)")
 
     def to_network(self, mirrored: bool) -> tuple[np.ndarray, np.ndarray]:
         """The frames the network sees, (4, 4) each: camera' = camera_to_network camera, cloud' = cloud_to_network
@@ -428,16 +437,17 @@ class Registrator:
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                         backend: str | os.PathLike = "torch", refine: str | None = None,
                         traffic: str = "right", cloud_axes: str = "rdf", point_draws: int | None = None,
-                        yaw_sectors: int = 0) -> Registrator:
+                        yaw_sectors: int = 0, single_sweep: bool = False) -> Registrator:
         """Weights written by ``i2preg train`` (safetensors, config in the header): a file, or the name of a bundled
-        model (None: ``synthetic-small``); backend, refine, traffic, cloud_axes, point_draws and yaw_sectors: as for
-        the constructor."""
+        model (None: ``synthetic-small``); backend, refine, traffic, cloud_axes, point_draws, yaw_sectors and
+        single_sweep: as for the constructor."""
         path = resolve_weights(path_or_name)
         model, config = load_model(path)
         if not isinstance(model, ICL):
             raise InputError(f"{config['method']} weights: the Registrator runs ICL; compare them with i2preg compare",
                              path)
-        return cls(model, config, device, backend, refine, traffic, cloud_axes, point_draws, yaw_sectors)
+        return cls(model, config, device, backend, refine, traffic, cloud_axes, point_draws, yaw_sectors,
+                   single_sweep)
 
     def register(self, image: Tensorish, points: Tensorish, K: Tensorish, intensity: Tensorish | None = None,
                  prior_pose: Tensorish | None = None, prior_yaw_deg: float = PRIOR_YAW_DEG) -> RegistrationResult:
@@ -579,6 +589,12 @@ class Registrator:
         }
         if yaw_prior is not None:
             sample["yaw_prior"] = yaw_prior
+        if self.single_sweep:
+            origin = scan_origin(xyz[index])
+            if origin is None:
+                raise InputError("single_sweep: the cloud shows no sweep's origin (no empty disc of ground under a"
+                                 " LiDAR): is it one sweep of a spinning LiDAR?")
+            sample["centre_prior"] = torch.from_numpy(origin).float()
         if self.eval_config["refine"] != "none" and self.dense_points > 0:  # its cloud, as evaluation pairs draw it
             dense = kept[distinct_indices(len(kept), self.dense_points, np.random.default_rng(SAMPLE_SEED))]
             sample["dense_points"] = torch.from_numpy(xyz[dense]).float()
@@ -636,11 +652,12 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
                    protocol_seed: int | None = None, refine: str | None = None,
                    traffic: str = "right", prior: str | os.PathLike | np.ndarray | None = None,
                    prior_yaw_deg: float = PRIOR_YAW_DEG, cloud_axes: str = "rdf",
-                   point_draws: int | None = None, yaw_sectors: int = 0) -> RegistrationResult:
+                   point_draws: int | None = None, yaw_sectors: int = 0, single_sweep: bool = False
+                   ) -> RegistrationResult:
     """Register an image file to a point-cloud file with the model ``weights`` (None: the bundled one), and
-    ``refine``, ``traffic``, ``cloud_axes``, ``point_draws`` and ``yaw_sectors`` as ``Registrator``'s; prior: a prior
-    pose (4x4, cloud -> camera) or a text file with one (as ``pose.txt``), whose yaw the search keeps within
-    ``prior_yaw_deg`` (``Registrator.register``).
+    ``refine``, ``traffic``, ``cloud_axes``, ``point_draws``, ``yaw_sectors`` and ``single_sweep`` as ``Registrator``'s;
+    prior: a prior pose (4x4, cloud -> camera) or a text file with one (as ``pose.txt``), whose yaw the search keeps
+    within ``prior_yaw_deg`` (``Registrator.register``).
 
     Files are read by ``data.readers``: the cloud (KITTI .bin, nuScenes .pcd.bin, PCD, PLY, NPY, NPZ)
     with its intensity; K and the lens distortion from ``calib_path`` (KITTI calib.txt: camera
@@ -673,7 +690,8 @@ def register_files(image_path: str | os.PathLike, points_path: str | os.PathLike
         raise InputError("the protocol check moves the cloud into the camera's frame: leave the cloud axes at rdf, "
                          f"not {cloud_axes!r}")
     registrator = Registrator.from_pretrained(weights, refine=refine, traffic=traffic, cloud_axes=cloud_axes,
-                                              point_draws=point_draws, yaw_sectors=yaw_sectors)
+                                              point_draws=point_draws, yaw_sectors=yaw_sectors,
+                                              single_sweep=single_sweep)
     T_gt = None
     if protocol_seed is not None:
         if np.allclose(calibration.T_cam_velo, np.eye(4)):

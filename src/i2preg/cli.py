@@ -85,7 +85,8 @@ def _register(args: argparse.Namespace) -> None:
     print(register_files(args.image, args.points, args.calib, args.out, camera=args.camera, weights=args.weights,
                          extrinsic=args.extrinsic, protocol_seed=args.protocol_seed, refine=args.refine,
                          traffic=args.traffic, prior=args.prior, cloud_axes=args.cloud_axes,
-                         point_draws=args.point_draws, yaw_sectors=args.yaw_sectors, **prior))
+                         point_draws=args.point_draws, yaw_sectors=args.yaw_sectors,
+                         single_sweep=args.single_sweep, **prior))
     if args.out:
         names = REGISTER_FILES + (REGISTER_PROTOCOL_FILES if args.protocol_seed is not None else ())
         print(f"wrote {', '.join(names)} in {args.out}")
@@ -215,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                         " keep the run the most runs agree with (for scenes unlike the training world; with --prior,"
                         " of the runs within --prior-yaw-deg of it); its --refine defaults to lines, which brings the"
                         " runs together")
+    p.add_argument("--single-sweep", dest="single_sweep", action="store_true",
+                   help="the cloud is one sweep of a spinning LiDAR beside the camera (the benchmark protocol's"
+                        " clouds): GPDM's pose search looks about the sweep's origin, found from the gap its beams"
+                        " leave on the ground, instead of the centre the network regresses")
     p.add_argument("--cloud-axes", dest="cloud_axes", default="rdf", metavar="AXES",
                    help="where the cloud's x, y and z point, one letter each of r, l, d, u, f, b (right, left, down,"
                         " up, forward, back): rdf (default) is the camera's axes, which a 3-DoF model expects; flu a"

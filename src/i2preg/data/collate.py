@@ -4,7 +4,8 @@ Every tensor is batch-major with a fixed size per level, L = len(model.point_enc
 - ``image`` (B, 3, H, W), ``K`` (B, 3, 3), ``points`` (B, N, 3), ``intensity`` (B, N), ``T_gt`` (B, 4, 4),
   ``resampled`` (B,) bool, ``meta``: list of B dicts; ``dense_points``: list of B tensors (D_b, 3), cloud frame,
   when every sample has them (evaluation pairs, for ``refine``); ``yaw_prior`` (B, 2), a yaw and its tolerance
-  (rad), when every sample has one (``api.Registrator``'s prior pose, for GPDM's pose search); ``ground`` (B, 4)
+  (rad), when every sample has one (``api.Registrator``'s prior pose, for GPDM's pose search); ``centre_prior``
+  (B, 2), a camera centre (c_x, c_z) about which that search looks, likewise (``single_sweep``); ``ground`` (B, 4)
   the ground plane (n, d), n . p = d, of each sample's points (``Collate.ground``), whose heights the searches read.
 - ``draws`` (int), when the items are lists of D samples of one pair each (``eval.point_draws``: the same image
   with D draws of its point sample): the D samples of each pair are consecutive rows (B = pairs x D).
@@ -104,8 +105,9 @@ class Collate:
         batch = {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in ("image", "K", "points", "intensity", "T_gt")}
         batch["resampled"] = torch.tensor([bool(s["resampled"]) for s in samples])
         batch["meta"] = [s["meta"] for s in samples]
-        if all("yaw_prior" in s for s in samples):
-            batch["yaw_prior"] = torch.stack([torch.as_tensor(s["yaw_prior"]) for s in samples])
+        for key in ("yaw_prior", "centre_prior"):
+            if all(key in s for s in samples):
+                batch[key] = torch.stack([torch.as_tensor(s[key]) for s in samples])
         batch["ground"] = torch.from_numpy(np.stack([self.ground(s["points"]) for s in samples])).float()
         if all("dense_points" in s for s in samples):
             batch["dense_points"] = [torch.as_tensor(s["dense_points"]) for s in samples]

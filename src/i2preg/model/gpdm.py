@@ -71,13 +71,15 @@ class GPDM(nn.Module):
             with torch.no_grad():
                 self.rotation_head.bias.copy_(torch.tensor(IDENTITY_ROTATION[dof]))
 
-    def forward(self, image_map, point_feats, xyz, heights, K, image_size: tuple[int, int], yaw_prior=None
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, image_map, point_feats, xyz, heights, K, image_size: tuple[int, int], yaw_prior=None,
+                centre_prior=None) -> dict[str, torch.Tensor]:
         """image_map: (B, Ci, h, w) the coarsest image features (its mean is the global feature g);
         point_feats: (B, M, Cp), xyz: (B, M, 3) and heights (B, M) of the coarse points, cloud frame (heights: their
         ``geometry.ground_heights``, which the pose search's score reads); K: (B, 3, 3) intrinsics
         of the (H, W) = image_size input image; yaw_prior: None, or (B, 2) a yaw and a tolerance (rad) to which
-        the pose search keeps (``PoseSearch.forward``; a model without it refuses one).
+        the pose search keeps (``PoseSearch.forward``; a model without it refuses one); centre_prior: None, or
+        (B, 2) a camera centre (c_x, c_z), cloud frame, about which the pose search looks in place of the regressed
+        one.
 
         Returns cls_logits (B, M); frustum_centre, frustum_rotation (raw head outputs, see PARAM_DIMS);
         frustum_pose (B, 4, 4) cloud -> camera; mask (B, M) bool: the geometric mask, or with ``mask_source:
@@ -98,11 +100,12 @@ class GPDM(nn.Module):
         centre = self.centre_head(pooled)
         extra = {}
         if self.search is None:
-            if yaw_prior is not None:
-                raise ValueError("a yaw prior needs GPDM's pose search (model.gpdm.yaw_bins > 0)")
+            if yaw_prior is not None or centre_prior is not None:
+                raise ValueError("a yaw or centre prior needs GPDM's pose search (model.gpdm.yaw_bins > 0)")
             rotation = self.rotation_head(pooled)
         else:
-            extra = self.search(image_map, point_feats, xyz, heights, centre.detach(), K, image_size, yaw_prior)
+            about = centre.detach() if centre_prior is None else centre_prior.to(centre)
+            extra = self.search(image_map, point_feats, xyz, heights, about, K, image_size, yaw_prior)
             extra["coarse_centre"] = centre
             centre, rotation = extra.pop("centre"), extra.pop("rotation")
         pose = pose_from_params(centre, rotation)

@@ -139,7 +139,8 @@ class ICL(nn.Module):
     def encode(self, batch: dict) -> tuple[list[torch.Tensor], tuple]:
         """The two encoders on a batch (``forward``'s): the image encoder's maps (each image once, without its point
         draws' rows) and the point encoder's (coarse_xyz, coarse_feats, skips). What ``forward`` computes from
-        them depends on the batch's ``yaw_prior`` but they do not: runs that differ only in it can share them."""
+        them depends on the batch's ``yaw_prior`` and ``centre_prior`` but they do not: runs that differ only in those
+        can share them."""
         image = batch["image"]
         if image.shape[-1] % 8 or image.shape[-2] % 8:
             raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
@@ -147,7 +148,8 @@ class ICL(nn.Module):
 
     def forward(self, batch: dict, encoded: tuple | None = None) -> dict[str, torch.Tensor]:
         """batch: a ``data.collate.Collate`` batch (image (B, 3, H, W), K (B, 3, 3), the point pyramid...; with
-        ``yaw_prior`` (B, 2), a yaw and a tolerance in radians, GPDM's pose search keeps to those yaws). encoded:
+        ``yaw_prior`` (B, 2), a yaw and a tolerance in radians, GPDM's pose search keeps to those yaws; with
+        ``centre_prior`` (B, 2), a camera centre (c_x, c_z), cloud frame, it looks about that centre). encoded:
         ``encode(batch)`` when the caller has it already (None: computed here).
 
         Returns, with M coarse points, Nq queries and T pixel tokens:
@@ -201,7 +203,7 @@ class ICL(nn.Module):
         image_features, (coarse_xyz, coarse_feats, skips) = encoded or self.encode(batch)
         out = self.gpdm(repeat_draws(image_features[-1], batch), coarse_feats, coarse_xyz,
                         self.heights(batch, coarse_xyz), batch["K"], tuple(batch["image"].shape[-2:]),
-                        batch.get("yaw_prior"))
+                        batch.get("yaw_prior"), batch.get("centre_prior"))
         out["coarse_xyz"] = coarse_xyz
         return out, (image_features, coarse_feats, skips)
 
