@@ -109,8 +109,9 @@ def test_register_takes_a_lidar_frame_cloud_with_its_axes(synthetic_root, tmp_pa
     errors = registration_errors(np.loadtxt(tmp_path / "pose.txt")[None],
                                  read_calibration_file(sequence / "calib.txt", 2).T_cam_velo[None])
     assert errors["rte"][0] < 2 and errors["rre"][0] < 5
-    # both sides of the street; 12 yaw sectors, line-aligned: the same frame registers
-    for options in (["--traffic", "auto"], ["--yaw-sectors", "12", "--refine", "lines"]):
+    # both sides of the street; 12 yaw sectors, line-aligned; the search about the sweep's origin: the same frame
+    # registers
+    for options in (["--traffic", "auto"], ["--yaw-sectors", "12", "--refine", "lines"], ["--single-sweep"]):
         assert main([*common, "--cloud-axes", "flu", *options, "--out", str(tmp_path)]) == 0
         errors = registration_errors(np.loadtxt(tmp_path / "pose.txt")[None],
                                      read_calibration_file(sequence / "calib.txt", 2).T_cam_velo[None])
