@@ -197,7 +197,8 @@ def test_scan_origin_finds_a_sweeps_lidar_from_the_gap_of_its_ground(synthetic_r
     rng = np.random.default_rng(0)
     for yaw_deg, shift in ((0.0, (0.0, 0.0, 0.0)), (130.0, (6.0, 0.0, -4.0)), (-75.0, (-9.0, 0.0, 8.5))):
         P = g.make_transform(g.rot_y(math.radians(yaw_deg)), np.array(shift))
-        cloud = g.transform_points(P, sweep)[voxel_downsample(g.transform_points(P, sweep), 0.1)]
+        cloud = g.transform_points(P, sweep)
+        cloud = cloud[voxel_downsample(cloud, 0.1)]
         cloud = cloud[rng.permutation(len(cloud))[:40_960]]
         lidar = g.transform_points(P @ frames.calibration(0)[2].T_cam_velo, np.zeros((1, 3)))[0]
         assert np.linalg.norm(g.scan_origin(cloud) - lidar[[0, 2]]) < 0.3

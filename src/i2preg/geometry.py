@@ -240,9 +240,12 @@ def scan_origin(points: np.ndarray) -> np.ndarray | None:
         offset = xz - centre
         distance = np.hypot(offset[:, 0], offset[:, 1])
         ring = (distance >= gap[tuple(cell)]) & (distance < gap[tuple(cell)] + SWEEP_RING_M)
+        count = int(ring.sum())
+        if count < 50:
+            continue
         sectors = np.floor((np.arctan2(offset[ring, 1], offset[ring, 0]) + math.pi) * 8 / math.pi).astype(int) % 16
-        score = ring.sum() * (np.bincount(sectors, minlength=16) > 5).mean() ** 2
-        if ring.sum() >= 50 and score > best_score:
+        score = count * (np.bincount(sectors, minlength=16) > 5).mean() ** 2
+        if score > best_score:
             best, best_score = centre, score
     return best
 
