@@ -17,6 +17,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 Array = np.ndarray | torch.Tensor
 
@@ -234,12 +235,17 @@ def scan_origin(points: np.ndarray) -> np.ndarray | None:
     empty[cells[:, 0], cells[:, 1]] = 0
     gap = cv2.distanceTransform(empty, cv2.DIST_L2, 5) * SWEEP_CELL_M  # (X, Z) metres to the nearest ground point
     widest = (gap >= SWEEP_MIN_GAP_M) & (gap == cv2.dilate(gap, np.ones((5, 5), np.uint8)))
+    cells = np.argwhere(widest)
+    if not len(cells):
+        return None
+    centres = (cells + 0.5) * SWEEP_CELL_M + low
+    radii = gap[cells[:, 0], cells[:, 1]]
+    nearby = cKDTree(xz).query_ball_point(centres, radii + SWEEP_RING_M)  # each disc's points, its ring's among them
     best, best_score = None, 0.0
-    for cell in np.argwhere(widest):
-        centre = (cell + 0.5) * SWEEP_CELL_M + low
-        offset = xz - centre
+    for centre, radius, index in zip(centres, radii, nearby):
+        offset = xz[index] - centre
         distance = np.hypot(offset[:, 0], offset[:, 1])
-        ring = (distance >= gap[tuple(cell)]) & (distance < gap[tuple(cell)] + SWEEP_RING_M)
+        ring = (distance >= radius) & (distance < radius + SWEEP_RING_M)
         count = int(ring.sum())
         if count < 50:
             continue
