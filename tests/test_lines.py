@@ -137,6 +137,37 @@ def test_ground_normal_is_the_tilted_ground_and_level_rotation_takes_it_to_y():
     assert np.allclose(ground_normal(cloud.double().numpy()[:20], LINE_DEFAULTS, y_to_z[:, 1]), y_to_z[:, 1])
 
 
+def walls_without_ground(turn: np.ndarray) -> torch.Tensor:
+    """The street scene's walls and a wall across the street's end (x from -5 to 6 m at z = 85 m), no ground: a
+    road that bends or climbs has no plane to fit; turned by ``turn`` (3, 3), as ``tilted_street`` turns its cloud."""
+    _, cloud = street_scene()
+    walls = cloud[cloud[:, 1] < 1.6].double().numpy()
+    rng = np.random.default_rng(4)
+    across = np.stack([rng.uniform(-5, 6, 4000), rng.uniform(-6, 1.6, 4000), 85.0 + rng.normal(0, 0.01, 4000)], -1)
+    return torch.from_numpy(np.concatenate([walls, across]) @ turn.T).float()
+
+
+def test_without_a_ground_plane_the_walls_give_the_vertical():
+    """Where no plane holds a tenth of the points the ground's normal is the walls' common vertical: the turned y axis
+    within 0.1 deg; with walls of one direction only it is not determined, and ``down`` comes back unchanged only
+    where the walls are too few."""
+    _, cloud, turn = tilted_street(2.0, -3.0)
+    turned_walls = walls_without_ground(turn).double().numpy()
+    normal = ground_normal(turned_walls, LINE_DEFAULTS)
+    assert math.degrees(math.acos(min(1.0, float(normal @ turn[:, 1])))) < 0.1 and normal[1] > 0
+    assert np.array_equal(ground_normal(turned_walls[:300], LINE_DEFAULTS), [0.0, 1.0, 0.0])  # 150 normals: too few
+
+
+def test_alignment_levels_by_the_walls_where_the_ground_is_no_plane():
+    """A camera pitched 2 deg over a street whose cloud holds no ground plane: levelled by the walls' vertical, the
+    yaw comes back within 0.3 deg, as with the ground."""
+    image, _, turn = tilted_street(2.0, 0.0)
+    cloud = walls_without_ground(turn)
+    for yaw_deg in (-6.0, 3.0):
+        aligned = align_yaw(image, torch.from_numpy(K), cloud, turned(yaw_deg)).double()
+        assert abs(math.degrees(math.atan2(-float(aligned[2, 0]), float(aligned[0, 0])))) < 0.3
+
+
 @pytest.mark.parametrize("pitch_deg, roll_deg", [(2.0, 0.0), (-2.0, 0.0), (1.0, 3.0)])
 def test_alignment_of_a_tilted_camera_runs_level(pitch_deg, roll_deg):
     """A camera 2 deg off level (the walls' horizontal lines no longer vanish on the image row through the principal

@@ -100,12 +100,26 @@ def image_line_evidence(image: torch.Tensor, K: np.ndarray, phis: np.ndarray, co
 
 def ground_normal(points: np.ndarray, conf: dict, down: np.ndarray | None = None) -> np.ndarray:
     """(3,) the unit normal, pointing ``down`` (3,) (a unit vector of the cloud's frame; None: its y axis), of a street
-    scan's ground (``geometry.ground_plane`` of the cloud (N, 3), within ``ground_tolerance_m``); ``down`` itself
-    where no plane holds a tenth of the points."""
+    scan's ground (``geometry.ground_plane`` of the cloud (N, 3), within ``ground_tolerance_m``); where no plane
+    holds a tenth of the points (a road that climbs or bends over the scan), the walls' vertical
+    (``wall_vertical``)."""
     plane = ground_plane(points, down, conf["ground_tolerance_m"])
     if plane is None:
-        return np.array([0.0, 1.0, 0.0]) if down is None else np.asarray(down, dtype=np.float64)
+        return wall_vertical(points, conf, np.array([0.0, 1.0, 0.0]) if down is None else np.asarray(down, np.float64))
     return plane[:3]
+
+
+def wall_vertical(points: np.ndarray, conf: dict, down: np.ndarray) -> np.ndarray:
+    """(3,) the unit vector, pointing ``down`` (3,), most nearly perpendicular to the normals of a cloud's (N, 3) walls
+    (the smallest eigenvector of the sum of their outer products): walls stand upright, so their normals are level
+    whichever way the road runs. Its walls: the flat points of ``flat_normals`` with |n . down| < ``wall_normal_y``;
+    ``down`` itself where fewer than ``min_wall_points`` are found."""
+    normal, flat = flat_normals(points, conf)
+    wall = flat & (np.abs(normal @ down) < conf["wall_normal_y"])
+    if wall.sum() < conf["min_wall_points"]:
+        return down
+    vertical = np.linalg.eigh(normal[wall].T @ normal[wall])[1][:, 0]
+    return vertical * np.sign(vertical @ down)
 
 
 def level_rotation(normal: np.ndarray) -> np.ndarray:
@@ -119,19 +133,25 @@ def level_rotation(normal: np.ndarray) -> np.ndarray:
     return np.eye(3) + sine * cross + (1 - cosine) * cross @ cross
 
 
-def wall_directions(points: np.ndarray, conf: dict) -> np.ndarray:
-    """(M,) radians: the horizontal tangent direction, in the x-z plane from the z axis towards x, at each wall
-    point of a cloud (N, 3) whose y axis is vertical (a level camera's frame): points whose ``neighbours`` nearest
-    points spread flat (``planarity``) about a normal with |y| < ``wall_normal_y``, at every ``normal_stride``-th
-    point."""
+def flat_normals(points: np.ndarray, conf: dict) -> tuple[np.ndarray, np.ndarray]:
+    """At every ``normal_stride``-th point of a cloud (N, 3): the unit normal (M, 3) of its ``neighbours`` nearest
+    points (the direction of their least spread) and whether they spread flat about it (M,) (the least spread under
+    ``planarity`` times the middle one)."""
     k = min(conf["neighbours"], len(points))
     if k < 3:
-        return np.zeros(0)
+        return np.zeros((0, 3)), np.zeros(0, dtype=bool)
     neighbourhoods = points[cKDTree(points).query(points[::conf["normal_stride"]], k)[1]]  # (N / stride, k, 3)
     centred = neighbourhoods - neighbourhoods.mean(1, keepdims=True)
     spread, axes = np.linalg.eigh(np.einsum("nki,nkj->nij", centred, centred))
-    normal = axes[:, :, 0]
-    wall = (spread[:, 0] < conf["planarity"] * spread[:, 1]) & (np.abs(normal[:, 1]) < conf["wall_normal_y"])
+    return axes[:, :, 0], spread[:, 0] < conf["planarity"] * spread[:, 1]
+
+
+def wall_directions(points: np.ndarray, conf: dict) -> np.ndarray:
+    """(M,) radians: the horizontal tangent direction, in the x-z plane from the z axis towards x, at each wall
+    point of a cloud (N, 3) whose y axis is vertical (a level camera's frame): the flat points of ``flat_normals``
+    whose normal has |y| < ``wall_normal_y``."""
+    normal, flat = flat_normals(points, conf)
+    wall = flat & (np.abs(normal[:, 1]) < conf["wall_normal_y"])
     return np.arctan2(normal[wall, 0], normal[wall, 2]) + math.pi / 2
 
 
