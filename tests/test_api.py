@@ -188,8 +188,8 @@ def test_yaw_sectors_compute_the_line_evidence_once(fine_weights, frame, monkeyp
     """The sectors' runs line-align their poses on one computation of the image's evidence."""
     computed = []
     monkeypatch.setattr(lines, "image_line_evidence", lambda *args: computed.append(1) or image_line_evidence(*args))
-    result = Registrator.from_pretrained(fine_weights, yaw_sectors=3).register(frame["image"], frame["points"],
-                                                                              frame["K"])
+    registrator = Registrator.from_pretrained(fine_weights, yaw_sectors=3, cloud_axes="flu")  # the LiDAR's own axes
+    result = registrator.register(frame["image"], frame["points"], frame["K"])
     assert len(computed) == 1 and result.info["runs"]["poses"].shape == (4, 4, 4)
 
 

@@ -113,13 +113,15 @@ def wall_vertical(points: np.ndarray, conf: dict, down: np.ndarray) -> np.ndarra
     """(3,) the unit vector, pointing ``down`` (3,), most nearly perpendicular to the normals of a cloud's (N, 3) walls
     (the smallest eigenvector of the sum of their outer products): walls stand upright, so their normals are level
     whichever way the road runs. Its walls: the flat points of ``flat_normals`` with |n . down| < ``wall_normal_y``;
-    ``down`` itself where fewer than ``min_wall_points`` are found."""
+    ``down`` itself where fewer than ``min_wall_points`` are found or the vertical lies more than 25 deg from it (as
+    ``geometry.ground_plane``'s planes lie within 25 deg of level)."""
     normal, flat = flat_normals(points, conf)
     wall = flat & (np.abs(normal @ down) < conf["wall_normal_y"])
     if wall.sum() < conf["min_wall_points"]:
         return down
     vertical = np.linalg.eigh(normal[wall].T @ normal[wall])[1][:, 0]
-    return vertical * np.sign(vertical @ down)
+    vertical *= np.sign(vertical @ down)
+    return vertical if vertical @ down > math.cos(math.radians(25)) else down  # as ground_plane's planes: near level
 
 
 def level_rotation(normal: np.ndarray) -> np.ndarray:
