@@ -133,7 +133,8 @@ def main() -> None:
     count = min(len(pairs), args.limit or len(pairs))
     collate = Collate(model.conf, knn_workers=-1)
     torch.manual_seed(0)
-    poses, scores, truth, origin_gaps, origin_seconds = [], [], [], [], []  # runs: as given, mirror image, as given held to each sector
+    poses, scores, truth = [], [], []  # runs: as given, mirror image, as given held to each sector
+    origin_gaps, origin_seconds = [], []  # --single-sweep: the origins' distances from the cameras, their times
     for start in range(0, count, args.batch_size):
         samples = [pairs[index] for index in range(start, min(start + args.batch_size, count))]
         if args.pitch_deg or args.roll_deg:

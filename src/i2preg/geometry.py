@@ -167,6 +167,11 @@ GROUND_TOLERANCE_M = 0.03
 """``ground_plane``: a ground point lies within this of the plane (metres)."""
 
 
+GROUND_MAX_LEAN_DEG = 25.0
+"""A ground's normal lies within this of the cloud's (or the given) down direction: ``ground_plane``'s planes, and the
+verticals that stand in for them (``lines.wall_vertical``)."""
+
+
 def ground_plane(points: np.ndarray, down: np.ndarray | None = None, tolerance: float = GROUND_TOLERANCE_M,
                  tries: int = 200, sample: int = 10_000) -> np.ndarray | None:
     """A street scan's ground, (4,) = (n, d) with n . p = d on it, n the unit normal pointing ``down`` (3,) (a unit
@@ -184,7 +189,7 @@ def ground_plane(points: np.ndarray, down: np.ndarray | None = None, tolerance: 
     length = np.linalg.norm(normals, axis=1)
     normals, anchors = normals[length > 1e-9] / length[length > 1e-9, None], triples[length > 1e-9, 0]
     normals *= np.sign(normals @ level + 1e-12)[:, None]
-    levelish = normals @ level > math.cos(math.radians(25))
+    levelish = normals @ level > math.cos(math.radians(GROUND_MAX_LEAN_DEG))
     normals, anchors = normals[levelish], anchors[levelish]
     if not len(normals):
         return None

@@ -32,7 +32,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from .errors import InputError
-from .geometry import GROUND_TOLERANCE_M, ground_plane
+from .geometry import GROUND_MAX_LEAN_DEG, GROUND_TOLERANCE_M, ground_plane
 from .refine import yaw_shift
 
 LINE_DEFAULTS: dict[str, Any] = {
@@ -113,15 +113,15 @@ def wall_vertical(points: np.ndarray, conf: dict, down: np.ndarray) -> np.ndarra
     """(3,) the unit vector, pointing ``down`` (3,), most nearly perpendicular to the normals of a cloud's (N, 3) walls
     (the smallest eigenvector of the sum of their outer products): walls stand upright, so their normals are level
     whichever way the road runs. Its walls: the flat points of ``flat_normals`` with |n . down| < ``wall_normal_y``;
-    ``down`` itself where fewer than ``min_wall_points`` are found or the vertical lies more than 25 deg from it (as
-    ``geometry.ground_plane``'s planes lie within 25 deg of level)."""
+    ``down`` itself where fewer than ``min_wall_points`` are found or the vertical lies more than
+    ``GROUND_MAX_LEAN_DEG`` from it, as ``geometry.ground_plane``'s planes may not."""
     normal, flat = flat_normals(points, conf)
     wall = flat & (np.abs(normal @ down) < conf["wall_normal_y"])
     if wall.sum() < conf["min_wall_points"]:
         return down
     vertical = np.linalg.eigh(normal[wall].T @ normal[wall])[1][:, 0]
     vertical *= np.sign(vertical @ down)
-    return vertical if vertical @ down > math.cos(math.radians(25)) else down  # as ground_plane's planes: near level
+    return vertical if vertical @ down > math.cos(math.radians(GROUND_MAX_LEAN_DEG)) else down
 
 
 def level_rotation(normal: np.ndarray) -> np.ndarray:
@@ -267,7 +267,7 @@ def align_yaw(image: torch.Tensor, K: torch.Tensor, points: torch.Tensor, pose: 
     cloud = points.detach().double().cpu().numpy()
     down = start[1, :3]  # the start camera's y axis in the cloud's frame
     normal = None if normal is None else normal.detach().double().cpu().numpy()
-    if normal is None or normal @ down < math.cos(math.radians(25)):  # a cloud frame that is not level
+    if normal is None or normal @ down < math.cos(math.radians(GROUND_MAX_LEAN_DEG)):  # a cloud frame not level
         normal = ground_normal(cloud, conf, down)
     yaw, tilted = best_yaw(image, K, cloud, start, normal, conf, evidence)
     if yaw is None:
